@@ -1,0 +1,215 @@
+//! The session table (map `SESSIONS`, LRU hash) and session events (ring buffer `SESSION_EVENTS`).
+//!
+//! # Key normalization
+//! Both directions of a flow find the same entry: the key stores the two endpoints ordered, the
+//! numerically lower `(address, port)` first ("lo"), and the value remembers which endpoint
+//! initiated ([`SESSION_F_INITIATOR_IS_HI`]). IPv4 addresses occupy word 0 of the address arrays,
+//! words 1..=3 are zero. Addresses and ports are stored in network byte order, exactly as they sit
+//! in the packet, so the fast path never swaps bytes. ICMP echo uses the identifier as both ports.
+
+use crate::impl_pod;
+
+pub const FAMILY_IPV4: u8 = 4;
+pub const FAMILY_IPV6: u8 = 6;
+
+pub const PROTO_ICMP: u8 = 1;
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+pub const PROTO_ICMPV6: u8 = 58;
+
+/// Normalized 5-tuple (40 bytes, no implicit padding).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SessionKey {
+    pub addr_lo: [u32; 4],
+    pub addr_hi: [u32; 4],
+    pub port_lo: u16,
+    pub port_hi: u16,
+    pub proto: u8,
+    pub family: u8,
+    pub _pad: [u8; 2],
+}
+impl_pod!(SessionKey);
+
+impl SessionKey {
+    /// Builds the normalized key of a packet going `src -> dst`; the flag says whether `src` was
+    /// stored as the "hi" endpoint (`true`) or the "lo" one.
+    #[inline(always)]
+    pub fn normalized(
+        family: u8,
+        proto: u8,
+        src: [u32; 4],
+        sport: u16,
+        dst: [u32; 4],
+        dport: u16,
+    ) -> (SessionKey, bool) {
+        let src_is_hi = endpoint_greater(&src, sport, &dst, dport);
+        let key = if src_is_hi {
+            SessionKey {
+                addr_lo: dst,
+                addr_hi: src,
+                port_lo: dport,
+                port_hi: sport,
+                proto,
+                family,
+                _pad: [0; 2],
+            }
+        } else {
+            SessionKey {
+                addr_lo: src,
+                addr_hi: dst,
+                port_lo: sport,
+                port_hi: dport,
+                proto,
+                family,
+                _pad: [0; 2],
+            }
+        };
+        (key, src_is_hi)
+    }
+}
+
+/// Orders endpoints by raw (network order) words: any total order works as long as both
+/// directions compute the same one.
+#[inline(always)]
+fn endpoint_greater(a: &[u32; 4], ap: u16, b: &[u32; 4], bp: u16) -> bool {
+    // Unrolled: the verifier and the optimizer both prefer straight-line code here.
+    if a[0] != b[0] {
+        return a[0] > b[0];
+    }
+    if a[1] != b[1] {
+        return a[1] > b[1];
+    }
+    if a[2] != b[2] {
+        return a[2] > b[2];
+    }
+    if a[3] != b[3] {
+        return a[3] > b[3];
+    }
+    ap > bp
+}
+
+/// Session state. TCP uses all of them; UDP and ICMP use `New` (one direction seen) and
+/// `Established` (a reply seen).
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SessionState {
+    /// TCP: SYN seen from the initiator. UDP/ICMP: only the initiator has sent.
+    New = 0,
+    /// TCP: SYN-ACK seen from the responder.
+    SynRecv = 1,
+    /// TCP: the initiator's ACK completed the handshake. UDP/ICMP: a reply was seen.
+    Established = 2,
+    /// TCP: one side sent FIN.
+    FinWait = 3,
+    /// TCP: both sides sent FIN.
+    TimeWait = 4,
+    /// TCP: RST seen.
+    Closed = 5,
+}
+
+impl SessionState {
+    pub const fn from_u8(v: u8) -> SessionState {
+        match v {
+            1 => SessionState::SynRecv,
+            2 => SessionState::Established,
+            3 => SessionState::FinWait,
+            4 => SessionState::TimeWait,
+            5 => SessionState::Closed,
+            _ => SessionState::New,
+        }
+    }
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            SessionState::New => "new",
+            SessionState::SynRecv => "syn-recv",
+            SessionState::Established => "established",
+            SessionState::FinWait => "fin-wait",
+            SessionState::TimeWait => "time-wait",
+            SessionState::Closed => "closed",
+        }
+    }
+}
+
+/// The initiator is the key's "hi" endpoint.
+pub const SESSION_F_INITIATOR_IS_HI: u8 = 1 << 0;
+/// The initiator sent FIN.
+pub const SESSION_F_FIN_ORIG: u8 = 1 << 1;
+/// The responder sent FIN.
+pub const SESSION_F_FIN_REPLY: u8 = 1 << 2;
+/// Written by HA2 state sync from the peer (not created by this node's fast path).
+pub const SESSION_F_SYNCED: u8 = 1 << 3;
+
+/// Session table value (64 bytes). "orig" is the initiator-to-responder direction.
+///
+/// Times are this host's `CLOCK_MONOTONIC` in ns (what `bpf_ktime_get_ns` returns); they never
+/// leave the host as absolute values (HA2 sends ages).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SessionValue {
+    pub created_ns: u64,
+    pub last_seen_ns: u64,
+    pub packets_orig: u64,
+    pub packets_reply: u64,
+    pub bytes_orig: u64,
+    pub bytes_reply: u64,
+    /// Id of the security rule that allowed the flow (`RULE_ID_*` for the implicit defaults).
+    pub rule_id: u32,
+    /// [`SessionState`] as u8.
+    pub state: u8,
+    /// `SESSION_F_*` bits.
+    pub flags: u8,
+    pub ingress_zone: u8,
+    pub egress_zone: u8,
+    /// Policy slot that allowed the flow (diagnostics).
+    pub policy_slot: u8,
+    pub _pad: [u8; 7],
+}
+impl_pod!(SessionValue);
+
+/// Kinds of [`SessionEvent`].
+pub const EVENT_CREATED: u32 = 1;
+pub const EVENT_STATE_CHANGED: u32 = 2;
+pub const EVENT_CLOSED: u32 = 3;
+
+/// A session event sent to userspace through the `SESSION_EVENTS` ring buffer (for HA2 sync).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SessionEvent {
+    pub kind: u32,
+    pub _pad: u32,
+    pub key: SessionKey,
+    pub value: SessionValue,
+}
+impl_pod!(SessionEvent);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn both_directions_normalize_to_one_key() {
+        let a = [0x0102_12c6, 0, 0, 0];
+        let b = [0x0201_12c6, 0, 0, 0];
+        let (k1, f1) = SessionKey::normalized(FAMILY_IPV4, PROTO_TCP, a, 1000, b, 80);
+        let (k2, f2) = SessionKey::normalized(FAMILY_IPV4, PROTO_TCP, b, 80, a, 1000);
+        assert_eq!(k1, k2);
+        assert_ne!(f1, f2);
+    }
+
+    #[test]
+    fn same_address_orders_by_port() {
+        let a = [7, 0, 0, 0];
+        let (k, src_hi) = SessionKey::normalized(FAMILY_IPV4, PROTO_UDP, a, 9, a, 5);
+        assert!(src_hi);
+        assert_eq!((k.port_lo, k.port_hi), (5, 9));
+    }
+
+    #[test]
+    fn layouts_have_no_implicit_padding() {
+        assert_eq!(core::mem::size_of::<SessionKey>(), 40);
+        assert_eq!(core::mem::size_of::<SessionValue>(), 64);
+        assert_eq!(core::mem::size_of::<SessionEvent>(), 112);
+    }
+}

@@ -1,0 +1,42 @@
+//! hafw XDP programs.
+//!
+//! - `hafw_fw`: the stateful firewall fast path on data ports (see [`fastpath`]).
+//! - `hafw_pass`: passes everything; attached to the far end of a veth that `hafw_fw` redirects
+//!   into, because XDP_REDIRECT into a veth delivers nothing unless its peer runs XDP.
+//!
+//! One file per concern, as Cilium's bpf/lib and Katran's balancer split theirs: [`parse`],
+//! [`session`], [`policy`], [`forward`], [`counters`] (and the clock), [`maps`].
+#![no_std]
+#![no_main]
+
+mod counters;
+mod fastpath;
+mod forward;
+mod maps;
+mod parse;
+mod policy;
+mod session;
+
+use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+
+#[xdp]
+pub fn hafw_fw(ctx: XdpContext) -> u32 {
+    fastpath::run(&ctx)
+}
+
+#[xdp]
+pub fn hafw_pass(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_PASS
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // Unreachable by construction: every index is bounded and no code path unwraps.
+    loop {}
+}
+
+/// GPL-compatible, so GPL-only helpers stay available.
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -1,0 +1,76 @@
+//! Every map of the data-port program, with its layout. Keys and values are defined in
+//! `hafw-common`; sizes here are defaults the loader may override (`set_max_entries`).
+//!
+//! All maps are BTF maps (`#[btf_map]`), so `bpftool map dump` prints named fields.
+
+use aya_ebpf::{
+    btf_maps::{Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
+    macros::btf_map,
+};
+use hafw_common::{
+    config::DataplaneConfig,
+    counters::Counters,
+    policy::{
+        IfaceInfo, IfaceKey, MAX_POLICY_PREFIXES, MAX_RULES, MAX_SERVICE_CLASSES, MAX_ZONES,
+        POLICY_SLOTS, PORTS, PROTO_CLASSES, PolicyAddrKey, PolicyInfo, RuleAction, RuleBitmap,
+    },
+    session::{SessionEvent, SessionKey, SessionValue},
+};
+
+/// Global configuration, one entry (`CONFIG_INDEX`).
+#[btf_map]
+pub static CONFIG: Array<DataplaneConfig, 1> = Array::new();
+
+/// Packet counters, one entry per CPU.
+#[btf_map]
+pub static COUNTERS: PerCpuArray<Counters, 1> = PerCpuArray::new();
+
+/// The session table. LRU, so a full table evicts the least recently used session rather than
+/// refusing new ones; userspace ages sessions out by state-specific timeouts long before that.
+#[btf_map]
+pub static SESSIONS: LruHashMap<SessionKey, SessionValue, 262_144> = LruHashMap::new();
+
+/// Session created / state changed / closed events for userspace (HA2 sync). 4 MiB.
+#[btf_map]
+pub static SESSION_EVENTS: RingBuf<SessionEvent, { 4 << 20 }> = RingBuf::new();
+
+/// Egress data ports by ifindex, for `bpf_redirect_map`.
+#[btf_map]
+pub static DEVMAP: DevMapHash<256> = DevMapHash::new();
+
+/// Zone of each data port, per policy slot.
+#[btf_map]
+pub static IFACES: HashMap<IfaceKey, IfaceInfo, 1024> = HashMap::new();
+
+/// Per-slot policy facts (rule count, bitmap words in use).
+#[btf_map]
+pub static POLICY_INFO: Array<PolicyInfo, { POLICY_SLOTS as usize }> = Array::new();
+
+/// Rule bitmap per (slot, from zone, to zone).
+#[btf_map]
+pub static ZONE_PAIRS: Array<RuleBitmap, { (POLICY_SLOTS * MAX_ZONES * MAX_ZONES) as usize }> =
+    Array::new();
+
+/// Rule bitmap per source prefix (longest match carries every covering prefix's rules).
+#[btf_map]
+pub static SRC_ADDRS: LpmTrie<PolicyAddrKey, RuleBitmap, { MAX_POLICY_PREFIXES as usize }> =
+    LpmTrie::new();
+
+/// Rule bitmap per destination prefix.
+#[btf_map]
+pub static DST_ADDRS: LpmTrie<PolicyAddrKey, RuleBitmap, { MAX_POLICY_PREFIXES as usize }> =
+    LpmTrie::new();
+
+/// Service class id per (slot, protocol class, destination port).
+#[btf_map]
+pub static PORT_CLASSES: Array<u32, { (POLICY_SLOTS * PROTO_CLASSES * PORTS) as usize }> =
+    Array::new();
+
+/// Rule bitmap per (slot, service class).
+#[btf_map]
+pub static SERVICE_BITMAPS: Array<RuleBitmap, { (POLICY_SLOTS * MAX_SERVICE_CLASSES) as usize }> =
+    Array::new();
+
+/// Rule id and action per (slot, rule index).
+#[btf_map]
+pub static RULES: Array<RuleAction, { (POLICY_SLOTS * MAX_RULES) as usize }> = Array::new();

@@ -1,0 +1,228 @@
+//! Session table logic: lookup, strict TCP state tracking, creation, and session events.
+//!
+//! Concurrency: one session may be updated from several CPUs at once. Counters are plain adds: the
+//! BPF target's core has no 64-bit fetch_add, and RSS steers each direction of a flow to one
+//! receive queue, so each direction's counters have a single writer in practice. State and flags
+//! are plain stores; a lost race between two state updates resolves on the flow's next packet.
+
+use aya_ebpf::bindings::BPF_ANY;
+use hafw_common::{
+    config::{CONFIG_F_SESSION_EVENTS, DataplaneConfig},
+    counters::Counters,
+    session::{
+        EVENT_CLOSED, EVENT_CREATED, EVENT_STATE_CHANGED, PROTO_TCP, SESSION_F_FIN_ORIG,
+        SESSION_F_FIN_REPLY, SESSION_F_INITIATOR_IS_HI, SessionKey, SessionState,
+        SessionValue,
+    },
+};
+
+use crate::{
+    maps::{SESSION_EVENTS, SESSIONS},
+    parse::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
+};
+
+/// A session found for a packet.
+pub struct Hit {
+    pub value: *mut SessionValue,
+    /// The packet travels initiator -> responder.
+    pub from_initiator: bool,
+}
+
+#[inline(always)]
+pub fn lookup(key: &SessionKey, src_is_hi: bool) -> Option<Hit> {
+    let value = SESSIONS.get_ptr_mut(key)?;
+    // SAFETY: pointer from a successful lookup; valid for the rest of this program run.
+    let flags = unsafe { (*value).flags };
+    let initiator_is_hi = flags & SESSION_F_INITIATOR_IS_HI != 0;
+    Some(Hit {
+        value,
+        from_initiator: initiator_is_hi == src_is_hi,
+    })
+}
+
+/// What the TCP tracker says about a segment of an existing session.
+#[derive(PartialEq, Eq)]
+pub enum TcpVerdict {
+    Accept,
+    /// A pure SYN on a closed session: a new connection reusing the tuple; re-run policy.
+    Reopen,
+    /// Does not fit the session's state.
+    Invalid,
+}
+
+/// Strict TCP tracking (handshake, FIN from each side, RST). Returns the new state.
+#[inline(always)]
+pub fn tcp_track(state: SessionState, flags: u8, fin_flags: u8, from_initiator: bool) -> (TcpVerdict, SessionState, u8) {
+    let syn = flags & TCP_SYN != 0;
+    let ack = flags & TCP_ACK != 0;
+    let pure_syn = syn && !ack;
+    if flags & TCP_RST != 0 {
+        return (TcpVerdict::Accept, SessionState::Closed, fin_flags);
+    }
+    match state {
+        SessionState::New => {
+            if from_initiator && pure_syn {
+                (TcpVerdict::Accept, state, fin_flags)
+            } else if !from_initiator && syn && ack {
+                (TcpVerdict::Accept, SessionState::SynRecv, fin_flags)
+            } else {
+                (TcpVerdict::Invalid, state, fin_flags)
+            }
+        }
+        SessionState::SynRecv => {
+            if from_initiator && ack && !syn {
+                track_fin(SessionState::Established, flags, fin_flags, from_initiator)
+            } else if syn {
+                // Retransmitted SYN or SYN-ACK.
+                (TcpVerdict::Accept, state, fin_flags)
+            } else {
+                (TcpVerdict::Invalid, state, fin_flags)
+            }
+        }
+        SessionState::Established | SessionState::FinWait => {
+            if syn {
+                (TcpVerdict::Invalid, state, fin_flags)
+            } else {
+                track_fin(state, flags, fin_flags, from_initiator)
+            }
+        }
+        SessionState::TimeWait | SessionState::Closed => {
+            if from_initiator && pure_syn {
+                (TcpVerdict::Reopen, state, fin_flags)
+            } else {
+                // Late ACKs and retransmitted FINs of a closing connection.
+                (TcpVerdict::Accept, state, fin_flags)
+            }
+        }
+    }
+}
+
+#[inline(always)]
+fn track_fin(state: SessionState, flags: u8, mut fin_flags: u8, from_initiator: bool) -> (TcpVerdict, SessionState, u8) {
+    if flags & TCP_FIN == 0 {
+        return (TcpVerdict::Accept, state, fin_flags);
+    }
+    fin_flags |= if from_initiator { SESSION_F_FIN_ORIG } else { SESSION_F_FIN_REPLY };
+    let both = SESSION_F_FIN_ORIG | SESSION_F_FIN_REPLY;
+    let next = if fin_flags & both == both {
+        SessionState::TimeWait
+    } else {
+        SessionState::FinWait
+    };
+    (TcpVerdict::Accept, next, fin_flags)
+}
+
+/// Updates an existing session for one packet. Returns `false` if strict TCP rejects the packet
+/// (`c.drop_tcp_invalid` is then the caller's to count) and `Err(())` when a SYN reopens it.
+#[inline(always)]
+pub fn update(
+    cfg: &DataplaneConfig,
+    c: &mut Counters,
+    key: &SessionKey,
+    hit: &Hit,
+    tcp_flags: u8,
+    bytes: u64,
+    now: u64,
+) -> TcpVerdict {
+    // SAFETY: lookup pointer, valid for this run; see the module doc on concurrency.
+    let v = unsafe { &mut *hit.value };
+    let old = SessionState::from_u8(v.state);
+    let mut new = old;
+    if key.proto == PROTO_TCP {
+        let fin_flags = v.flags & (SESSION_F_FIN_ORIG | SESSION_F_FIN_REPLY);
+        let (verdict, next, fins) = tcp_track(old, tcp_flags, fin_flags, hit.from_initiator);
+        if verdict != TcpVerdict::Accept {
+            return verdict;
+        }
+        new = next;
+        if fins != fin_flags {
+            v.flags |= fins;
+        }
+    } else if !hit.from_initiator && old == SessionState::New {
+        // UDP/ICMP: a reply establishes the session.
+        new = SessionState::Established;
+    }
+    if hit.from_initiator {
+        v.packets_orig += 1;
+        v.bytes_orig += bytes;
+    } else {
+        v.packets_reply += 1;
+        v.bytes_reply += bytes;
+    }
+    v.last_seen_ns = now;
+    if new != old {
+        v.state = new as u8;
+        if new == SessionState::Established {
+            c.session_established += 1;
+        }
+        let kind = if new == SessionState::Closed {
+            c.session_closed += 1;
+            EVENT_CLOSED
+        } else {
+            EVENT_STATE_CHANGED
+        };
+        emit(cfg, c, kind, key, v);
+    }
+    TcpVerdict::Accept
+}
+
+/// Creates (or, on reopen, replaces) the session of an allowed new flow.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub fn create(
+    cfg: &DataplaneConfig,
+    c: &mut Counters,
+    key: &SessionKey,
+    src_is_hi: bool,
+    rule_id: u32,
+    ingress_zone: u8,
+    egress_zone: u8,
+    bytes: u64,
+    now: u64,
+) -> bool {
+    let value = SessionValue {
+        created_ns: now,
+        last_seen_ns: now,
+        packets_orig: 1,
+        packets_reply: 0,
+        bytes_orig: bytes,
+        bytes_reply: 0,
+        rule_id,
+        state: SessionState::New as u8,
+        flags: if src_is_hi { SESSION_F_INITIATOR_IS_HI } else { 0 },
+        ingress_zone,
+        egress_zone,
+        policy_slot: (cfg.policy_slot & 1) as u8,
+        _pad: [0; 7],
+    };
+    if SESSIONS.insert(key, &value, BPF_ANY as u64).is_err() {
+        c.drop_session_table_full += 1;
+        return false;
+    }
+    c.session_created += 1;
+    emit(cfg, c, EVENT_CREATED, key, &value);
+    true
+}
+
+#[inline(always)]
+fn emit(cfg: &DataplaneConfig, c: &mut Counters, kind: u32, key: &SessionKey, value: &SessionValue) {
+    if cfg.flags & CONFIG_F_SESSION_EVENTS == 0 {
+        return;
+    }
+    match SESSION_EVENTS.reserve(0) {
+        Some(mut entry) => {
+            // Fill the reserved slot in place: building the event on the stack would cost 112 of
+            // the program's 512 stack bytes.
+            let ev = entry.as_mut_ptr();
+            // SAFETY: the reservation is sizeof(SessionEvent) bytes and ours until submit.
+            unsafe {
+                (*ev).kind = kind;
+                (*ev)._pad = 0;
+                (*ev).key = *key;
+                (*ev).value = *value;
+            }
+            entry.submit(0);
+        }
+        None => c.event_ringbuf_full += 1,
+    }
+}

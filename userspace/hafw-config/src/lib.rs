@@ -1,0 +1,15 @@
+//! hafw configuration: the TOML model, validation with errors that name file, line and field, and
+//! the policy compiler that turns ordered rules into the bit-vector tables the XDP program reads
+//! (see `hafw_common::policy`).
+//!
+//! Nothing here touches the system: [`Config::parse`] and [`compile`] are pure, so a commit can
+//! validate everything before the dataplane sees a single byte.
+
+mod compile;
+mod model;
+
+pub use compile::{CompiledPolicy, LpmEntry, compile};
+pub use model::{
+    Action, Address, Config, ConfigError, ErrorKind, Interface, PolicyDefaults, Rule, Service,
+    Timeouts, EXAMPLE,
+};

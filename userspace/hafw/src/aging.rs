@@ -1,0 +1,119 @@
+//! Session aging: which sessions have outlived their state's timeout.
+//!
+//! Pure code: the caller passes the current time on the clock the dataplane stamps sessions with
+//! (`CLOCK_MONOTONIC`), so tests drive it with any clock they like.
+
+use std::time::Duration;
+
+use hafw_common::session::{PROTO_TCP, PROTO_UDP, SessionKey, SessionState, SessionValue};
+
+/// Idle timeouts by protocol and state (PAN-OS-like defaults).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Timeouts {
+    /// TCP before the handshake completes.
+    pub tcp_init: Duration,
+    pub tcp_established: Duration,
+    /// After one side's FIN.
+    pub tcp_half_closed: Duration,
+    /// After both FINs or a RST.
+    pub tcp_time_wait: Duration,
+    pub udp: Duration,
+    pub icmp: Duration,
+    /// Any other protocol that holds a session.
+    pub other: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            tcp_init: Duration::from_secs(5),
+            tcp_established: Duration::from_secs(3600),
+            tcp_half_closed: Duration::from_secs(120),
+            tcp_time_wait: Duration::from_secs(15),
+            udp: Duration::from_secs(30),
+            icmp: Duration::from_secs(6),
+            other: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Timeouts {
+    /// The idle timeout that applies to a session now.
+    pub fn for_session(&self, key: &SessionKey, value: &SessionValue) -> Duration {
+        let state = SessionState::from_u8(value.state);
+        match key.proto {
+            PROTO_TCP => match state {
+                SessionState::New | SessionState::SynRecv => self.tcp_init,
+                SessionState::Established => self.tcp_established,
+                SessionState::FinWait => self.tcp_half_closed,
+                SessionState::TimeWait | SessionState::Closed => self.tcp_time_wait,
+            },
+            PROTO_UDP => self.udp,
+            hafw_common::session::PROTO_ICMP | hafw_common::session::PROTO_ICMPV6 => self.icmp,
+            _ => self.other,
+        }
+    }
+}
+
+/// Whether a session is idle past its timeout at `now_ns` (same clock as `last_seen_ns`).
+pub fn expired(timeouts: &Timeouts, key: &SessionKey, value: &SessionValue, now_ns: u64) -> bool {
+    let idle = now_ns.saturating_sub(value.last_seen_ns);
+    u128::from(idle) >= timeouts.for_session(key, value).as_nanos()
+}
+
+/// `CLOCK_MONOTONIC` in ns: the clock `bpf_ktime_get_ns` reads.
+pub fn monotonic_now_ns() -> u64 {
+    let ts = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .expect("CLOCK_MONOTONIC is always available on Linux");
+    ts.tv_sec() as u64 * 1_000_000_000 + ts.tv_nsec() as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hafw_common::session::FAMILY_IPV4;
+
+    fn session(proto: u8, state: SessionState, last_seen_ns: u64) -> (SessionKey, SessionValue) {
+        let key = SessionKey {
+            proto,
+            family: FAMILY_IPV4,
+            ..Default::default()
+        };
+        let value = SessionValue {
+            state: state as u8,
+            last_seen_ns,
+            ..Default::default()
+        };
+        (key, value)
+    }
+
+    const S: u64 = 1_000_000_000;
+
+    #[test]
+    fn each_state_ages_by_its_own_timeout() {
+        let t = Timeouts::default();
+        // (proto, state, idle seconds, expired?)
+        let table = [
+            (PROTO_TCP, SessionState::New, 4, false),
+            (PROTO_TCP, SessionState::New, 5, true),
+            (PROTO_TCP, SessionState::Established, 3599, false),
+            (PROTO_TCP, SessionState::Established, 3600, true),
+            (PROTO_TCP, SessionState::FinWait, 119, false),
+            (PROTO_TCP, SessionState::FinWait, 120, true),
+            (PROTO_TCP, SessionState::Closed, 15, true),
+            (PROTO_UDP, SessionState::Established, 29, false),
+            (PROTO_UDP, SessionState::Established, 30, true),
+            (hafw_common::session::PROTO_ICMP, SessionState::New, 6, true),
+        ];
+        for (proto, state, idle, want) in table {
+            let (k, v) = session(proto, state, 100 * S);
+            assert_eq!(expired(&t, &k, &v, (100 + idle) * S), want, "{proto} {state:?} idle {idle}s");
+        }
+    }
+
+    #[test]
+    fn a_clock_behind_last_seen_never_expires() {
+        let (k, v) = session(PROTO_UDP, SessionState::New, 100 * S);
+        assert!(!expired(&Timeouts::default(), &k, &v, 50 * S));
+    }
+}

@@ -1,0 +1,195 @@
+//! `hafw-bench`: benchmarks behind `cargo xtask bench ...`. Each prints a table and writes
+//! `bench/results/<name>.{md,json}`.
+//!
+//! `fastpath`: ns per packet through BPF_PROG_TEST_RUN (the kernel times the program runs only)
+//! for an established TCP packet with 1, 100k and 1M sessions in the table, and for new flows
+//! through a 1,000-rule policy; a bare pass-through program in the same run is the floor.
+
+use std::{fmt::Write as _, time::Duration};
+
+use anyhow::{Context as _, Result, bail};
+use hafw::testkit::{self, CLIENT, Fixture, SERVER, Verdict, run_packet, tcp};
+use hafw_common::session::{FAMILY_IPV4, PROTO_TCP, SessionKey, SessionState, SessionValue};
+use serde::Serialize;
+
+#[derive(Serialize)]
+struct Row {
+    case: String,
+    ns_per_packet: f64,
+    runs: u64,
+    target_ns: Option<f64>,
+    note: String,
+}
+
+fn main() -> Result<()> {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    let which = std::env::args().nth(1).unwrap_or_default();
+    match which.as_str() {
+        "fastpath" => {
+            // The fixture moves its thread into a private network namespace.
+            let rows = std::thread::spawn(fastpath_test_run)
+                .join()
+                .map_err(|_| anyhow::anyhow!("benchmark thread panicked"))??;
+            report("fastpath", &rows)
+        }
+        other => bail!("unknown benchmark {other:?} (expected: fastpath)"),
+    }
+}
+
+/// Runs `pkt` `total` times in batches of `batch` (the program rewrites TTL, so a batch must stay
+/// below the TTL) and returns the mean ns per run.
+fn measure(f: &Fixture, pkt: &[u8], ingress: u32, total: u64, batch: u32, want: Verdict) -> Result<f64> {
+    let mut sum = Duration::ZERO;
+    let mut runs = 0u64;
+    while runs < total {
+        let (out, avg) = run_packet(&f.dp, pkt, ingress, batch);
+        if out.verdict != want {
+            bail!("benchmark packet got {:?}, expected {want:?}", out.verdict);
+        }
+        sum += avg * batch;
+        runs += u64::from(batch);
+    }
+    Ok(sum.as_nanos() as f64 / runs as f64)
+}
+
+/// Fills the session table with `n` synthetic established sessions (distinct client ports and
+/// addresses in 198.19.0.0/16).
+fn fill_sessions(f: &mut Fixture, n: u32) -> Result<()> {
+    let existing = f.sessions().len() as u32;
+    for i in existing..n {
+        let src = [u32::from_ne_bytes([198, 19, (i >> 16) as u8, (i >> 8) as u8]), 0, 0, 0];
+        let dst = [u32::from_ne_bytes(SERVER), 0, 0, 0];
+        let (key, src_is_hi) = SessionKey::normalized(
+            FAMILY_IPV4,
+            PROTO_TCP,
+            src,
+            (1024 + (i & 0xff) as u16).to_be(),
+            dst,
+            80u16.to_be(),
+        );
+        let value = SessionValue {
+            state: SessionState::Established as u8,
+            flags: u8::from(src_is_hi),
+            rule_id: 1,
+            ..Default::default()
+        };
+        f.dp.insert_session(&key, &value).context("filling the session table")?;
+    }
+    Ok(())
+}
+
+/// A policy of `n` rules; only the last one allows TCP/9999 from 198.18.1.0/24.
+fn big_policy(n: usize) -> String {
+    let mut s = String::from(
+        "instance = \"bench\"\n[[interface]]\nname = \"trust0\"\nzone = \"trust\"\n\
+         [[interface]]\nname = \"untrust0\"\nzone = \"untrust\"\n",
+    );
+    for i in 0..n - 1 {
+        let _ = write!(
+            s,
+            "[[service]]\nname = \"svc{i}\"\nprotocol = \"tcp\"\nports = [\"{}\"]\n\
+             [[rule]]\nname = \"r{i}\"\nfrom = [\"trust\"]\nto = [\"untrust\"]\n\
+             source = [\"198.19.{}.{}/32\"]\ndestination = [\"198.18.2.0/24\"]\n\
+             service = [\"svc{i}\"]\naction = \"allow\"\n",
+            10000 + i,
+            i / 256,
+            i % 256
+        );
+    }
+    s.push_str(
+        "[[service]]\nname = \"last\"\nprotocol = \"tcp\"\nports = [\"9999\"]\n\
+         [[rule]]\nname = \"last\"\nfrom = [\"trust\"]\nto = [\"untrust\"]\n\
+         source = [\"198.18.1.0/24\"]\ndestination = [\"198.18.2.0/24\"]\n\
+         service = [\"last\"]\naction = \"allow\"\n",
+    );
+    s
+}
+
+fn fastpath_test_run() -> Result<Vec<Row>> {
+    const RUNS: u64 = 1_000_000;
+    const BATCH: u32 = 200;
+    let mut rows = Vec::new();
+    let mut f = Fixture::with_policy(testkit::POLICY, 1_250_000);
+
+    let pass = testkit::pass_program_ns(&f, RUNS)?;
+    rows.push(Row {
+        case: "floor: pass-through XDP program".into(),
+        ns_per_packet: pass,
+        runs: RUNS,
+        target_ns: None,
+        note: "same harness, program returns XDP_PASS".into(),
+    });
+
+    f.handshake(CLIENT, 40000, SERVER, 80);
+    let est = tcp(CLIENT, 40000, SERVER, 80, 0x10, 255);
+    for (label, n) in [("1", 1u32), ("100k", 100_000), ("1M", 1_000_000)] {
+        fill_sessions(&mut f, n)?;
+        let ns = measure(&f, &est, f.trust, RUNS, BATCH, Verdict::Redirect)?;
+        rows.push(Row {
+            case: format!("established TCP, {label} sessions in table"),
+            ns_per_packet: ns,
+            runs: RUNS,
+            target_ns: (n == 1_000_000).then_some(120.0),
+            note: format!("{} sessions present", f.sessions_len()),
+        });
+    }
+
+    // New flows through 1,000 rules. A fresh table so LRU eviction plays no part.
+    let mut f = Fixture::with_policy(&big_policy(1000), 1_250_000);
+    let denied = tcp(CLIENT, 40001, SERVER, 22, 0x02, 255);
+    let ns = measure(&f, &denied, f.trust, RUNS, BATCH, Verdict::Drop)?;
+    rows.push(Row {
+        case: "new flow, 1,000 rules, no match (default deny)".into(),
+        ns_per_packet: ns,
+        runs: RUNS,
+        target_ns: Some(1000.0),
+        note: "full classification, no session insert".into(),
+    });
+    const NEW_FLOWS: u32 = 50_000;
+    let mut sum = Duration::ZERO;
+    for i in 0..NEW_FLOWS {
+        let syn = tcp(CLIENT, 1024 + (i % 60000) as u16, SERVER, 9999, 0x02, 64);
+        let (out, d) = run_packet(&f.dp, &syn, f.trust, 1);
+        if out.verdict != Verdict::Redirect {
+            bail!("new flow {i} got {:?}", out.verdict);
+        }
+        sum += d;
+    }
+    rows.push(Row {
+        case: "new flow, 1,000 rules, allowed by the last rule".into(),
+        ns_per_packet: sum.as_nanos() as f64 / f64::from(NEW_FLOWS),
+        runs: u64::from(NEW_FLOWS),
+        target_ns: Some(1000.0),
+        note: "classification + session insert + ring buffer event, one run per flow".into(),
+    });
+    let _ = &mut f;
+    Ok(rows)
+}
+
+fn report(name: &str, rows: &[Row]) -> Result<()> {
+    let mut md = format!(
+        "# {name} benchmark\n\nkernel {}, {} CPUs\n\n| case | ns/packet | target | runs | note |\n|---|---:|---:|---:|---|\n",
+        kernel_release(),
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
+    );
+    for r in rows {
+        let target = match r.target_ns {
+            Some(t) => format!("≤ {t:.0} ({})", if r.ns_per_packet <= t { "met" } else { "MISSED" }),
+            None => "-".into(),
+        };
+        let _ = writeln!(md, "| {} | {:.1} | {} | {} | {} |", r.case, r.ns_per_packet, target, r.runs, r.note);
+    }
+    print!("{md}");
+    let dir = std::path::Path::new("bench/results");
+    std::fs::create_dir_all(dir)?;
+    std::fs::write(dir.join(format!("{name}.md")), &md)?;
+    std::fs::write(dir.join(format!("{name}.json")), serde_json::to_string_pretty(rows)?)?;
+    println!("\nwritten: bench/results/{name}.md, bench/results/{name}.json");
+    Ok(())
+}
+
+fn kernel_release() -> String {
+    nix::sys::utsname::uname()
+        .map(|u| u.release().to_string_lossy().into_owned())
+        .unwrap_or_default()
+}

@@ -1,0 +1,314 @@
+//! `hafw run`: the tokio shell around the dataplane. It loads and attaches the XDP programs,
+//! commits the policy, ages sessions, drains session events, and serves the control socket.
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use hafw_common::{
+    config::{CONFIG_F_SESSION_EVENTS, DataplaneConfig, Role},
+    session::{EVENT_CLOSED, EVENT_CREATED, EVENT_STATE_CHANGED, SessionEvent},
+};
+use hafw_config::{CompiledPolicy, Config};
+use log::{error, info, warn};
+use serde::Serialize;
+use tokio::{
+    io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader},
+    net::{UnixListener, UnixStream},
+};
+
+use crate::{
+    aging::{self, Timeouts},
+    control::{Request, Response, socket_path},
+    dataplane::{AttachMode, Dataplane, LoadOptions, ifindex, pin_dir},
+    view,
+};
+
+/// How often the session table is swept for expired sessions.
+const AGING_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Session events received from the ring buffer, by kind.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct EventCounters {
+    pub created: u64,
+    pub state_changed: u64,
+    pub closed: u64,
+}
+
+/// Everything the control socket and background tasks share.
+struct Node {
+    dp: Dataplane,
+    running: Config,
+    compiled: CompiledPolicy,
+    config_path: PathBuf,
+    ifindexes: BTreeMap<String, u32>,
+    events: EventCounters,
+    aged_out: u64,
+}
+
+type Shared = Arc<Mutex<Node>>;
+
+/// Reads, parses and compiles a config file; nothing is applied here.
+pub fn load_config(path: &Path) -> Result<(Config, CompiledPolicy)> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let name = path.display().to_string();
+    let config = Config::parse(&text, &name).map_err(|e| anyhow!("{e}"))?;
+    let compiled = hafw_config::compile(&config).map_err(|e| anyhow!("{e}"))?;
+    Ok((config, compiled))
+}
+
+fn timeouts(cfg: &Config) -> Timeouts {
+    let t = &cfg.timeouts;
+    Timeouts {
+        tcp_init: t.tcp_init(),
+        tcp_established: t.tcp(),
+        tcp_half_closed: t.tcp_half_closed(),
+        tcp_time_wait: t.tcp_time_wait(),
+        udp: t.udp(),
+        icmp: t.icmp(),
+        other: t.udp(),
+    }
+}
+
+pub async fn run(config_path: PathBuf) -> Result<()> {
+    let (config, compiled) = load_config(&config_path)?;
+    let instance = config.instance.clone();
+    let pins = pin_dir(&instance);
+    let mut dp = Dataplane::load(&LoadOptions {
+        session_table_size: config.session_table_size,
+        pin_dir: Some(pins.clone()),
+    })?;
+    info!("maps pinned under {}", pins.display());
+    let mut ifindexes = BTreeMap::new();
+    for (name, _) in &compiled.interfaces {
+        ifindexes.insert(name.clone(), ifindex(name)?);
+    }
+    // Policy first, then attach: the program never sees an interface without a zone.
+    dp.commit_policy(&compiled, &ifindexes)?;
+    dp.set_config(DataplaneConfig {
+        role: Role::Standalone as u32,
+        flags: CONFIG_F_SESSION_EVENTS,
+        ..Default::default()
+    })?;
+    for name in ifindexes.keys() {
+        if dp.attach(name)? == AttachMode::Generic {
+            warn!("{name}: running in generic XDP mode");
+        }
+    }
+
+    let events = dp.take_events();
+    let node: Shared = Arc::new(Mutex::new(Node {
+        dp,
+        running: config,
+        compiled,
+        config_path,
+        ifindexes,
+        events: EventCounters::default(),
+        aged_out: 0,
+    }));
+
+    let sock = socket_path(&instance);
+    if let Some(dir) = sock.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let _ = std::fs::remove_file(&sock);
+    let listener = UnixListener::bind(&sock).with_context(|| format!("binding {}", sock.display()))?;
+    info!("instance {instance}: control socket {}", sock.display());
+
+    tokio::spawn(age_sessions(node.clone()));
+    if let Some(ring) = events {
+        tokio::spawn(drain_events(node.clone(), ring));
+    }
+    let serve = {
+        let node = node.clone();
+        async move {
+            loop {
+                match listener.accept().await {
+                    Ok((stream, _)) => {
+                        tokio::spawn(serve_client(node.clone(), stream));
+                    }
+                    Err(e) => warn!("control socket accept: {e}"),
+                }
+            }
+        }
+    };
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = serve => {}
+        _ = tokio::signal::ctrl_c() => info!("interrupted; shutting down"),
+        _ = term.recv() => info!("terminated; shutting down"),
+    }
+    let _ = std::fs::remove_file(&sock);
+    let _ = std::fs::remove_dir_all(&pins);
+    // Dropping the node detaches the programs (their links close with the process).
+    drop(node);
+    Ok(())
+}
+
+async fn age_sessions(node: Shared) {
+    let mut tick = tokio::time::interval(AGING_INTERVAL);
+    loop {
+        tick.tick().await;
+        let node = node.clone();
+        // Map iteration is a syscall per entry: keep it off the async workers.
+        let res = tokio::task::spawn_blocking(move || -> Result<u64> {
+            let mut n = node.lock().map_err(|_| anyhow!("node lock poisoned"))?;
+            let t = timeouts(&n.running);
+            let now = aging::monotonic_now_ns();
+            let expired: Vec<_> = n
+                .dp
+                .sessions()?
+                .into_iter()
+                .filter(|(k, v)| aging::expired(&t, k, v, now))
+                .map(|(k, _)| k)
+                .collect();
+            for k in &expired {
+                let _ = n.dp.remove_session(k);
+            }
+            n.aged_out += expired.len() as u64;
+            Ok(expired.len() as u64)
+        })
+        .await;
+        match res {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => log::debug!("aged out {n} sessions"),
+            Ok(Err(e)) => error!("session aging: {e:#}"),
+            Err(e) => error!("session aging task: {e}"),
+        }
+    }
+}
+
+async fn drain_events(node: Shared, ring: aya::maps::RingBuf<aya::maps::MapData>) {
+    // SAFETY: the ring buffer owns its map fd and lives inside the AsyncFd until both drop.
+    let mut fd = match unsafe { tokio::io::unix::AsyncFd::register(ring) } {
+        Ok(fd) => fd,
+        Err(e) => {
+            error!("session events: {e}");
+            return;
+        }
+    };
+    loop {
+        let mut guard = match fd.readable_mut().await {
+            Ok(g) => g,
+            Err(e) => {
+                error!("session events: {e}");
+                return;
+            }
+        };
+        let ring = guard.get_inner_mut();
+        let mut counts = EventCounters::default();
+        while let Some(item) = ring.next() {
+            if item.len() < std::mem::size_of::<SessionEvent>() {
+                continue;
+            }
+            // SAFETY: the program submits whole SessionEvent records; read unaligned.
+            let ev: SessionEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+            match ev.kind {
+                EVENT_CREATED => counts.created += 1,
+                EVENT_STATE_CHANGED => counts.state_changed += 1,
+                EVENT_CLOSED => counts.closed += 1,
+                _ => {}
+            }
+        }
+        guard.clear_ready();
+        if let Ok(mut n) = node.lock() {
+            n.events.created += counts.created;
+            n.events.state_changed += counts.state_changed;
+            n.events.closed += counts.closed;
+        }
+    }
+}
+
+async fn serve_client(node: Shared, stream: UnixStream) {
+    let (read, mut write) = stream.into_split();
+    let mut lines = BufReader::new(read).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        let node = node.clone();
+        let response = tokio::task::spawn_blocking(move || match serde_json::from_str::<Request>(&line) {
+            Ok(req) => match handle(&node, req) {
+                Ok(data) => Response::Ok { data },
+                Err(e) => Response::Error { message: format!("{e:#}") },
+            },
+            Err(e) => Response::Error {
+                message: format!("malformed request: {e}"),
+            },
+        })
+        .await
+        .unwrap_or_else(|e| Response::Error {
+            message: format!("internal error: {e}"),
+        });
+        let mut out = serde_json::to_string(&response).unwrap_or_default();
+        out.push('\n');
+        if write.write_all(out.as_bytes()).await.is_err() {
+            return;
+        }
+    }
+}
+
+fn handle(node: &Shared, req: Request) -> Result<serde_json::Value> {
+    let mut n = node.lock().map_err(|_| anyhow!("node lock poisoned"))?;
+    let json = match req {
+        Request::ShowSessions => {
+            let now = aging::monotonic_now_ns();
+            let rules: Vec<String> = n.running.rules.iter().map(|r| r.name.get_ref().clone()).collect();
+            let zones = n.compiled.zones.clone();
+            let mut sessions: Vec<_> = n
+                .dp
+                .sessions()?
+                .iter()
+                .map(|(k, v)| {
+                    view::session_view(
+                        k,
+                        v,
+                        now,
+                        |id| rules.get(id as usize - 1).cloned().unwrap_or_else(|| format!("rule#{id}")),
+                        |z| zones.get(z as usize).cloned().unwrap_or_else(|| format!("zone#{z}")),
+                    )
+                })
+                .collect();
+            sessions.sort_by(|a, b| (a.source, a.source_port).cmp(&(b.source, b.source_port)));
+            serde_json::to_value(sessions)?
+        }
+        Request::ShowCounters => {
+            let c = n.dp.counters()?;
+            let mut fields: Vec<(String, u64)> =
+                c.fields().iter().map(|(k, v)| ((*k).to_owned(), *v)).collect();
+            fields.push(("events_created".into(), n.events.created));
+            fields.push(("events_state_changed".into(), n.events.state_changed));
+            fields.push(("events_closed".into(), n.events.closed));
+            fields.push(("sessions_aged_out".into(), n.aged_out));
+            serde_json::Value::Object(fields.into_iter().map(|(k, v)| (k, v.into())).collect())
+        }
+        Request::ShowRunningConfig => serde_json::to_value(&n.running)?,
+        Request::ShowInterfaces => {
+            let attached: BTreeMap<_, _> = n.dp.attached().map(|(k, m)| (k.to_owned(), m)).collect();
+            serde_json::to_value(attached)?
+        }
+        Request::Commit { path } => {
+            let path = path.unwrap_or_else(|| n.config_path.clone());
+            let (config, compiled) = load_config(&path)?;
+            if config.instance != n.running.instance {
+                bail!("instance is a per-device setting and cannot change on commit (restart hafw)");
+            }
+            let mut ifindexes = BTreeMap::new();
+            for (name, _) in &compiled.interfaces {
+                if !n.ifindexes.contains_key(name) {
+                    bail!("interface {name} is not attached; adding data ports needs a restart");
+                }
+                ifindexes.insert(name.clone(), n.ifindexes[name]);
+            }
+            n.dp.commit_policy(&compiled, &ifindexes)?;
+            let slot = n.dp.live_slot();
+            info!("commit from {}: {} rules, live slot {slot}", path.display(), config.rules.len());
+            n.running = config;
+            n.compiled = compiled;
+            n.config_path = path;
+            serde_json::json!({ "result": "OK", "policy_slot": slot, "rules": n.running.rules.len() })
+        }
+    };
+    Ok(json)
+}

@@ -1,0 +1,438 @@
+//! The loaded XDP dataplane: loading the object, typed access to every map, attaching to data
+//! ports, pinning for `bpftool`, and atomic policy commits.
+//!
+//! Every interaction with the kernel's BPF objects goes through this module, so tests can build a
+//! `Dataplane` without attaching it and drive the program with `BPF_PROG_TEST_RUN`.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{
+        Array, DevMapHash, HashMap, LpmTrie, MapData, PerCpuArray, RingBuf, lpm_trie::Key,
+    },
+    programs::{Xdp, XdpMode, xdp::XdpLinkId},
+};
+use hafw_common::{
+    LAYOUT_VERSION,
+    config::{CONFIG_INDEX, DataplaneConfig},
+    counters::Counters,
+    policy::{
+        IfaceInfo, IfaceKey, MAX_ZONES, POLICY_ADDR_HEADER_BITS, PORTS, PROTO_CLASSES,
+        PolicyAddrKey, PolicyInfo, RuleAction, RuleBitmap, port_class_index, rule_index,
+        service_bitmap_index, zone_pair_index,
+    },
+    session::{SessionKey, SessionValue},
+};
+use hafw_config::CompiledPolicy;
+use log::{info, warn};
+
+/// The XDP object built by `build.rs` from `ebpf/hafw-ebpf`.
+pub static XDP_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/hafw"));
+
+/// Name of the data-port program in the object.
+pub const FAST_PATH_PROGRAM: &str = "hafw_fw";
+/// Name of the pass-through program in the object.
+pub const PASS_PROGRAM: &str = "hafw_pass";
+
+/// Where an instance pins its maps: `/sys/fs/bpf/hafw/<instance>/v<LAYOUT_VERSION>/`.
+pub fn pin_dir(instance: &str) -> PathBuf {
+    PathBuf::from(format!("/sys/fs/bpf/hafw/{instance}/v{LAYOUT_VERSION}"))
+}
+
+/// Maps pinned for operators (`bpftool map dump pinned <dir>/<name>`).
+const PINNED_MAPS: [(&str, &str); 2] = [("COUNTERS", "counters"), ("SESSIONS", "sessions")];
+
+/// How long a policy slot must stay idle after it was live before it is rewritten. XDP programs
+/// run to completion in microseconds inside an RCU read section, so a packet that read the old
+/// slot number has long finished by then.
+const SLOT_QUIESCE: Duration = Duration::from_millis(20);
+
+/// Options for loading the dataplane.
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    pub session_table_size: u32,
+    /// Pin the operator-facing maps here (`None` in tests).
+    pub pin_dir: Option<PathBuf>,
+}
+
+/// How a program ended up attached to an interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AttachMode {
+    /// Native (driver) XDP.
+    Native,
+    /// Generic (skb) XDP: the driver lacks native support.
+    Generic,
+}
+
+/// What one policy slot holds, so the next commit into it clears exactly what is stale.
+#[derive(Default)]
+struct SlotShadow {
+    ifaces: BTreeSet<u32>,
+    zone_pairs: BTreeSet<u32>,
+    src_prefixes: Vec<Key<PolicyAddrKey>>,
+    dst_prefixes: Vec<Key<PolicyAddrKey>>,
+    /// Class id of every (protocol class, port), `None` until the slot is first written.
+    port_classes: Option<Vec<u32>>,
+    service_classes: u32,
+    rules: u32,
+    /// When the slot stopped being live.
+    retired_at: Option<Instant>,
+}
+
+pub struct Dataplane {
+    ebpf: Ebpf,
+    config: Array<MapData, DataplaneConfig>,
+    counters: PerCpuArray<MapData, Counters>,
+    sessions: HashMap<MapData, SessionKey, SessionValue>,
+    devmap: DevMapHash<MapData>,
+    ifaces: HashMap<MapData, IfaceKey, IfaceInfo>,
+    policy_info: Array<MapData, PolicyInfo>,
+    zone_pairs: Array<MapData, RuleBitmap>,
+    src_addrs: LpmTrie<MapData, PolicyAddrKey, RuleBitmap>,
+    dst_addrs: LpmTrie<MapData, PolicyAddrKey, RuleBitmap>,
+    port_classes: Array<MapData, u32>,
+    service_bitmaps: Array<MapData, RuleBitmap>,
+    rules: Array<MapData, RuleAction>,
+    events: Option<RingBuf<MapData>>,
+    dp_config: DataplaneConfig,
+    shadows: [SlotShadow; 2],
+    links: BTreeMap<String, (XdpLinkId, AttachMode)>,
+}
+
+macro_rules! take {
+    ($ebpf:expr, $name:literal) => {
+        $ebpf
+            .take_map($name)
+            .ok_or_else(|| anyhow!(concat!("map ", $name, " missing from the XDP object")))?
+            .try_into()
+            .context(concat!("map ", $name))?
+    };
+}
+
+impl Dataplane {
+    /// Loads the object and its maps; attaches nothing.
+    pub fn load(opts: &LoadOptions) -> Result<Dataplane> {
+        raise_memlock_limit();
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries("SESSIONS", opts.session_table_size)
+            .load(XDP_OBJECT)
+            .context("loading the XDP object")?;
+        if let Some(dir) = &opts.pin_dir {
+            pin_maps(&mut ebpf, dir)?;
+        }
+        for name in [FAST_PATH_PROGRAM, PASS_PROGRAM] {
+            let prog: &mut Xdp = ebpf
+                .program_mut(name)
+                .ok_or_else(|| anyhow!("program {name} missing from the XDP object"))?
+                .try_into()?;
+            prog.load().with_context(|| format!("loading program {name} (verifier)"))?;
+        }
+        let mut dp = Dataplane {
+            config: take!(ebpf, "CONFIG"),
+            counters: take!(ebpf, "COUNTERS"),
+            sessions: take!(ebpf, "SESSIONS"),
+            devmap: take!(ebpf, "DEVMAP"),
+            ifaces: take!(ebpf, "IFACES"),
+            policy_info: take!(ebpf, "POLICY_INFO"),
+            zone_pairs: take!(ebpf, "ZONE_PAIRS"),
+            src_addrs: take!(ebpf, "SRC_ADDRS"),
+            dst_addrs: take!(ebpf, "DST_ADDRS"),
+            port_classes: take!(ebpf, "PORT_CLASSES"),
+            service_bitmaps: take!(ebpf, "SERVICE_BITMAPS"),
+            rules: take!(ebpf, "RULES"),
+            events: Some(take!(ebpf, "SESSION_EVENTS")),
+            ebpf,
+            dp_config: DataplaneConfig::default(),
+            shadows: [SlotShadow::default(), SlotShadow::default()],
+            links: BTreeMap::new(),
+        };
+        // Slot 0 is live (and empty: it denies) until the first commit writes slot 1 and flips.
+        dp.dp_config.policy_slot = 0;
+        dp.shadows[0].retired_at = None;
+        dp.shadows[1].retired_at = Some(Instant::now() - SLOT_QUIESCE);
+        dp.write_config()?;
+        Ok(dp)
+    }
+
+    /// The data-port program, for `BPF_PROG_TEST_RUN`.
+    pub fn fast_path(&self) -> Result<&Xdp> {
+        Ok(self
+            .ebpf
+            .program(FAST_PATH_PROGRAM)
+            .ok_or_else(|| anyhow!("no program {FAST_PATH_PROGRAM}"))?
+            .try_into()?)
+    }
+
+    /// The pass-through program (the benchmark floor).
+    pub fn pass_program(&self) -> Result<&Xdp> {
+        Ok(self
+            .ebpf
+            .program(PASS_PROGRAM)
+            .ok_or_else(|| anyhow!("no program {PASS_PROGRAM}"))?
+            .try_into()?)
+    }
+
+    /// Attaches the fast path to a data port: native mode, or generic when the driver lacks it.
+    pub fn attach(&mut self, ifname: &str) -> Result<AttachMode> {
+        let ifindex = ifindex(ifname)?;
+        let prog: &mut Xdp = self
+            .ebpf
+            .program_mut(FAST_PATH_PROGRAM)
+            .ok_or_else(|| anyhow!("no program {FAST_PATH_PROGRAM}"))?
+            .try_into()?;
+        let (link, mode) = match prog.attach(ifname, XdpMode::Driver) {
+            Ok(link) => (link, AttachMode::Native),
+            Err(native_err) => {
+                warn!(
+                    "{ifname}: native XDP unavailable ({native_err}); falling back to generic XDP, \
+                     which runs after the kernel allocates an skb and is much slower"
+                );
+                let link = prog
+                    .attach(ifname, XdpMode::Skb)
+                    .with_context(|| format!("attaching XDP to {ifname}"))?;
+                (link, AttachMode::Generic)
+            }
+        };
+        self.register_port(ifindex)
+            .with_context(|| format!("adding {ifname} to the devmap"))?;
+        info!("{ifname} (ifindex {ifindex}): fast path attached, {mode:?} mode");
+        self.links.insert(ifname.to_owned(), (link, mode));
+        Ok(mode)
+    }
+
+    /// Makes `ifindex` a redirect target of the fast path (the devmap entry).
+    pub fn register_port(&mut self, ifindex: u32) -> Result<()> {
+        Ok(self.devmap.insert(ifindex, ifindex, None, 0)?)
+    }
+
+    /// Attached interfaces and their modes.
+    pub fn attached(&self) -> impl Iterator<Item = (&str, AttachMode)> {
+        self.links.iter().map(|(n, (_, m))| (n.as_str(), *m))
+    }
+
+    pub fn config(&self) -> DataplaneConfig {
+        self.dp_config
+    }
+
+    /// Replaces the global config, keeping the live policy slot (only commits change that).
+    pub fn set_config(&mut self, mut cfg: DataplaneConfig) -> Result<()> {
+        cfg.policy_slot = self.dp_config.policy_slot;
+        self.dp_config = cfg;
+        self.write_config()
+    }
+
+    fn write_config(&mut self) -> Result<()> {
+        self.config
+            .set(CONFIG_INDEX, self.dp_config, 0)
+            .context("writing the CONFIG map")
+    }
+
+    pub fn live_slot(&self) -> u32 {
+        self.dp_config.policy_slot
+    }
+
+    /// Writes `policy` into the idle slot, then makes it live with one 4-byte store. Packets see
+    /// the old policy or the new one, never a mix. `ifindexes` maps interface names to ifindexes.
+    pub fn commit_policy(&mut self, policy: &CompiledPolicy, ifindexes: &BTreeMap<String, u32>) -> Result<()> {
+        let live = self.dp_config.policy_slot & 1;
+        let slot = live ^ 1;
+        if let Some(retired) = self.shadows[slot as usize].retired_at {
+            let idle = retired.elapsed();
+            if idle < SLOT_QUIESCE {
+                std::thread::sleep(SLOT_QUIESCE - idle);
+            }
+        }
+        self.write_slot(slot, policy, ifindexes)
+            .with_context(|| format!("writing policy slot {slot}"))?;
+        self.dp_config.policy_slot = slot;
+        self.write_config()?;
+        self.shadows[live as usize].retired_at = Some(Instant::now());
+        self.shadows[slot as usize].retired_at = None;
+        Ok(())
+    }
+
+    fn write_slot(&mut self, slot: u32, p: &CompiledPolicy, ifindexes: &BTreeMap<String, u32>) -> Result<()> {
+        let shadow = &mut self.shadows[slot as usize];
+
+        // Interfaces -> zones.
+        let mut ifaces = BTreeSet::new();
+        for (name, zone) in &p.interfaces {
+            let ifindex = *ifindexes
+                .get(name)
+                .ok_or_else(|| anyhow!("interface {name} has no ifindex"))?;
+            self.ifaces
+                .insert(IfaceKey { ifindex, slot }, IfaceInfo { zone: *zone, flags: 0 }, 0)?;
+            ifaces.insert(ifindex);
+        }
+        for stale in shadow.ifaces.difference(&ifaces) {
+            let _ = self.ifaces.remove(&IfaceKey { ifindex: *stale, slot });
+        }
+        shadow.ifaces = ifaces;
+
+        // Zone pairs.
+        let mut pairs = BTreeSet::new();
+        for ((from, to), bitmap) in &p.zone_pairs {
+            if *from >= MAX_ZONES || *to >= MAX_ZONES {
+                bail!("zone id out of range");
+            }
+            let idx = zone_pair_index(slot, *from, *to);
+            self.zone_pairs.set(idx, bitmap, 0)?;
+            pairs.insert(idx);
+        }
+        for stale in shadow.zone_pairs.difference(&pairs) {
+            self.zone_pairs.set(*stale, RuleBitmap::default(), 0)?;
+        }
+        shadow.zone_pairs = pairs;
+
+        // Address prefixes.
+        for (trie, entries, old) in [
+            (&mut self.src_addrs, &p.src_prefixes, &mut shadow.src_prefixes),
+            (&mut self.dst_addrs, &p.dst_prefixes, &mut shadow.dst_prefixes),
+        ] {
+            let mut keys = Vec::with_capacity(entries.len());
+            for e in entries {
+                let key = Key::new(
+                    POLICY_ADDR_HEADER_BITS + u32::from(e.prefix_len),
+                    PolicyAddrKey {
+                        slot: slot as u8,
+                        family: e.family,
+                        _pad: [0; 2],
+                        addr: e.addr,
+                        _tail: [0; 4],
+                    },
+                );
+                trie.insert(&key, e.rules, 0)?;
+                keys.push(key);
+            }
+            for stale in old.iter() {
+                if !keys.iter().any(|k| k.prefix_len() == stale.prefix_len() && k.data() == stale.data()) {
+                    let _ = trie.remove(stale);
+                }
+            }
+            *old = keys;
+        }
+
+        // Port -> service class: only entries that differ from what the slot already holds.
+        let mut classes = vec![0u32; (PROTO_CLASSES * PORTS) as usize];
+        for (proto_class, ranges) in p.port_classes.iter().enumerate() {
+            for &(first, last, class) in ranges {
+                for port in u32::from(first)..=u32::from(last) {
+                    classes[proto_class * PORTS as usize + port as usize] = class;
+                }
+            }
+        }
+        for (i, class) in classes.iter().enumerate() {
+            let changed = match &shadow.port_classes {
+                Some(old) => old[i] != *class,
+                None => true,
+            };
+            if changed {
+                let proto_class = i as u32 / PORTS;
+                let port = i as u32 % PORTS;
+                self.port_classes
+                    .set(port_class_index(slot, proto_class, port), class, 0)?;
+            }
+        }
+        shadow.port_classes = Some(classes);
+
+        // Service class bitmaps and rules.
+        let n_classes = p.service_bitmaps.len() as u32;
+        for (class, bitmap) in p.service_bitmaps.iter().enumerate() {
+            self.service_bitmaps
+                .set(service_bitmap_index(slot, class as u32), bitmap, 0)?;
+        }
+        for stale in n_classes..shadow.service_classes {
+            self.service_bitmaps
+                .set(service_bitmap_index(slot, stale), RuleBitmap::default(), 0)?;
+        }
+        shadow.service_classes = n_classes;
+        for (i, rule) in p.rules.iter().enumerate() {
+            self.rules.set(rule_index(slot, i as u32), rule, 0)?;
+        }
+        shadow.rules = p.rules.len() as u32;
+
+        self.policy_info.set(
+            slot,
+            PolicyInfo {
+                rule_words: p.rule_words,
+                rule_count: p.rule_count,
+            },
+            0,
+        )?;
+        Ok(())
+    }
+
+    /// Global counters summed over CPUs.
+    pub fn counters(&self) -> Result<Counters> {
+        let per_cpu = self.counters.get(&0, 0).context("reading COUNTERS")?;
+        let mut total = Counters::default();
+        for c in per_cpu.iter() {
+            total.accumulate(c);
+        }
+        Ok(total)
+    }
+
+    /// Every session in the table.
+    pub fn sessions(&self) -> Result<Vec<(SessionKey, SessionValue)>> {
+        self.sessions
+            .iter()
+            .map(|r| r.context("reading SESSIONS"))
+            .collect()
+    }
+
+    pub fn session(&self, key: &SessionKey) -> Option<SessionValue> {
+        self.sessions.get(key, 0).ok()
+    }
+
+    pub fn insert_session(&mut self, key: &SessionKey, value: &SessionValue) -> Result<()> {
+        Ok(self.sessions.insert(key, value, 0)?)
+    }
+
+    pub fn remove_session(&mut self, key: &SessionKey) -> Result<()> {
+        Ok(self.sessions.remove(key)?)
+    }
+
+    /// The session event ring buffer (taken once, by the event consumer).
+    pub fn take_events(&mut self) -> Option<RingBuf<MapData>> {
+        self.events.take()
+    }
+}
+
+/// Pins the operator-facing maps under `dir`, replacing stale pins of a previous run.
+fn pin_maps(ebpf: &mut Ebpf, dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    for (name, file) in PINNED_MAPS {
+        let path = dir.join(file);
+        let _ = std::fs::remove_file(&path);
+        ebpf.map(name)
+            .ok_or_else(|| anyhow!("map {name} missing"))?
+            .pin(&path)
+            .with_context(|| format!("pinning {name} at {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// The kernel's ifindex of an interface in this network namespace.
+pub fn ifindex(ifname: &str) -> Result<u32> {
+    nix::net::if_::if_nametoindex(ifname).with_context(|| format!("no interface named {ifname}"))
+}
+
+/// Kernels before 5.11 charge BPF maps against RLIMIT_MEMLOCK; raising it is harmless elsewhere.
+fn raise_memlock_limit() {
+    let lim = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: setrlimit with a valid struct.
+    let rc = unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &lim) };
+    if rc != 0 {
+        warn!("could not raise RLIMIT_MEMLOCK; map creation may fail on old kernels");
+    }
+}

@@ -1,0 +1,17 @@
+//! hafw: the userspace controller of the hafw firewall pair.
+//!
+//! - [`dataplane`]: loads the XDP object, owns its maps, attaches data ports, commits policy.
+//! - [`aging`]: which sessions have expired (pure; driven by an injected clock).
+//! - [`view`]: sessions and counters as operators see them (tables and JSON).
+//! - [`control`]: the local control socket's protocol and client.
+//! - [`controller`]: the tokio shell that runs it all (`hafw run`).
+//! - [`testkit`]: BPF_PROG_TEST_RUN fixture shared by the tests and `hafw-bench`.
+pub mod aging;
+pub mod control;
+pub mod controller;
+pub mod dataplane;
+pub mod testkit;
+pub mod view;
+
+/// Software version, compared with the HA peer's.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

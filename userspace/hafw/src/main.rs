@@ -1,0 +1,156 @@
+//! `hafw`: the controller (`hafw run`) and the operator CLI (`hafw show ...`, `hafw commit`).
+
+use std::path::PathBuf;
+
+use anyhow::{Context as _, Result};
+use clap::{Args, Parser, Subcommand};
+use hafw::{
+    control::{Request, request},
+    dataplane::{PASS_PROGRAM, XDP_OBJECT},
+    view,
+};
+
+#[derive(Parser)]
+#[command(name = "hafw", version, about = "High-availability firewall pair with an XDP fast path")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Clone)]
+struct Target {
+    /// Instance to talk to (the config's `instance`).
+    #[arg(long, env = "HAFW_INSTANCE", default_value = "hafw", global = true)]
+    instance: String,
+    /// Print JSON for scripts.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Load and attach the dataplane and run the controller in the foreground.
+    Run {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Show operational state.
+    Show {
+        #[command(subcommand)]
+        what: Show,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Validate the candidate config and swap it in atomically.
+    Commit {
+        /// Candidate config file (default: the file `hafw run` was started with).
+        #[arg(long)]
+        file: Option<PathBuf>,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Check a config file without applying it.
+    Validate { file: PathBuf },
+    /// Attach a pass-through XDP program to an interface and pin its link (lab helper: XDP
+    /// redirects into a veth are only delivered when the peer runs XDP).
+    #[command(hide = true)]
+    XdpPass {
+        #[arg(long)]
+        iface: String,
+        #[arg(long)]
+        pin: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum Show {
+    /// `show session all`
+    Session {
+        #[arg(value_parser = ["all"])]
+        scope: String,
+    },
+    /// `show counter global`
+    Counter {
+        #[arg(value_parser = ["global"])]
+        scope: String,
+    },
+    /// `show running-config`
+    RunningConfig,
+    /// `show interface`: attached data ports and their XDP mode.
+    Interface,
+}
+
+fn main() -> Result<()> {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run { config } => {
+            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            rt.block_on(hafw::controller::run(config))
+        }
+        Command::Show { what, target } => {
+            let req = match what {
+                Show::Session { .. } => Request::ShowSessions,
+                Show::Counter { .. } => Request::ShowCounters,
+                Show::RunningConfig => Request::ShowRunningConfig,
+                Show::Interface => Request::ShowInterfaces,
+            };
+            let data = request(&target.instance, &req)?;
+            if target.json {
+                println!("{}", serde_json::to_string_pretty(&data)?);
+                return Ok(());
+            }
+            match req {
+                Request::ShowSessions => {
+                    let sessions: Vec<view::SessionView> = serde_json::from_value(data)?;
+                    print!("{}", view::sessions_table(&sessions));
+                }
+                Request::ShowCounters => {
+                    let map: serde_json::Map<String, serde_json::Value> = serde_json::from_value(data)?;
+                    let fields: Vec<(String, u64)> =
+                        map.into_iter().map(|(k, v)| (k, v.as_u64().unwrap_or(0))).collect();
+                    print!("{}", view::counters_table(&fields));
+                }
+                _ => println!("{}", serde_json::to_string_pretty(&data)?),
+            }
+            Ok(())
+        }
+        Command::Commit { file, target } => {
+            let file = file.map(|f| std::fs::canonicalize(&f).unwrap_or(f));
+            let data = request(&target.instance, &Request::Commit { path: file })?;
+            if target.json {
+                println!("{}", serde_json::to_string_pretty(&data)?);
+            } else {
+                println!("commit: {}", data["result"].as_str().unwrap_or("OK"));
+            }
+            Ok(())
+        }
+        Command::Validate { file } => {
+            hafw::controller::load_config(&file)?;
+            println!("{}: configuration is valid", file.display());
+            Ok(())
+        }
+        Command::XdpPass { iface, pin } => xdp_pass(&iface, &pin),
+    }
+}
+
+fn xdp_pass(iface: &str, pin: &std::path::Path) -> Result<()> {
+    let mut ebpf = aya::Ebpf::load(XDP_OBJECT).context("loading the XDP object")?;
+    let prog: &mut aya::programs::Xdp = ebpf
+        .program_mut(PASS_PROGRAM)
+        .context("pass program missing")?
+        .try_into()?;
+    prog.load()?;
+    let link_id = prog
+        .attach(iface, aya::programs::XdpMode::Driver)
+        .or_else(|_| prog.attach(iface, aya::programs::XdpMode::Skb))
+        .with_context(|| format!("attaching {PASS_PROGRAM} to {iface}"))?;
+    let link = prog.take_link(link_id)?;
+    let fd_link: aya::programs::links::FdLink = link.try_into().context("XDP link is not an fd link")?;
+    if let Some(dir) = pin.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let _ = std::fs::remove_file(pin);
+    fd_link.pin(pin).with_context(|| format!("pinning link at {}", pin.display()))?;
+    Ok(())
+}

@@ -1,0 +1,525 @@
+//! Support for BPF_PROG_TEST_RUN tests and benchmarks: a fixture that puts the calling thread in a
+//! private network namespace with two routed data ports and static neighbours, loads the dataplane
+//! with a policy, and runs packets built with etherparse through the real program.
+//!
+//! Needs root. Nothing here touches the caller's network namespace: the private one disappears
+//! with the thread.
+
+use std::{collections::BTreeMap, process::Command};
+
+use aya::programs::{TestRun as _, TestRunOptions};
+use etherparse::{Ethernet2Header, Ipv4Header, PacketBuilder, SlicedPacket, TransportSlice, NetSlice};
+use crate::dataplane::{Dataplane, LoadOptions};
+use hafw_common::{
+    config::{CONFIG_F_SESSION_EVENTS, DataplaneConfig, Role},
+    counters::Counters,
+    session::{FAMILY_IPV4, FAMILY_IPV6, SessionKey, SessionValue},
+};
+
+pub const CLIENT: [u8; 4] = [198, 18, 1, 2];
+pub const SERVER: [u8; 4] = [198, 18, 2, 2];
+pub const TRUST_IP: [u8; 4] = [198, 18, 1, 1];
+pub const CLIENT6: [u8; 16] = [0x20, 0x01, 0, 2, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
+pub const SERVER6: [u8; 16] = [0x20, 0x01, 0, 2, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
+pub const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x01, 0x02];
+pub const SERVER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x02, 0x02];
+pub const TRUST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0xfe, 0x01];
+pub const UNTRUST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0xfe, 0x02];
+
+/// The policy most tests run with.
+pub const POLICY: &str = r#"
+instance = "fastpath-test"
+
+[[interface]]
+name = "trust0"
+zone = "trust"
+
+[[interface]]
+name = "untrust0"
+zone = "untrust"
+
+[[address]]
+name = "clients"
+prefixes = ["198.18.1.0/24", "2001:2:0:1::/64"]
+
+[[address]]
+name = "servers"
+prefixes = ["198.18.2.0/24", "2001:2:0:2::/64"]
+
+[[service]]
+name = "web"
+protocol = "tcp"
+ports = ["80", "443"]
+
+[[service]]
+name = "alt-web"
+protocol = "tcp"
+ports = ["8080"]
+
+[[service]]
+name = "dns"
+protocol = "udp"
+ports = ["53"]
+
+[[service]]
+name = "ping"
+protocol = "icmp"
+
+[[rule]]
+name = "deny-alt-web"
+from = ["trust"]
+to = ["untrust"]
+source = ["any"]
+destination = ["any"]
+service = ["alt-web"]
+action = "deny"
+
+[[rule]]
+name = "allow-web"
+from = ["trust"]
+to = ["untrust"]
+source = ["clients"]
+destination = ["servers"]
+service = ["web", "alt-web"]
+action = "allow"
+
+[[rule]]
+name = "allow-dns-ping"
+from = ["trust"]
+to = ["untrust"]
+source = ["clients"]
+destination = ["any"]
+service = ["dns", "ping"]
+action = "allow"
+"#;
+
+/// Same zones and objects, but web is no longer allowed.
+pub const POLICY_WITHOUT_WEB: &str = r#"
+instance = "fastpath-test"
+
+[[interface]]
+name = "trust0"
+zone = "trust"
+
+[[interface]]
+name = "untrust0"
+zone = "untrust"
+
+[[service]]
+name = "dns"
+protocol = "udp"
+ports = ["53"]
+
+[[rule]]
+name = "allow-dns"
+from = ["trust"]
+to = ["untrust"]
+source = ["any"]
+destination = ["any"]
+service = ["dns"]
+action = "allow"
+"#;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Aborted,
+    Drop,
+    Pass,
+    Tx,
+    Redirect,
+}
+
+pub struct Output {
+    pub verdict: Verdict,
+    pub data: Vec<u8>,
+}
+
+pub struct Fixture {
+    pub dp: Dataplane,
+    pub trust: u32,
+    pub untrust: u32,
+    pub untrust_mac: [u8; 6],
+    cfg: DataplaneConfig,
+}
+
+/// Runs a command in the calling thread's network namespace; panics with its stderr on failure
+/// (this is test support: a broken fixture must stop the test loudly).
+pub fn sh(args: &[&str]) {
+    let out = Command::new(args[0]).args(&args[1..]).output().expect("spawn");
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn mac(m: [u8; 6]) -> String {
+    m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+}
+
+/// Moves the calling thread into a fresh, unnamed network namespace with the two data ports.
+/// Child processes (`ip`, `sysctl`) inherit it; it disappears with the thread.
+pub fn private_netns() {
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare(CLONE_NEWNET): run as root");
+    for (dev, peer, m, v4, v6) in [
+        ("trust0", "trust0p", TRUST_MAC, "198.18.1.1/24", "2001:2:0:1::1/64"),
+        ("untrust0", "untrust0p", UNTRUST_MAC, "198.18.2.1/24", "2001:2:0:2::1/64"),
+    ] {
+        sh(&["ip", "link", "add", dev, "address", &mac(m), "type", "veth", "peer", "name", peer]);
+        sh(&["ip", "addr", "add", v4, "dev", dev]);
+        sh(&["ip", "addr", "add", v6, "dev", dev, "nodad"]);
+        sh(&["ip", "link", "set", dev, "up"]);
+        sh(&["ip", "link", "set", peer, "up"]);
+    }
+    sh(&["ip", "link", "set", "lo", "up"]);
+    sh(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+    sh(&["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"]);
+    for (ip, m, dev) in [
+        ("198.18.1.2", CLIENT_MAC, "trust0"),
+        ("198.18.2.2", SERVER_MAC, "untrust0"),
+        ("2001:2:0:1::2", CLIENT_MAC, "trust0"),
+        ("2001:2:0:2::2", SERVER_MAC, "untrust0"),
+    ] {
+        sh(&["ip", "neigh", "replace", ip, "lladdr", &mac(m), "dev", dev, "nud", "permanent"]);
+    }
+}
+
+impl Fixture {
+    pub fn new() -> Fixture {
+        Fixture::with_policy(POLICY, 65536)
+    }
+
+    pub fn with_policy(policy: &str, session_table_size: u32) -> Fixture {
+        private_netns();
+        let mut dp = Dataplane::load(&LoadOptions {
+            session_table_size,
+            pin_dir: None,
+        })
+        .expect("load dataplane");
+        let trust = crate::dataplane::ifindex("trust0").unwrap();
+        let untrust = crate::dataplane::ifindex("untrust0").unwrap();
+        dp.register_port(trust).unwrap();
+        dp.register_port(untrust).unwrap();
+        let cfg = DataplaneConfig {
+            role: Role::Standalone as u32,
+            flags: CONFIG_F_SESSION_EVENTS,
+            ..Default::default()
+        };
+        let mut f = Fixture {
+            dp,
+            trust,
+            untrust,
+            untrust_mac: UNTRUST_MAC,
+            cfg,
+        };
+        f.dp.set_config(cfg).unwrap();
+        f.commit(policy);
+        f
+    }
+
+    pub fn commit(&mut self, policy: &str) {
+        let config = hafw_config::Config::parse(policy, "test.toml").expect("test policy parses");
+        let compiled = hafw_config::compile(&config).expect("test policy compiles");
+        let ifindexes: BTreeMap<String, u32> =
+            [("trust0".to_owned(), self.trust), ("untrust0".to_owned(), self.untrust)].into();
+        self.dp.commit_policy(&compiled, &ifindexes).expect("commit");
+    }
+
+    pub fn set_role(&mut self, role: Role) {
+        self.cfg.role = role as u32;
+        self.dp.set_config(self.cfg).unwrap();
+    }
+
+    pub fn set_clock(&mut self, ns: u64) {
+        self.cfg.clock_override_ns = ns;
+        self.dp.set_config(self.cfg).unwrap();
+    }
+
+    pub fn set_lease(&mut self, role: Role, expires_ns: u64) {
+        self.cfg.role = role as u32;
+        self.cfg.active_lease_expires_ns = expires_ns;
+        self.dp.set_config(self.cfg).unwrap();
+    }
+
+    /// Runs one packet through the program as if received on `ingress_ifindex`.
+    pub fn run(&self, pkt: &[u8], ingress_ifindex: u32) -> Output {
+        run_packet(&self.dp, pkt, ingress_ifindex, 1).0
+    }
+
+    pub fn ingress_for(&self, pkt: &[u8]) -> u32 {
+        let t = tuple(pkt).expect("ip packet");
+        if t.src == addr_words(&CLIENT) || t.src == addr_words6(&CLIENT6) {
+            self.trust
+        } else {
+            self.untrust
+        }
+    }
+
+    pub fn handshake(&mut self, c: [u8; 4], cp: u16, s: [u8; 4], sp: u16) {
+        for (pkt, ingress) in [
+            (tcp(c, cp, s, sp, 0x02, 64), self.trust),
+            (tcp(s, sp, c, cp, 0x12, 64), self.untrust),
+            (tcp(c, cp, s, sp, 0x10, 64), self.trust),
+        ] {
+            assert_eq!(self.run(&pkt, ingress).verdict, Verdict::Redirect, "handshake");
+        }
+    }
+
+    pub fn counters(&self) -> Counters {
+        self.dp.counters().unwrap()
+    }
+
+    pub fn counter(&self, name: &str) -> u64 {
+        self.counters()
+            .fields()
+            .iter()
+            .find(|(n, _)| *n == name)
+            .unwrap_or_else(|| panic!("no counter {name}"))
+            .1
+    }
+
+    pub fn sessions_len(&self) -> usize {
+        self.dp.sessions().map(|s| s.len()).unwrap_or(0)
+    }
+
+    pub fn sessions(&self) -> Vec<(SessionKey, SessionValue)> {
+        self.dp.sessions().unwrap()
+    }
+
+    pub fn session_of(&self, pkt: &[u8]) -> Option<SessionValue> {
+        self.dp.session(&session_key(pkt))
+    }
+}
+
+/// Runs a packet `repeat` times; returns the output of the last run and the kernel's average
+/// duration per run.
+pub fn run_packet(dp: &Dataplane, pkt: &[u8], ingress_ifindex: u32, repeat: u32) -> (Output, std::time::Duration) {
+    let mut out = vec![0u8; pkt.len() + 256];
+    // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex.
+    let md: [u32; 6] = [0, pkt.len() as u32, 0, ingress_ifindex, 0, 0];
+    let ctx: Vec<u8> = md.iter().flat_map(|w| w.to_ne_bytes()).collect();
+    let res = dp
+        .fast_path()
+        .unwrap()
+        .test_run(TestRunOptions {
+            data_in: Some(pkt),
+            data_out: Some(&mut out),
+            ctx_in: Some(&ctx),
+            repeat,
+            ..Default::default()
+        })
+        .expect("BPF_PROG_TEST_RUN");
+    out.truncate(res.data_size_out as usize);
+    let verdict = match res.return_value {
+        0 => Verdict::Aborted,
+        1 => Verdict::Drop,
+        2 => Verdict::Pass,
+        3 => Verdict::Tx,
+        4 => Verdict::Redirect,
+        v => panic!("unexpected XDP action {v}"),
+    };
+    (Output { verdict, data: out }, res.duration)
+}
+
+pub struct Tuple {
+    pub family: u8,
+    pub proto: u8,
+    pub src: [u32; 4],
+    pub dst: [u32; 4],
+    pub sport: u16,
+    pub dport: u16,
+}
+
+pub fn addr_words(a: &[u8; 4]) -> [u32; 4] {
+    [u32::from_ne_bytes(*a), 0, 0, 0]
+}
+
+pub fn addr_words6(a: &[u8; 16]) -> [u32; 4] {
+    let mut w = [0u32; 4];
+    for (i, c) in a.chunks(4).enumerate() {
+        w[i] = u32::from_ne_bytes([c[0], c[1], c[2], c[3]]);
+    }
+    w
+}
+
+/// The 5-tuple of a packet in the dataplane's representation (network-order ports, echo id as
+/// both ports).
+pub fn tuple(pkt: &[u8]) -> Option<Tuple> {
+    let sliced = SlicedPacket::from_ethernet(pkt).ok()?;
+    let (family, src, dst, proto) = match sliced.net? {
+        NetSlice::Ipv4(ip) => {
+            let h = ip.header();
+            (FAMILY_IPV4, addr_words(&h.source()), addr_words(&h.destination()), h.protocol().0)
+        }
+        NetSlice::Ipv6(ip) => {
+            let h = ip.header();
+            (FAMILY_IPV6, addr_words6(&h.source()), addr_words6(&h.destination()), ip.payload().ip_number.0)
+        }
+    };
+    let (sport, dport) = match sliced.transport {
+        Some(TransportSlice::Tcp(t)) => (t.source_port(), t.destination_port()),
+        Some(TransportSlice::Udp(u)) => (u.source_port(), u.destination_port()),
+        Some(TransportSlice::Icmpv4(i)) => {
+            let id = u16::from_be_bytes([i.slice()[4], i.slice()[5]]);
+            (id, id)
+        }
+        Some(TransportSlice::Icmpv6(i)) => {
+            let id = u16::from_be_bytes([i.slice()[4], i.slice()[5]]);
+            (id, id)
+        }
+        _ => (0, 0),
+    };
+    Some(Tuple {
+        family,
+        proto,
+        src,
+        dst,
+        sport: sport.to_be(),
+        dport: dport.to_be(),
+    })
+}
+
+pub fn session_key(pkt: &[u8]) -> SessionKey {
+    let t = tuple(pkt).expect("ip packet");
+    SessionKey::normalized(t.family, t.proto, t.src, t.sport, t.dst, t.dport).0
+}
+
+fn macs_for(src: &[u8]) -> ([u8; 6], [u8; 6]) {
+    if src == CLIENT || src == CLIENT6 {
+        (CLIENT_MAC, TRUST_MAC)
+    } else {
+        (SERVER_MAC, UNTRUST_MAC)
+    }
+}
+
+pub fn tcp(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16, flags: u8, ttl: u8) -> Vec<u8> {
+    let (s, d) = macs_for(&src);
+    let b = PacketBuilder::ethernet2(s, d).ipv4(src, dst, ttl).tcp(sport, dport, 1000, 64240);
+    build_tcp(b, flags)
+}
+
+pub fn tcp6(src: [u8; 16], sport: u16, dst: [u8; 16], dport: u16, flags: u8, hop: u8) -> Vec<u8> {
+    let (s, d) = macs_for(&src);
+    let b = PacketBuilder::ethernet2(s, d).ipv6(src, dst, hop).tcp(sport, dport, 1000, 64240);
+    build_tcp(b, flags)
+}
+
+fn build_tcp(mut b: etherparse::PacketBuilderStep<etherparse::TcpHeader>, flags: u8) -> Vec<u8> {
+    if flags & 0x01 != 0 {
+        b = b.fin();
+    }
+    if flags & 0x02 != 0 {
+        b = b.syn();
+    }
+    if flags & 0x04 != 0 {
+        b = b.rst();
+    }
+    if flags & 0x08 != 0 {
+        b = b.psh();
+    }
+    if flags & 0x10 != 0 {
+        b = b.ack(1);
+    }
+    let payload: &[u8] = if flags & 0x08 != 0 { b"hello" } else { b"" };
+    let mut out = Vec::with_capacity(b.size(payload.len()));
+    b.write(&mut out, payload).unwrap();
+    out
+}
+
+pub fn udp(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16, ttl: u8) -> Vec<u8> {
+    let (s, d) = macs_for(&src);
+    let b = PacketBuilder::ethernet2(s, d).ipv4(src, dst, ttl).udp(sport, dport);
+    let mut out = Vec::new();
+    b.write(&mut out, b"query").unwrap();
+    out
+}
+
+pub fn icmp_echo(src: [u8; 4], dst: [u8; 4], id: u16, request: bool, ttl: u8) -> Vec<u8> {
+    let (s, d) = macs_for(&src);
+    let b = PacketBuilder::ethernet2(s, d).ipv4(src, dst, ttl);
+    let b = if request { b.icmpv4_echo_request(id, 1) } else { b.icmpv4_echo_reply(id, 1) };
+    let mut out = Vec::new();
+    b.write(&mut out, b"ping").unwrap();
+    out
+}
+
+/// A port-unreachable error from `src` to `dst` quoting a TCP segment of `quoted`.
+pub fn icmp_unreachable_for_tcp(src: [u8; 4], dst: [u8; 4], quoted: ([u8; 4], u16, [u8; 4], u16)) -> Vec<u8> {
+    let inner = tcp(quoted.0, quoted.1, quoted.2, quoted.3, 0x10, 64);
+    let quoted_bytes = &inner[14..14 + 28];
+    let (s, d) = macs_for(&src);
+    let b = PacketBuilder::ethernet2(s, d).ipv4(src, dst, 64).icmpv4(etherparse::Icmpv4Type::DestinationUnreachable(
+        etherparse::icmpv4::DestUnreachableHeader::Port,
+    ));
+    let mut out = Vec::new();
+    b.write(&mut out, quoted_bytes).unwrap();
+    out
+}
+
+/// Any IPv4 packet with the given protocol number and a small payload.
+pub fn ip_proto(src: [u8; 4], dst: [u8; 4], proto: u8) -> Vec<u8> {
+    let (s, d) = macs_for(&src);
+    let b = PacketBuilder::ethernet2(s, d).ipv4(src, dst, 64);
+    let mut out = Vec::new();
+    b.write(&mut out, etherparse::IpNumber(proto), &[0u8; 32]).unwrap();
+    out
+}
+
+pub fn arp_request(sender: [u8; 4], target: [u8; 4]) -> Vec<u8> {
+    let mut f = Vec::new();
+    f.extend_from_slice(&[0xff; 6]);
+    f.extend_from_slice(&CLIENT_MAC);
+    f.extend_from_slice(&0x0806u16.to_be_bytes());
+    f.extend_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1]);
+    f.extend_from_slice(&CLIENT_MAC);
+    f.extend_from_slice(&sender);
+    f.extend_from_slice(&[0; 6]);
+    f.extend_from_slice(&target);
+    f.resize(60, 0);
+    f
+}
+
+pub fn ha2_ethernet_frame() -> Vec<u8> {
+    let mut f = Vec::new();
+    f.extend_from_slice(&TRUST_MAC);
+    f.extend_from_slice(&CLIENT_MAC);
+    f.extend_from_slice(&0x7261u16.to_be_bytes());
+    f.resize(64, 0xa5);
+    f
+}
+
+/// Inserts an 802.1Q tag after the MAC addresses.
+pub fn vlan(vid: u16, pkt: &[u8]) -> Vec<u8> {
+    let mut f = pkt[..12].to_vec();
+    f.extend_from_slice(&0x8100u16.to_be_bytes());
+    f.extend_from_slice(&vid.to_be_bytes());
+    f.extend_from_slice(&pkt[12..]);
+    f
+}
+
+pub fn parse_ipv4(frame: &[u8]) -> (Ethernet2Header, Ipv4Header) {
+    let (eth, rest) = Ethernet2Header::from_slice(frame).unwrap();
+    let (ip, _) = Ipv4Header::from_slice(rest).unwrap();
+    (eth, ip)
+}
+
+/// Mean ns per run of the pass-through program over `total` runs: the harness's floor.
+pub fn pass_program_ns(f: &Fixture, total: u64) -> anyhow::Result<f64> {
+    let prog = f.dp.pass_program()?;
+    let pkt = tcp(CLIENT, 1, SERVER, 2, 0x10, 64);
+    let md: [u32; 6] = [0, pkt.len() as u32, 0, f.trust, 0, 0];
+    let ctx: Vec<u8> = md.iter().flat_map(|w| w.to_ne_bytes()).collect();
+    let mut sum = std::time::Duration::ZERO;
+    let mut runs = 0u64;
+    while runs < total {
+        let res = prog.test_run(TestRunOptions {
+            data_in: Some(&pkt),
+            ctx_in: Some(&ctx),
+            repeat: 10_000,
+            ..Default::default()
+        })?;
+        sum += res.duration * 10_000;
+        runs += 10_000;
+    }
+    Ok(sum.as_nanos() as f64 / runs as f64)
+}

@@ -1,0 +1,134 @@
+//! Sessions and counters as operators see them: serializable views and fixed-width tables.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use hafw_common::{
+    policy::{RULE_ID_INTERZONE_DEFAULT, RULE_ID_INTRAZONE_DEFAULT},
+    session::{
+        FAMILY_IPV4, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, SESSION_F_INITIATOR_IS_HI,
+        SESSION_F_SYNCED, SessionKey, SessionState, SessionValue,
+    },
+};
+use serde::{Deserialize, Serialize};
+
+/// One session, initiator first.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct SessionView {
+    pub protocol: String,
+    pub source: IpAddr,
+    pub source_port: u16,
+    pub destination: IpAddr,
+    pub destination_port: u16,
+    pub state: String,
+    pub rule: String,
+    pub from_zone: String,
+    pub to_zone: String,
+    pub packets_orig: u64,
+    pub bytes_orig: u64,
+    pub packets_reply: u64,
+    pub bytes_reply: u64,
+    /// Seconds since the session was created.
+    pub age_s: f64,
+    /// Seconds since the last packet.
+    pub idle_s: f64,
+    /// Learned from the HA peer rather than created here.
+    pub synced: bool,
+}
+
+pub fn addr(family: u8, words: &[u32; 4]) -> IpAddr {
+    if family == FAMILY_IPV4 {
+        IpAddr::V4(Ipv4Addr::from(words[0].to_ne_bytes()))
+    } else {
+        let mut b = [0u8; 16];
+        for (i, w) in words.iter().enumerate() {
+            b[i * 4..i * 4 + 4].copy_from_slice(&w.to_ne_bytes());
+        }
+        IpAddr::V6(Ipv6Addr::from(b))
+    }
+}
+
+pub fn proto_name(proto: u8) -> String {
+    match proto {
+        PROTO_TCP => "tcp".into(),
+        PROTO_UDP => "udp".into(),
+        PROTO_ICMP => "icmp".into(),
+        PROTO_ICMPV6 => "icmpv6".into(),
+        p => p.to_string(),
+    }
+}
+
+/// Builds the view; `rule_name` and `zone_name` resolve ids through the running config.
+pub fn session_view(
+    key: &SessionKey,
+    v: &SessionValue,
+    now_ns: u64,
+    rule_name: impl Fn(u32) -> String,
+    zone_name: impl Fn(u8) -> String,
+) -> SessionView {
+    let lo = (addr(key.family, &key.addr_lo), u16::from_be(key.port_lo));
+    let hi = (addr(key.family, &key.addr_hi), u16::from_be(key.port_hi));
+    let (init, resp) = if v.flags & SESSION_F_INITIATOR_IS_HI != 0 { (hi, lo) } else { (lo, hi) };
+    let rule = match v.rule_id {
+        RULE_ID_INTRAZONE_DEFAULT => "intrazone-default".to_owned(),
+        RULE_ID_INTERZONE_DEFAULT => "interzone-default".to_owned(),
+        id => rule_name(id),
+    };
+    SessionView {
+        protocol: proto_name(key.proto),
+        source: init.0,
+        source_port: init.1,
+        destination: resp.0,
+        destination_port: resp.1,
+        state: SessionState::from_u8(v.state).name().to_owned(),
+        rule,
+        from_zone: zone_name(v.ingress_zone),
+        to_zone: zone_name(v.egress_zone),
+        packets_orig: v.packets_orig,
+        bytes_orig: v.bytes_orig,
+        packets_reply: v.packets_reply,
+        bytes_reply: v.bytes_reply,
+        age_s: now_ns.saturating_sub(v.created_ns) as f64 / 1e9,
+        idle_s: now_ns.saturating_sub(v.last_seen_ns) as f64 / 1e9,
+        synced: v.flags & SESSION_F_SYNCED != 0,
+    }
+}
+
+pub fn sessions_table(sessions: &[SessionView]) -> String {
+    let mut out = format!(
+        "{:<7} {:<40} {:<40} {:<12} {:<18} {:<17} {:>10} {:>10} {:>8}\n",
+        "proto", "source", "destination", "state", "rule", "zones", "pkts o/r", "bytes o/r", "idle s"
+    );
+    for s in sessions {
+        let src = endpoint(s.source, s.source_port);
+        let dst = endpoint(s.destination, s.destination_port);
+        out += &format!(
+            "{:<7} {:<40} {:<40} {:<12} {:<18} {:<17} {:>10} {:>10} {:>8.1}\n",
+            s.protocol,
+            src,
+            dst,
+            s.state,
+            s.rule,
+            format!("{}->{}", s.from_zone, s.to_zone),
+            format!("{}/{}", s.packets_orig, s.packets_reply),
+            format!("{}/{}", s.bytes_orig, s.bytes_reply),
+            s.idle_s
+        );
+    }
+    out += &format!("total sessions: {}\n", sessions.len());
+    out
+}
+
+fn endpoint(a: IpAddr, port: u16) -> String {
+    match a {
+        IpAddr::V4(a) => format!("{a}:{port}"),
+        IpAddr::V6(a) => format!("[{a}]:{port}"),
+    }
+}
+
+pub fn counters_table(fields: &[(String, u64)]) -> String {
+    let mut out = format!("{:<28} {:>16}\n", "counter", "value");
+    for (name, value) in fields {
+        out += &format!("{name:<28} {value:>16}\n");
+    }
+    out
+}
