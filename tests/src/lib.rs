@@ -8,5 +8,5 @@
 pub mod netns;
 pub mod topology;
 
-pub use netns::{LabProcess, Netns, in_netns, unique_prefix, wait_until};
+pub use netns::{LabProcess, Netns, destroy, in_netns, unique_prefix, wait_until};
 pub use topology::SingleFirewall;

@@ -433,6 +433,6 @@ fn raise_memlock_limit() {
     // SAFETY: setrlimit with a valid struct.
     let rc = unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &lim) };
     if rc != 0 {
-        warn!("could not raise RLIMIT_MEMLOCK; map creation may fail on old kernels");
+        log::debug!("could not raise RLIMIT_MEMLOCK (kernels since 5.11 charge BPF maps to the memory cgroup instead)");
     }
 }

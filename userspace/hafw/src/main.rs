@@ -13,6 +13,8 @@ use hafw::{
 #[derive(Parser)]
 #[command(name = "hafw", version, about = "High-availability firewall pair with an XDP fast path")]
 struct Cli {
+    #[command(flatten)]
+    target: Target,
     #[command(subcommand)]
     command: Command,
 }
@@ -38,16 +40,12 @@ enum Command {
     Show {
         #[command(subcommand)]
         what: Show,
-        #[command(flatten)]
-        target: Target,
     },
     /// Validate the candidate config and swap it in atomically.
     Commit {
         /// Candidate config file (default: the file `hafw run` was started with).
         #[arg(long)]
         file: Option<PathBuf>,
-        #[command(flatten)]
-        target: Target,
     },
     /// Check a config file without applying it.
     Validate { file: PathBuf },
@@ -83,12 +81,13 @@ enum Show {
 fn main() -> Result<()> {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
+    let target = cli.target;
     match cli.command {
         Command::Run { config } => {
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             rt.block_on(hafw::controller::run(config))
         }
-        Command::Show { what, target } => {
+        Command::Show { what } => {
             let req = match what {
                 Show::Session { .. } => Request::ShowSessions,
                 Show::Counter { .. } => Request::ShowCounters,
@@ -115,7 +114,7 @@ fn main() -> Result<()> {
             }
             Ok(())
         }
-        Command::Commit { file, target } => {
+        Command::Commit { file } => {
             let file = file.map(|f| std::fs::canonicalize(&f).unwrap_or(f));
             let data = request(&target.instance, &Request::Commit { path: file })?;
             if target.json {

@@ -28,6 +28,9 @@ struct Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
+        // The controller is SIGKILLed by its LabProcess; its pins and socket are ours to remove.
+        let _ = std::fs::remove_dir_all(format!("/sys/fs/bpf/hafw/{}", self.instance));
+        let _ = std::fs::remove_file(hafw::control::socket_path(&self.instance));
         let _ = std::fs::remove_dir_all(format!("/sys/fs/bpf/hafw-lab/{}", self.topo.prefix));
         let _ = std::fs::remove_dir_all(&self.dir);
     }
