@@ -14,7 +14,11 @@ static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 /// A prefix no other live lab uses: `hl<pid>x<n>`.
 pub fn unique_prefix() -> String {
-    format!("hl{}x{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "hl{}x{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// A network namespace this process created; deleted on drop.
@@ -27,7 +31,10 @@ impl Netns {
     pub fn create(name: &str) -> Result<Netns> {
         let _ = Command::new("ip").args(["netns", "del", name]).output();
         run_ok(Command::new("ip").args(["netns", "add", name]))?;
-        let ns = Netns { name: name.to_owned(), persist: false };
+        let ns = Netns {
+            name: name.to_owned(),
+            persist: false,
+        };
         ns.exec_ok(&["ip", "link", "set", "lo", "up"])?;
         Ok(ns)
     }
@@ -41,12 +48,16 @@ impl Netns {
     /// BPF objects under /sys/fs/bpf stay visible (`ip netns exec` would remount /sys).
     pub fn command(&self, argv: &[&str]) -> Command {
         let mut c = Command::new("nsenter");
-        c.arg(format!("--net=/run/netns/{}", self.name)).arg("--").args(argv);
+        c.arg(format!("--net=/run/netns/{}", self.name))
+            .arg("--")
+            .args(argv);
         c
     }
 
     pub fn exec(&self, argv: &[&str]) -> Result<Output> {
-        self.command(argv).output().with_context(|| format!("running {argv:?} in {}", self.name))
+        self.command(argv)
+            .output()
+            .with_context(|| format!("running {argv:?} in {}", self.name))
     }
 
     pub fn exec_ok(&self, argv: &[&str]) -> Result<String> {
@@ -80,7 +91,9 @@ impl Netns {
 impl Drop for Netns {
     fn drop(&mut self) {
         if !self.persist {
-            let _ = Command::new("ip").args(["netns", "del", &self.name]).output();
+            let _ = Command::new("ip")
+                .args(["netns", "del", &self.name])
+                .output();
         }
     }
 }

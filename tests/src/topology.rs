@@ -30,10 +30,31 @@ impl SingleFirewall {
         let fw = Netns::create(&format!("{prefix}-fw"))?;
         let server = Netns::create(&format!("{prefix}-server"))?;
         for (peer, fw_if, fw_ip, fw_ip6, peer_ip, peer_ip6, gw, gw6) in [
-            (&client, "eth1", "198.18.1.1/24", "2001:2:0:1::1/64", "198.18.1.2/24", "2001:2:0:1::2/64", "198.18.1.1", "2001:2:0:1::1"),
-            (&server, "eth2", "198.18.2.1/24", "2001:2:0:2::1/64", "198.18.2.2/24", "2001:2:0:2::2/64", "198.18.2.1", "2001:2:0:2::1"),
+            (
+                &client,
+                "eth1",
+                "198.18.1.1/24",
+                "2001:2:0:1::1/64",
+                "198.18.1.2/24",
+                "2001:2:0:1::2/64",
+                "198.18.1.1",
+                "2001:2:0:1::1",
+            ),
+            (
+                &server,
+                "eth2",
+                "198.18.2.1/24",
+                "2001:2:0:2::1/64",
+                "198.18.2.2/24",
+                "2001:2:0:2::2/64",
+                "198.18.2.1",
+                "2001:2:0:2::1",
+            ),
         ] {
-            fw.exec_ok(&["ip", "link", "add", fw_if, "type", "veth", "peer", "name", "eth0", "netns", &peer.name])?;
+            fw.exec_ok(&[
+                "ip", "link", "add", fw_if, "type", "veth", "peer", "name", "eth0", "netns",
+                &peer.name,
+            ])?;
             fw.exec_ok(&["ip", "addr", "add", fw_ip, "dev", fw_if])?;
             fw.exec_ok(&["ip", "addr", "add", fw_ip6, "dev", fw_if, "nodad"])?;
             fw.exec_ok(&["ip", "link", "set", fw_if, "up"])?;
@@ -50,7 +71,12 @@ impl SingleFirewall {
         }
         fw.exec_ok(&["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
         fw.exec_ok(&["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"])?;
-        Ok(SingleFirewall { prefix: prefix.to_owned(), client, fw, server })
+        Ok(SingleFirewall {
+            prefix: prefix.to_owned(),
+            client,
+            fw,
+            server,
+        })
     }
 
     /// The veth ends facing the firewall's data ports: they need an XDP program (pass-through is

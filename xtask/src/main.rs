@@ -50,7 +50,10 @@ enum Cmd {
 }
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_owned()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_owned()
 }
 
 fn run(cmd: &mut Command) -> Result<ExitStatus> {
@@ -73,7 +76,15 @@ fn cargo() -> Command {
 }
 
 fn build_release() -> Result<PathBuf> {
-    run_ok(cargo().args(["build", "--release", "-p", "hafw", "-p", "hafw-lab", "--bins"]))?;
+    run_ok(cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "hafw",
+        "-p",
+        "hafw-lab",
+        "--bins",
+    ]))?;
     Ok(root().join("target/release"))
 }
 
@@ -88,7 +99,11 @@ fn main() -> Result<()> {
         }
         Cmd::Lab { action } => {
             let bin = build_release()?;
-            run_ok(Command::new(bin.join("hafw-lab")).arg(action).env("HAFW_BIN", bin.join("hafw")))
+            run_ok(
+                Command::new(bin.join("hafw-lab"))
+                    .arg(action)
+                    .env("HAFW_BIN", bin.join("hafw")),
+            )
         }
         Cmd::Test { args } => {
             // Network-namespace tests share the machine's root resources (bpffs, /run): one test

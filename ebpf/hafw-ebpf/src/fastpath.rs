@@ -26,7 +26,9 @@ const DROP: u32 = xdp_action::XDP_DROP;
 #[inline(always)]
 pub fn run(ctx: &XdpContext) -> u32 {
     let Some(c) = this_cpu() else { return PASS };
-    let Some(cfg) = CONFIG.get(0) else { return PASS };
+    let Some(cfg) = CONFIG.get(0) else {
+        return PASS;
+    };
     let bytes = (ctx.data_end() - ctx.data()) as u64;
     c.rx_packets += 1;
     c.rx_bytes += bytes;
@@ -63,7 +65,13 @@ fn forwarding_allowed(cfg: &DataplaneConfig, now: u64) -> bool {
 }
 
 #[inline(always)]
-fn ip_packet(ctx: &XdpContext, cfg: &DataplaneConfig, c: &mut Counters, pkt: &Packet, bytes: u64) -> u32 {
+fn ip_packet(
+    ctx: &XdpContext,
+    cfg: &DataplaneConfig,
+    c: &mut Counters,
+    pkt: &Packet,
+    bytes: u64,
+) -> u32 {
     if pkt.family == FAMILY_IPV6 {
         c.ipv6_packets += 1;
     }
@@ -82,7 +90,11 @@ fn ip_packet(ctx: &XdpContext, cfg: &DataplaneConfig, c: &mut Counters, pkt: &Pa
 
     // ICMP errors belong to the session of the packet they quote.
     let related = pkt.icmp == IcmpKind::Error;
-    let t = if related { &pkt.inner } else { &pkt.outer_tuple() };
+    let t = if related {
+        &pkt.inner
+    } else {
+        &pkt.outer_tuple()
+    };
     let (key, src_is_hi) =
         SessionKey::normalized(pkt.family, t.proto, t.src, t.sport, t.dst, t.dport);
     // One FIB lookup per packet, shared by every path below (each inlined copy of the lookup
@@ -110,7 +122,11 @@ fn ip_packet(ctx: &XdpContext, cfg: &DataplaneConfig, c: &mut Counters, pkt: &Pa
             // Related ICMP error: forwarded, the session itself is not touched.
             return forward(ctx, c, pkt, route);
         }
-        let flags = if pkt.proto == PROTO_TCP { pkt.tcp_flags } else { 0 };
+        let flags = if pkt.proto == PROTO_TCP {
+            pkt.tcp_flags
+        } else {
+            0
+        };
         match session::update(cfg, c, &key, &hit, flags, bytes, now) {
             TcpVerdict::Accept => return forward(ctx, c, pkt, route),
             TcpVerdict::Invalid => {
@@ -143,12 +159,19 @@ fn ip_packet(ctx: &XdpContext, cfg: &DataplaneConfig, c: &mut Counters, pkt: &Pa
     let slot = cfg.policy_slot & 1;
     // SAFETY: ingress_ifindex read from the XDP metadata.
     let ingress_ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
-    let (Some(from), Some(to)) = (policy::iface(slot, ingress_ifindex), policy::iface(slot, egress_ifindex)) else {
+    let (Some(from), Some(to)) = (
+        policy::iface(slot, ingress_ifindex),
+        policy::iface(slot, egress_ifindex),
+    ) else {
         c.drop_unknown_iface += 1;
         return DROP;
     };
     let (from_zone, to_zone) = (from.zone, to.zone);
-    let dport = if pkt.icmp != IcmpKind::None { pkt.icmp_type as u16 } else { u16::from_be(pkt.dport) };
+    let dport = if pkt.icmp != IcmpKind::None {
+        pkt.icmp_type as u16
+    } else {
+        u16::from_be(pkt.dport)
+    };
     let flow = Flow {
         family: pkt.family,
         proto: pkt.proto,
@@ -214,7 +237,11 @@ fn host_bound(c: &mut Counters, pkt: &Packet) -> u32 {
 #[inline(always)]
 fn forward(ctx: &XdpContext, c: &mut Counters, pkt: &Packet, route: Route) -> u32 {
     match route {
-        Route::Forward { ifindex, smac, dmac } => {
+        Route::Forward {
+            ifindex,
+            smac,
+            dmac,
+        } => {
             if pkt.ttl <= 1 {
                 c.pass_ttl += 1;
                 return PASS;

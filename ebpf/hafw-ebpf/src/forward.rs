@@ -2,13 +2,13 @@
 //! decrement with an incremental checksum update (RFC 1624), and a devmap redirect.
 
 use aya_ebpf::{
+    EbpfContext,
     bindings::{
         BPF_FIB_LKUP_RET_BLACKHOLE, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_PROHIBIT,
         BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LKUP_RET_UNREACHABLE, bpf_fib_lookup as FibParams,
     },
     helpers::generated::bpf_fib_lookup,
     programs::XdpContext,
-    EbpfContext,
 };
 use hafw_common::session::FAMILY_IPV4;
 use network_types::eth::EthHdr;
@@ -21,7 +21,11 @@ const AF_INET6: u8 = 10;
 /// The FIB's answer for a packet.
 pub enum Route {
     /// Forward out of `ifindex` with these MACs.
-    Forward { ifindex: u32, smac: [u8; 6], dmac: [u8; 6] },
+    Forward {
+        ifindex: u32,
+        smac: [u8; 6],
+        dmac: [u8; 6],
+    },
     /// Routable out of `ifindex`, but the neighbour is not resolved: the kernel must forward.
     NoNeigh { ifindex: u32 },
     /// Local destination, forwarding disabled, or otherwise not for the fast path.
@@ -80,7 +84,12 @@ pub fn lookup(ctx: &XdpContext, pkt: &Packet) -> Route {
 /// Rewrites the Ethernet addresses and decrements TTL / hop limit. The caller has checked that
 /// the TTL is above 1.
 #[inline(always)]
-pub fn rewrite(ctx: &XdpContext, pkt: &Packet, smac: &[u8; 6], dmac: &[u8; 6]) -> Result<(), ParseError> {
+pub fn rewrite(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    smac: &[u8; 6],
+    dmac: &[u8; 6],
+) -> Result<(), ParseError> {
     let eth = ptr_at_mut::<EthHdr>(ctx, 0)?;
     // SAFETY: bounds checked by ptr_at_mut.
     unsafe {

@@ -235,7 +235,10 @@ fn parse_ipv6(ctx: &XdpContext, off: usize, pkt: &mut Packet) -> Result<(), Pars
             _ => break,
         }
     }
-    if matches!(next, IPV6_HOP_BY_HOP | IPV6_ROUTING | IPV6_DEST_OPTS | IPV6_FRAGMENT) {
+    if matches!(
+        next,
+        IPV6_HOP_BY_HOP | IPV6_ROUTING | IPV6_DEST_OPTS | IPV6_FRAGMENT
+    ) {
         // More extension headers than the fast path walks: not a packet it can classify.
         return Err(ParseError::Malformed);
     }

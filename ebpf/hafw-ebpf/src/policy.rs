@@ -37,10 +37,19 @@ pub fn iface(slot: u32, ifindex: u32) -> Option<&'static IfaceInfo> {
 
 /// First matching rule (including the implicit defaults), or `None` if the slot is empty.
 #[inline(always)]
-pub fn classify(slot: u32, from_zone: u32, to_zone: u32, flow: &Flow) -> Option<&'static RuleAction> {
+pub fn classify(
+    slot: u32,
+    from_zone: u32,
+    to_zone: u32,
+    flow: &Flow,
+) -> Option<&'static RuleAction> {
     let slot = slot & 1;
     let words = POLICY_INFO.get(slot)?.rule_words as usize;
-    let zones = ZONE_PAIRS.get(zone_pair_index(slot, from_zone % MAX_ZONES, to_zone % MAX_ZONES))?;
+    let zones = ZONE_PAIRS.get(zone_pair_index(
+        slot,
+        from_zone % MAX_ZONES,
+        to_zone % MAX_ZONES,
+    ))?;
     let src = addr_lookup(true, slot, flow.family, flow.src)?;
     let dst = addr_lookup(false, slot, flow.family, flow.dst)?;
     let proto_class = match flow.proto {
@@ -49,7 +58,11 @@ pub fn classify(slot: u32, from_zone: u32, to_zone: u32, flow: &Flow) -> Option<
         PROTO_ICMP | PROTO_ICMPV6 => PROTO_CLASS_ICMP,
         _ => PROTO_CLASS_OTHER,
     };
-    let port = if proto_class == PROTO_CLASS_OTHER { 0 } else { flow.dport as u32 };
+    let port = if proto_class == PROTO_CLASS_OTHER {
+        0
+    } else {
+        flow.dport as u32
+    };
     let class = *PORT_CLASSES.get(port_class_index(slot, proto_class, port))?;
     let services = SERVICE_BITMAPS.get(service_bitmap_index(slot, class % MAX_SERVICE_CLASSES))?;
     // Bounded by RULE_WORDS (32) and cut short at the words in use: the verifier sees a constant

@@ -11,8 +11,7 @@ use hafw_common::{
     counters::Counters,
     session::{
         EVENT_CLOSED, EVENT_CREATED, EVENT_STATE_CHANGED, PROTO_TCP, SESSION_F_FIN_ORIG,
-        SESSION_F_FIN_REPLY, SESSION_F_INITIATOR_IS_HI, SessionKey, SessionState,
-        SessionValue,
+        SESSION_F_FIN_REPLY, SESSION_F_INITIATOR_IS_HI, SessionKey, SessionState, SessionValue,
     },
 };
 
@@ -52,7 +51,12 @@ pub enum TcpVerdict {
 
 /// Strict TCP tracking (handshake, FIN from each side, RST). Returns the new state.
 #[inline(always)]
-pub fn tcp_track(state: SessionState, flags: u8, fin_flags: u8, from_initiator: bool) -> (TcpVerdict, SessionState, u8) {
+pub fn tcp_track(
+    state: SessionState,
+    flags: u8,
+    fin_flags: u8,
+    from_initiator: bool,
+) -> (TcpVerdict, SessionState, u8) {
     let syn = flags & TCP_SYN != 0;
     let ack = flags & TCP_ACK != 0;
     let pure_syn = syn && !ack;
@@ -98,11 +102,20 @@ pub fn tcp_track(state: SessionState, flags: u8, fin_flags: u8, from_initiator: 
 }
 
 #[inline(always)]
-fn track_fin(state: SessionState, flags: u8, mut fin_flags: u8, from_initiator: bool) -> (TcpVerdict, SessionState, u8) {
+fn track_fin(
+    state: SessionState,
+    flags: u8,
+    mut fin_flags: u8,
+    from_initiator: bool,
+) -> (TcpVerdict, SessionState, u8) {
     if flags & TCP_FIN == 0 {
         return (TcpVerdict::Accept, state, fin_flags);
     }
-    fin_flags |= if from_initiator { SESSION_F_FIN_ORIG } else { SESSION_F_FIN_REPLY };
+    fin_flags |= if from_initiator {
+        SESSION_F_FIN_ORIG
+    } else {
+        SESSION_F_FIN_REPLY
+    };
     let both = SESSION_F_FIN_ORIG | SESSION_F_FIN_REPLY;
     let next = if fin_flags & both == both {
         SessionState::TimeWait
@@ -189,13 +202,17 @@ pub fn create(
         bytes_reply: 0,
         rule_id,
         state: SessionState::New as u8,
-        flags: if src_is_hi { SESSION_F_INITIATOR_IS_HI } else { 0 },
+        flags: if src_is_hi {
+            SESSION_F_INITIATOR_IS_HI
+        } else {
+            0
+        },
         ingress_zone,
         egress_zone,
         policy_slot: (cfg.policy_slot & 1) as u8,
         _pad: [0; 7],
     };
-    if SESSIONS.insert(key, &value, BPF_ANY as u64).is_err() {
+    if SESSIONS.insert(key, value, BPF_ANY as u64).is_err() {
         c.drop_session_table_full += 1;
         return false;
     }
@@ -205,7 +222,13 @@ pub fn create(
 }
 
 #[inline(always)]
-fn emit(cfg: &DataplaneConfig, c: &mut Counters, kind: u32, key: &SessionKey, value: &SessionValue) {
+fn emit(
+    cfg: &DataplaneConfig,
+    c: &mut Counters,
+    kind: u32,
+    key: &SessionKey,
+    value: &SessionValue,
+) {
     if cfg.flags & CONFIG_F_SESSION_EVENTS == 0 {
         return;
     }

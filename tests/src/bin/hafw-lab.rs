@@ -30,7 +30,10 @@ fn main() -> Result<()> {
 }
 
 fn hafw_cli(hafw: &str, args: &[&str]) -> Result<String> {
-    let out = Command::new(hafw).args(["--instance", INSTANCE]).args(args).output()?;
+    let out = Command::new(hafw)
+        .args(["--instance", INSTANCE])
+        .args(args)
+        .output()?;
     Ok(String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr))
 }
 
@@ -47,20 +50,35 @@ fn up(hafw: &str) -> Result<()> {
     let config = Path::new(STATE_DIR).join("hafw.toml");
     std::fs::write(&config, CONFIG)?;
     let log = Path::new(STATE_DIR).join("hafw.log");
-    let proc = topo.fw.spawn(&[hafw, "run", "--config", config.to_str().unwrap_or_default()], &log)?;
+    let proc = topo.fw.spawn(
+        &[hafw, "run", "--config", config.to_str().unwrap_or_default()],
+        &log,
+    )?;
     let pid = proc.detach();
     std::fs::write(Path::new(STATE_DIR).join("hafw.pid"), pid.to_string())?;
     let up = wait_until(Duration::from_secs(20), Duration::from_millis(100), || {
-        hafw_cli(hafw, &["show", "interface"]).map(|o| o.contains("eth1")).unwrap_or(false)
+        hafw_cli(hafw, &["show", "interface"])
+            .map(|o| o.contains("eth1"))
+            .unwrap_or(false)
     });
     if !up {
         bail!("hafw did not start; see {}", log.display());
     }
-    println!("lab: hafw running in {PREFIX}-fw (pid {pid}), config {}, log {}", config.display(), log.display());
+    println!(
+        "lab: hafw running in {PREFIX}-fw (pid {pid}), config {}, log {}",
+        config.display(),
+        log.display()
+    );
     println!("{}", hafw_cli(hafw, &["show", "interface"])?);
     demo(&topo)?;
-    println!("\n$ hafw --instance {INSTANCE} show session all\n{}", hafw_cli(hafw, &["show", "session", "all"])?);
-    println!("$ hafw --instance {INSTANCE} show counter global\n{}", hafw_cli(hafw, &["show", "counter", "global"])?);
+    println!(
+        "\n$ hafw --instance {INSTANCE} show session all\n{}",
+        hafw_cli(hafw, &["show", "session", "all"])?
+    );
+    println!(
+        "$ hafw --instance {INSTANCE} show counter global\n{}",
+        hafw_cli(hafw, &["show", "counter", "global"])?
+    );
     println!("lab is up. Try: ip netns exec {PREFIX}-client ping 198.18.2.2");
     println!("           bpftool map dump pinned /sys/fs/bpf/hafw/{INSTANCE}/v1/counters");
     println!("           cargo xtask lab down");
@@ -73,7 +91,9 @@ fn demo(topo: &SingleFirewall) -> Result<()> {
     let client = topo.client.name.clone();
     let listeners: Vec<TcpListener> = [80u16, 22]
         .iter()
-        .map(|p| in_netns(&server, move || TcpListener::bind(("198.18.2.2", *p))).and_then(|r| Ok(r?)))
+        .map(|p| {
+            in_netns(&server, move || TcpListener::bind(("198.18.2.2", *p))).and_then(|r| Ok(r?))
+        })
         .collect::<Result<_>>()?;
     for l in listeners {
         std::thread::spawn(move || {
@@ -85,9 +105,15 @@ fn demo(topo: &SingleFirewall) -> Result<()> {
             }
         });
     }
-    for (port, what) in [(80u16, "web (allowed)"), (22, "ssh (denied by rule no-ssh-to-servers)")] {
+    for (port, what) in [
+        (80u16, "web (allowed)"),
+        (22, "ssh (denied by rule no-ssh-to-servers)"),
+    ] {
         let res = in_netns(&client, move || -> std::io::Result<String> {
-            let mut c = TcpStream::connect_timeout(&(std::net::Ipv4Addr::new(198, 18, 2, 2), port).into(), Duration::from_secs(1))?;
+            let mut c = TcpStream::connect_timeout(
+                &(std::net::Ipv4Addr::new(198, 18, 2, 2), port).into(),
+                Duration::from_secs(1),
+            )?;
             c.set_read_timeout(Some(Duration::from_secs(1)))?;
             c.write_all(b"hello through hafw")?;
             let mut buf = [0u8; 64];
@@ -95,14 +121,22 @@ fn demo(topo: &SingleFirewall) -> Result<()> {
             Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
         })?;
         match res {
-            Ok(echo) => println!("demo: client -> 198.18.2.2:{port} {what}: connected, echo \"{echo}\""),
+            Ok(echo) => {
+                println!("demo: client -> 198.18.2.2:{port} {what}: connected, echo \"{echo}\"")
+            }
             Err(e) => println!("demo: client -> 198.18.2.2:{port} {what}: {e}"),
         }
     }
-    let ping = topo.client.exec(&["ping", "-c", "2", "-i", "0.2", "-W", "1", "198.18.2.2"])?;
+    let ping = topo
+        .client
+        .exec(&["ping", "-c", "2", "-i", "0.2", "-W", "1", "198.18.2.2"])?;
     println!(
         "demo: client ping 198.18.2.2: {}",
-        if ping.status.success() { "replies received" } else { "no reply" }
+        if ping.status.success() {
+            "replies received"
+        } else {
+            "no reply"
+        }
     );
     Ok(())
 }
@@ -112,7 +146,10 @@ fn down() -> Result<()> {
     if let Ok(pid) = std::fs::read_to_string(&pidfile) {
         let pid: i32 = pid.trim().parse().context("pid file")?;
         // Only the controller this lab started, recorded at `up`.
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM);
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGTERM,
+        );
         wait_until(Duration::from_secs(5), Duration::from_millis(100), || {
             nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_err()
         });

@@ -78,7 +78,12 @@ pub fn compile(config: &Config) -> Result<CompiledPolicy, ConfigError> {
     let interfaces = config
         .interfaces
         .iter()
-        .map(|i| (i.name.get_ref().clone(), zone_id(i.zone.get_ref()).expect("zone collected from interfaces")))
+        .map(|i| {
+            (
+                i.name.get_ref().clone(),
+                zone_id(i.zone.get_ref()).expect("zone collected from interfaces"),
+            )
+        })
         .collect();
     let n_user = config.rules.len();
     let intra = n_user;
@@ -89,10 +94,22 @@ pub fn compile(config: &Config) -> Result<CompiledPolicy, ConfigError> {
         .rules
         .iter()
         .enumerate()
-        .map(|(i, r)| RuleAction { rule_id: i as u32 + 1, action: action_code(r.action), _pad: [0; 3] })
+        .map(|(i, r)| RuleAction {
+            rule_id: i as u32 + 1,
+            action: action_code(r.action),
+            _pad: [0; 3],
+        })
         .collect();
-    rules.push(RuleAction { rule_id: RULE_ID_INTRAZONE_DEFAULT, action: action_code(config.policy.intrazone_default), _pad: [0; 3] });
-    rules.push(RuleAction { rule_id: RULE_ID_INTERZONE_DEFAULT, action: action_code(config.policy.interzone_default), _pad: [0; 3] });
+    rules.push(RuleAction {
+        rule_id: RULE_ID_INTRAZONE_DEFAULT,
+        action: action_code(config.policy.intrazone_default),
+        _pad: [0; 3],
+    });
+    rules.push(RuleAction {
+        rule_id: RULE_ID_INTERZONE_DEFAULT,
+        action: action_code(config.policy.interzone_default),
+        _pad: [0; 3],
+    });
 
     // Zone pairs.
     let mut zone_pairs = Vec::new();
@@ -112,8 +129,16 @@ pub fn compile(config: &Config) -> Result<CompiledPolicy, ConfigError> {
 
     // Addresses.
     let resolve = |l: &Vec<String>| config.resolve_addresses(l).expect("validated");
-    let src_lists: Vec<Vec<AddrMatch>> = config.rules.iter().map(|r| resolve(r.source.get_ref())).collect();
-    let dst_lists: Vec<Vec<AddrMatch>> = config.rules.iter().map(|r| resolve(r.destination.get_ref())).collect();
+    let src_lists: Vec<Vec<AddrMatch>> = config
+        .rules
+        .iter()
+        .map(|r| resolve(r.source.get_ref()))
+        .collect();
+    let dst_lists: Vec<Vec<AddrMatch>> = config
+        .rules
+        .iter()
+        .map(|r| resolve(r.destination.get_ref()))
+        .collect();
     let src_prefixes = lpm_entries(&src_lists, intra, inter);
     let dst_prefixes = lpm_entries(&dst_lists, intra, inter);
 
@@ -127,7 +152,11 @@ pub fn compile(config: &Config) -> Result<CompiledPolicy, ConfigError> {
                 }
                 continue;
             }
-            let svc = config.services.iter().find(|o| o.name.get_ref() == s).expect("validated");
+            let svc = config
+                .services
+                .iter()
+                .find(|o| o.name.get_ref() == s)
+                .expect("validated");
             for (class, lo, hi) in svc.ranges().expect("validated") {
                 per_class[class as usize].push((i, lo, hi));
             }
@@ -166,7 +195,11 @@ pub fn compile(config: &Config) -> Result<CompiledPolicy, ConfigError> {
         return Err(ConfigError {
             file: String::new(),
             line: 0,
-            kind: ErrorKind::TooMany { what: "service classes", count: service_bitmaps.len(), max: MAX_SERVICE_CLASSES as usize },
+            kind: ErrorKind::TooMany {
+                what: "service classes",
+                count: service_bitmaps.len(),
+                max: MAX_SERVICE_CLASSES as usize,
+            },
         });
     }
 
@@ -225,7 +258,12 @@ fn lpm_entries(lists: &[Vec<AddrMatch>], intra: usize, inter: usize) -> Vec<LpmE
                     6
                 }
             };
-            LpmEntry { family, addr, prefix_len: net.prefix_len(), rules }
+            LpmEntry {
+                family,
+                addr,
+                prefix_len: net.prefix_len(),
+                rules,
+            }
         })
         .collect()
 }
@@ -233,7 +271,15 @@ fn lpm_entries(lists: &[Vec<AddrMatch>], intra: usize, inter: usize) -> Vec<LpmE
 impl CompiledPolicy {
     /// Classifies a flow exactly as the XDP program does (longest prefix match by hand, AND of
     /// the bitmaps, lowest set bit). Returns the rule index and its action.
-    pub fn classify(&self, from_zone: u32, to_zone: u32, src: IpAddr, dst: IpAddr, proto: u8, dport: u16) -> (usize, RuleAction) {
+    pub fn classify(
+        &self,
+        from_zone: u32,
+        to_zone: u32,
+        src: IpAddr,
+        dst: IpAddr,
+        proto: u8,
+        dport: u16,
+    ) -> (usize, RuleAction) {
         let zones = &self
             .zone_pairs
             .iter()
@@ -266,7 +312,10 @@ fn longest_match(entries: &[LpmEntry], a: IpAddr) -> RuleBitmap {
         .iter()
         .filter(|e| {
             let net = match (e.family, a) {
-                (4, IpAddr::V4(_)) => IpNet::new(IpAddr::from(<[u8; 4]>::try_from(&e.addr[..4]).expect("4 bytes")), e.prefix_len),
+                (4, IpAddr::V4(_)) => IpNet::new(
+                    IpAddr::from(<[u8; 4]>::try_from(&e.addr[..4]).expect("4 bytes")),
+                    e.prefix_len,
+                ),
                 (6, IpAddr::V6(_)) => IpNet::new(IpAddr::from(e.addr), e.prefix_len),
                 _ => return false,
             };

@@ -10,6 +10,6 @@ mod model;
 
 pub use compile::{CompiledPolicy, LpmEntry, compile};
 pub use model::{
-    Action, Address, Config, ConfigError, ErrorKind, Interface, PolicyDefaults, Rule, Service,
-    Timeouts, EXAMPLE,
+    Action, Address, Config, ConfigError, EXAMPLE, ErrorKind, Interface, PolicyDefaults, Rule,
+    Service, Timeouts,
 };

@@ -183,10 +183,19 @@ pub enum ErrorKind {
     Duplicate { kind: &'static str, name: String },
     /// A rule or interface names an object that does not exist.
     #[error("{object} field `{field}`: unknown {kind} \"{name}\"")]
-    UnknownReference { object: String, field: &'static str, kind: &'static str, name: String },
+    UnknownReference {
+        object: String,
+        field: &'static str,
+        kind: &'static str,
+        name: String,
+    },
     /// A prefix or address that does not parse.
     #[error("{object} field `{field}`: \"{value}\" is not an IP prefix or address")]
-    BadPrefix { object: String, field: &'static str, value: String },
+    BadPrefix {
+        object: String,
+        field: &'static str,
+        value: String,
+    },
     /// A port or port range that does not parse, is reversed, or exceeds 65535.
     #[error("{object} field `ports`: \"{value}\" is not a port or range (0-65535, first <= last)")]
     BadPort { object: String, value: String },
@@ -201,10 +210,17 @@ pub enum ErrorKind {
     Empty { object: String, field: &'static str },
     /// More zones, rules or service classes than the dataplane holds.
     #[error("too many {what}: {count} (at most {max})")]
-    TooMany { what: &'static str, count: usize, max: usize },
+    TooMany {
+        what: &'static str,
+        count: usize,
+        max: usize,
+    },
     /// A value out of its range.
     #[error("field `{field}`: {message}")]
-    OutOfRange { field: &'static str, message: String },
+    OutOfRange {
+        field: &'static str,
+        message: String,
+    },
 }
 
 fn line_of(text: &str, span: Range<usize>) -> usize {
@@ -252,51 +268,115 @@ impl Config {
 
     fn validate(&self) -> Result<(), (Option<Range<usize>>, ErrorKind)> {
         if self.session_table_size < 1024 {
-            return Err((None, ErrorKind::OutOfRange {
-                field: "session_table_size",
-                message: format!("{} is below the minimum of 1024", self.session_table_size),
-            }));
+            return Err((
+                None,
+                ErrorKind::OutOfRange {
+                    field: "session_table_size",
+                    message: format!("{} is below the minimum of 1024", self.session_table_size),
+                },
+            ));
         }
         let mut seen = BTreeSet::new();
         for i in &self.interfaces {
             if !seen.insert(i.name.get_ref().clone()) {
-                return Err((Some(i.name.span()), ErrorKind::Duplicate { kind: "interface", name: i.name.get_ref().clone() }));
+                return Err((
+                    Some(i.name.span()),
+                    ErrorKind::Duplicate {
+                        kind: "interface",
+                        name: i.name.get_ref().clone(),
+                    },
+                ));
             }
         }
         let zones = self.zones();
         if zones.len() > hafw_common::policy::MAX_ZONES as usize {
-            return Err((None, ErrorKind::TooMany { what: "zones", count: zones.len(), max: hafw_common::policy::MAX_ZONES as usize }));
+            return Err((
+                None,
+                ErrorKind::TooMany {
+                    what: "zones",
+                    count: zones.len(),
+                    max: hafw_common::policy::MAX_ZONES as usize,
+                },
+            ));
         }
         let max_rules = hafw_common::policy::MAX_RULES as usize - 2;
         if self.rules.len() > max_rules {
-            return Err((None, ErrorKind::TooMany { what: "rules", count: self.rules.len(), max: max_rules }));
+            return Err((
+                None,
+                ErrorKind::TooMany {
+                    what: "rules",
+                    count: self.rules.len(),
+                    max: max_rules,
+                },
+            ));
         }
         let mut names = BTreeSet::new();
         for a in &self.addresses {
             if !names.insert(a.name.get_ref().clone()) {
-                return Err((Some(a.name.span()), ErrorKind::Duplicate { kind: "address", name: a.name.get_ref().clone() }));
+                return Err((
+                    Some(a.name.span()),
+                    ErrorKind::Duplicate {
+                        kind: "address",
+                        name: a.name.get_ref().clone(),
+                    },
+                ));
             }
             let object = format!("address \"{}\"", a.name.get_ref());
             if a.prefixes.get_ref().is_empty() {
-                return Err((Some(a.prefixes.span()), ErrorKind::Empty { object, field: "prefixes" }));
+                return Err((
+                    Some(a.prefixes.span()),
+                    ErrorKind::Empty {
+                        object,
+                        field: "prefixes",
+                    },
+                ));
             }
             for p in a.prefixes.get_ref() {
                 if parse_net(p).is_none() {
-                    return Err((Some(a.prefixes.span()), ErrorKind::BadPrefix { object: object.clone(), field: "prefixes", value: p.clone() }));
+                    return Err((
+                        Some(a.prefixes.span()),
+                        ErrorKind::BadPrefix {
+                            object: object.clone(),
+                            field: "prefixes",
+                            value: p.clone(),
+                        },
+                    ));
                 }
             }
         }
         let mut names = BTreeSet::new();
         for s in &self.services {
             if !names.insert(s.name.get_ref().clone()) {
-                return Err((Some(s.name.span()), ErrorKind::Duplicate { kind: "service", name: s.name.get_ref().clone() }));
+                return Err((
+                    Some(s.name.span()),
+                    ErrorKind::Duplicate {
+                        kind: "service",
+                        name: s.name.get_ref().clone(),
+                    },
+                ));
             }
-            s.ranges().map_err(|k| (Some(s.ports.as_ref().map(|p| p.span()).unwrap_or(s.protocol.span())), k))?;
+            s.ranges().map_err(|k| {
+                (
+                    Some(
+                        s.ports
+                            .as_ref()
+                            .map(|p| p.span())
+                            .unwrap_or(s.protocol.span()),
+                    ),
+                    k,
+                )
+            })?;
         }
         let mut names = BTreeSet::new();
         for r in &self.rules {
             if !names.insert(r.name.get_ref().clone()) {
-                return Err((Some(r.name.span()), ErrorKind::Duplicate { kind: "rule", name: r.name.get_ref().clone() }));
+                return Err((
+                    Some(r.name.span()),
+                    ErrorKind::Duplicate {
+                        kind: "rule",
+                        name: r.name.get_ref().clone(),
+                    },
+                ));
             }
             let object = format!("rule \"{}\"", r.name.get_ref());
             for (field, list) in [("from", &r.from), ("to", &r.to)] {
@@ -305,24 +385,54 @@ impl Config {
                 }
                 for z in list.get_ref() {
                     if z != "any" && !zones.contains(z) {
-                        return Err((Some(list.span()), ErrorKind::UnknownReference { object, field, kind: "zone", name: z.clone() }));
+                        return Err((
+                            Some(list.span()),
+                            ErrorKind::UnknownReference {
+                                object,
+                                field,
+                                kind: "zone",
+                                name: z.clone(),
+                            },
+                        ));
                     }
                 }
             }
             for (field, list) in [("source", &r.source), ("destination", &r.destination)] {
                 self.resolve_addresses(list.get_ref()).map_err(|name| {
-                    (Some(list.span()), ErrorKind::UnknownReference { object: object.clone(), field, kind: "address object or prefix", name })
+                    (
+                        Some(list.span()),
+                        ErrorKind::UnknownReference {
+                            object: object.clone(),
+                            field,
+                            kind: "address object or prefix",
+                            name,
+                        },
+                    )
                 })?;
                 if list.get_ref().is_empty() {
                     return Err((Some(list.span()), ErrorKind::Empty { object, field }));
                 }
             }
             if r.service.get_ref().is_empty() {
-                return Err((Some(r.service.span()), ErrorKind::Empty { object, field: "service" }));
+                return Err((
+                    Some(r.service.span()),
+                    ErrorKind::Empty {
+                        object,
+                        field: "service",
+                    },
+                ));
             }
             for s in r.service.get_ref() {
                 if s != "any" && !self.services.iter().any(|o| o.name.get_ref() == s) {
-                    return Err((Some(r.service.span()), ErrorKind::UnknownReference { object, field: "service", kind: "service", name: s.clone() }));
+                    return Err((
+                        Some(r.service.span()),
+                        ErrorKind::UnknownReference {
+                            object,
+                            field: "service",
+                            kind: "service",
+                            name: s.clone(),
+                        },
+                    ));
                 }
             }
         }
@@ -337,7 +447,13 @@ impl Config {
             if entry == "any" {
                 out.push(AddrMatch::Any);
             } else if let Some(obj) = self.addresses.iter().find(|a| a.name.get_ref() == entry) {
-                out.extend(obj.prefixes.get_ref().iter().filter_map(|p| parse_net(p)).map(AddrMatch::Net));
+                out.extend(
+                    obj.prefixes
+                        .get_ref()
+                        .iter()
+                        .filter_map(|p| parse_net(p))
+                        .map(AddrMatch::Net),
+                );
             } else if let Some(net) = parse_net(entry) {
                 out.push(AddrMatch::Net(net));
             } else {
@@ -349,23 +465,45 @@ impl Config {
 
     /// The naive reference semantics: index of the first rule matching a flow, or the default
     /// (`None` = intra/inter-zone default). Used to check the compiled classifier.
-    pub fn first_match(&self, from_zone: &str, to_zone: &str, src: std::net::IpAddr, dst: std::net::IpAddr, proto: u8, dport: u16) -> Option<usize> {
+    pub fn first_match(
+        &self,
+        from_zone: &str,
+        to_zone: &str,
+        src: std::net::IpAddr,
+        dst: std::net::IpAddr,
+        proto: u8,
+        dport: u16,
+    ) -> Option<usize> {
         let class = crate::compile::proto_class(proto);
-        let port = if class == hafw_common::policy::PROTO_CLASS_OTHER { 0 } else { dport };
+        let port = if class == hafw_common::policy::PROTO_CLASS_OTHER {
+            0
+        } else {
+            dport
+        };
         self.rules.iter().position(|r| {
             let zone_ok = |list: &Vec<String>, z: &str| list.iter().any(|x| x == "any" || x == z);
             let addr_ok = |list: &Vec<String>, a: std::net::IpAddr| {
-                self.resolve_addresses(list).unwrap_or_default().iter().any(|m| match m {
-                    AddrMatch::Any => true,
-                    AddrMatch::Net(n) => n.contains(&a),
-                })
+                self.resolve_addresses(list)
+                    .unwrap_or_default()
+                    .iter()
+                    .any(|m| match m {
+                        AddrMatch::Any => true,
+                        AddrMatch::Net(n) => n.contains(&a),
+                    })
             };
             let service_ok = r.service.get_ref().iter().any(|s| {
                 if s == "any" {
                     return true;
                 }
-                let svc = self.services.iter().find(|o| o.name.get_ref() == s).expect("validated");
-                svc.ranges().unwrap_or_default().iter().any(|(c, lo, hi)| *c == class && (*lo..=*hi).contains(&port))
+                let svc = self
+                    .services
+                    .iter()
+                    .find(|o| o.name.get_ref() == s)
+                    .expect("validated");
+                svc.ranges()
+                    .unwrap_or_default()
+                    .iter()
+                    .any(|(c, lo, hi)| *c == class && (*lo..=*hi).contains(&port))
             });
             zone_ok(r.from.get_ref(), from_zone)
                 && zone_ok(r.to.get_ref(), to_zone)
@@ -379,26 +517,47 @@ impl Config {
 impl Service {
     /// `(protocol class, first port, last port)` ranges this service matches.
     pub(crate) fn ranges(&self) -> Result<Vec<(u32, u16, u16)>, ErrorKind> {
-        use hafw_common::policy::{PROTO_CLASS_ICMP, PROTO_CLASS_OTHER, PROTO_CLASS_TCP, PROTO_CLASS_UDP};
+        use hafw_common::policy::{
+            PROTO_CLASS_ICMP, PROTO_CLASS_OTHER, PROTO_CLASS_TCP, PROTO_CLASS_UDP,
+        };
         let object = format!("service \"{}\"", self.name.get_ref());
         let classes: &[u32] = match self.protocol.get_ref().as_str() {
             "tcp" => &[PROTO_CLASS_TCP],
             "udp" => &[PROTO_CLASS_UDP],
             "icmp" => &[PROTO_CLASS_ICMP],
-            "any" => &[PROTO_CLASS_TCP, PROTO_CLASS_UDP, PROTO_CLASS_ICMP, PROTO_CLASS_OTHER],
-            other => return Err(ErrorKind::BadProtocol { object, value: other.to_owned() }),
+            "any" => &[
+                PROTO_CLASS_TCP,
+                PROTO_CLASS_UDP,
+                PROTO_CLASS_ICMP,
+                PROTO_CLASS_OTHER,
+            ],
+            other => {
+                return Err(ErrorKind::BadProtocol {
+                    object,
+                    value: other.to_owned(),
+                });
+            }
         };
         let mut ranges = Vec::new();
         match &self.ports {
             None => ranges.push((0u16, u16::MAX)),
             Some(ports) => {
                 if ports.get_ref().is_empty() {
-                    return Err(ErrorKind::Empty { object, field: "ports" });
+                    return Err(ErrorKind::Empty {
+                        object,
+                        field: "ports",
+                    });
                 }
                 for p in ports.get_ref() {
-                    let bad = || ErrorKind::BadPort { object: object.clone(), value: p.clone() };
+                    let bad = || ErrorKind::BadPort {
+                        object: object.clone(),
+                        value: p.clone(),
+                    };
                     let (lo, hi) = match p.split_once('-') {
-                        Some((a, b)) => (a.trim().parse::<u16>().map_err(|_| bad())?, b.trim().parse::<u16>().map_err(|_| bad())?),
+                        Some((a, b)) => (
+                            a.trim().parse::<u16>().map_err(|_| bad())?,
+                            b.trim().parse::<u16>().map_err(|_| bad())?,
+                        ),
                         None => {
                             let v = p.trim().parse::<u16>().map_err(|_| bad())?;
                             (v, v)
@@ -408,7 +567,10 @@ impl Service {
                         return Err(bad());
                     }
                     if classes == [PROTO_CLASS_ICMP] && hi > 255 {
-                        return Err(ErrorKind::BadIcmpType { object: object.clone(), value: p.clone() });
+                        return Err(ErrorKind::BadIcmpType {
+                            object: object.clone(),
+                            value: p.clone(),
+                        });
                     }
                     ranges.push((lo, hi));
                 }

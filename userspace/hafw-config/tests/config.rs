@@ -22,7 +22,9 @@ ports = ["80"]
 "#;
 
 fn err(extra: &str) -> String {
-    Config::parse(&format!("{BASE}{extra}"), "fw.toml").expect_err("must fail").to_string()
+    Config::parse(&format!("{BASE}{extra}"), "fw.toml")
+        .expect_err("must fail")
+        .to_string()
 }
 
 #[test]
@@ -53,12 +55,18 @@ fn errors_name_file_line_and_field() {
             "[[address]]\nname = \"x\"\nprefixes = [\"198.18.1.0/33\"]\n",
             "fw.toml:17: address \"x\" field `prefixes`: \"198.18.1.0/33\" is not an IP prefix or address",
         ),
-        ("[[address]]\nname = \"clients\"\nprefixes = [\"198.18.9.0/24\"]\n", "fw.toml:16: address \"clients\" is defined twice"),
+        (
+            "[[address]]\nname = \"clients\"\nprefixes = [\"198.18.9.0/24\"]\n",
+            "fw.toml:16: address \"clients\" is defined twice",
+        ),
         (
             "[[rule]]\nname = \"r\"\nfrom = [\"trust\"]\nto = [\"untrust\"]\nsource = [\"any\"]\ndestination = [\"any\"]\nservice = [\"web\"]\naction = \"maybe\"\n",
             "fw.toml:22: unknown variant `maybe`, expected `allow` or `deny`",
         ),
-        ("[[interface]]\nname = \"eth3\"\nzne = \"dmz\"\n", "fw.toml:17: unknown field `zne`, expected `name` or `zone`"),
+        (
+            "[[interface]]\nname = \"eth3\"\nzne = \"dmz\"\n",
+            "fw.toml:17: unknown field `zne`, expected `name` or `zone`",
+        ),
     ];
     for (extra, want) in table {
         assert_eq!(err(extra), want);
@@ -98,19 +106,37 @@ fn random_policy(rng: &mut Rng, rules: usize) -> String {
         let proto = protos[rng.below(4) as usize];
         let hi = if proto == "icmp" { 255 } else { 2000 };
         let lo = rng.below(hi);
-        let ports = if rng.below(4) == 0 { String::new() } else { format!("ports = [\"{lo}-{}\"]\n", (lo + rng.below(200)).min(hi)) };
+        let ports = if rng.below(4) == 0 {
+            String::new()
+        } else {
+            format!("ports = [\"{lo}-{}\"]\n", (lo + rng.below(200)).min(hi))
+        };
         s += &format!("[[service]]\nname = \"s{i}\"\nprotocol = \"{proto}\"\n{ports}");
     }
     let pick_prefix = |rng: &mut Rng| -> String {
         match rng.below(6) {
             0 => "any".into(),
             1 => format!("2001:2:{:x}::/{}", rng.below(4), 32 + rng.below(3) * 16),
-            _ => format!("198.18.{}.0/{}", rng.below(4), [16, 22, 24, 28][rng.below(4) as usize]),
+            _ => format!(
+                "198.18.{}.0/{}",
+                rng.below(4),
+                [16, 22, 24, 28][rng.below(4) as usize]
+            ),
         }
     };
     for i in 0..rules {
-        let z = |rng: &mut Rng| if rng.below(5) == 0 { "any".to_string() } else { zones[rng.below(3) as usize].to_string() };
-        let svc = if rng.below(8) == 0 { "any".to_string() } else { format!("s{}", rng.below(20)) };
+        let z = |rng: &mut Rng| {
+            if rng.below(5) == 0 {
+                "any".to_string()
+            } else {
+                zones[rng.below(3) as usize].to_string()
+            }
+        };
+        let svc = if rng.below(8) == 0 {
+            "any".to_string()
+        } else {
+            format!("s{}", rng.below(20))
+        };
         let action = if rng.below(3) == 0 { "deny" } else { "allow" };
         s += &format!(
             "[[rule]]\nname = \"r{i}\"\nfrom = [\"{}\"]\nto = [\"{}\"]\nsource = [\"{}\", \"{}\"]\ndestination = [\"{}\"]\nservice = [\"{svc}\"]\naction = \"{action}\"\n",
@@ -136,9 +162,23 @@ fn compiled_classifier_agrees_with_first_match_scan() {
             let (f, t) = (rng.below(3) as u32, rng.below(3) as u32);
             let addr = |rng: &mut Rng, v6: bool| -> IpAddr {
                 if v6 {
-                    IpAddr::V6(Ipv6Addr::new(0x2001, 2, rng.below(5) as u16, 0, 0, 0, 0, rng.below(9) as u16))
+                    IpAddr::V6(Ipv6Addr::new(
+                        0x2001,
+                        2,
+                        rng.below(5) as u16,
+                        0,
+                        0,
+                        0,
+                        0,
+                        rng.below(9) as u16,
+                    ))
                 } else {
-                    IpAddr::V4(Ipv4Addr::new(198, 18, rng.below(5) as u8, rng.below(256) as u8))
+                    IpAddr::V4(Ipv4Addr::new(
+                        198,
+                        18,
+                        rng.below(5) as u8,
+                        rng.below(256) as u8,
+                    ))
                 }
             };
             let v6 = rng.below(3) == 0;
@@ -149,8 +189,18 @@ fn compiled_classifier_agrees_with_first_match_scan() {
             let want = config
                 .first_match(zones[f as usize], zones[t as usize], src, dst, proto, port)
                 .unwrap_or(if f == t { rules } else { rules + 1 });
-            assert_eq!(got, want, "case {case}: {f}->{t} {src}->{dst} proto {proto} port {port}");
-            assert_eq!(action.rule_id as usize, if got < rules { got + 1 } else { action.rule_id as usize });
+            assert_eq!(
+                got, want,
+                "case {case}: {f}->{t} {src}->{dst} proto {proto} port {port}"
+            );
+            assert_eq!(
+                action.rule_id as usize,
+                if got < rules {
+                    got + 1
+                } else {
+                    action.rule_id as usize
+                }
+            );
         }
     }
 }

@@ -107,7 +107,11 @@ mod tests {
         ];
         for (proto, state, idle, want) in table {
             let (k, v) = session(proto, state, 100 * S);
-            assert_eq!(expired(&t, &k, &v, (100 + idle) * S), want, "{proto} {state:?} idle {idle}s");
+            assert_eq!(
+                expired(&t, &k, &v, (100 + idle) * S),
+                want,
+                "{proto} {state:?} idle {idle}s"
+            );
         }
     }
 

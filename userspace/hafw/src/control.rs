@@ -25,7 +25,9 @@ pub enum Request {
     ShowInterfaces,
     /// Validate the candidate config (the file given, or the one `hafw run` started with) and
     /// swap it in atomically. On any error the running config stays as it was.
-    Commit { path: Option<PathBuf> },
+    Commit {
+        path: Option<PathBuf>,
+    },
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -39,7 +41,10 @@ pub enum Response {
 pub fn request(instance: &str, req: &Request) -> Result<serde_json::Value> {
     let path = socket_path(instance);
     let mut stream = UnixStream::connect(&path).with_context(|| {
-        format!("connecting to {} (is `hafw run` up for instance {instance}?)", path.display())
+        format!(
+            "connecting to {} (is `hafw run` up for instance {instance}?)",
+            path.display()
+        )
     })?;
     stream.set_read_timeout(Some(Duration::from_secs(120)))?;
     let mut line = serde_json::to_string(req)?;

@@ -54,7 +54,8 @@ type Shared = Arc<Mutex<Node>>;
 
 /// Reads, parses and compiles a config file; nothing is applied here.
 pub fn load_config(path: &Path) -> Result<(Config, CompiledPolicy)> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let name = path.display().to_string();
     let config = Config::parse(&text, &name).map_err(|e| anyhow!("{e}"))?;
     let compiled = hafw_config::compile(&config).map_err(|e| anyhow!("{e}"))?;
@@ -116,7 +117,8 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
         std::fs::create_dir_all(dir)?;
     }
     let _ = std::fs::remove_file(&sock);
-    let listener = UnixListener::bind(&sock).with_context(|| format!("binding {}", sock.display()))?;
+    let listener =
+        UnixListener::bind(&sock).with_context(|| format!("binding {}", sock.display()))?;
     info!("instance {instance}: control socket {}", sock.display());
 
     tokio::spawn(age_sessions(node.clone()));
@@ -159,13 +161,12 @@ async fn age_sessions(node: Shared) {
             let mut n = node.lock().map_err(|_| anyhow!("node lock poisoned"))?;
             let t = timeouts(&n.running);
             let now = aging::monotonic_now_ns();
-            let expired: Vec<_> = n
-                .dp
-                .sessions()?
-                .into_iter()
-                .filter(|(k, v)| aging::expired(&t, k, v, now))
-                .map(|(k, _)| k)
-                .collect();
+            let expired: Vec<_> =
+                n.dp.sessions()?
+                    .into_iter()
+                    .filter(|(k, v)| aging::expired(&t, k, v, now))
+                    .map(|(k, _)| k)
+                    .collect();
             for k in &expired {
                 let _ = n.dp.remove_session(k);
             }
@@ -228,19 +229,22 @@ async fn serve_client(node: Shared, stream: UnixStream) {
     let mut lines = BufReader::new(read).lines();
     while let Ok(Some(line)) = lines.next_line().await {
         let node = node.clone();
-        let response = tokio::task::spawn_blocking(move || match serde_json::from_str::<Request>(&line) {
-            Ok(req) => match handle(&node, req) {
-                Ok(data) => Response::Ok { data },
-                Err(e) => Response::Error { message: format!("{e:#}") },
-            },
-            Err(e) => Response::Error {
-                message: format!("malformed request: {e}"),
-            },
-        })
-        .await
-        .unwrap_or_else(|e| Response::Error {
-            message: format!("internal error: {e}"),
-        });
+        let response =
+            tokio::task::spawn_blocking(move || match serde_json::from_str::<Request>(&line) {
+                Ok(req) => match handle(&node, req) {
+                    Ok(data) => Response::Ok { data },
+                    Err(e) => Response::Error {
+                        message: format!("{e:#}"),
+                    },
+                },
+                Err(e) => Response::Error {
+                    message: format!("malformed request: {e}"),
+                },
+            })
+            .await
+            .unwrap_or_else(|e| Response::Error {
+                message: format!("internal error: {e}"),
+            });
         let mut out = serde_json::to_string(&response).unwrap_or_default();
         out.push('\n');
         if write.write_all(out.as_bytes()).await.is_err() {
@@ -254,29 +258,46 @@ fn handle(node: &Shared, req: Request) -> Result<serde_json::Value> {
     let json = match req {
         Request::ShowSessions => {
             let now = aging::monotonic_now_ns();
-            let rules: Vec<String> = n.running.rules.iter().map(|r| r.name.get_ref().clone()).collect();
-            let zones = n.compiled.zones.clone();
-            let mut sessions: Vec<_> = n
-                .dp
-                .sessions()?
+            let rules: Vec<String> = n
+                .running
+                .rules
                 .iter()
-                .map(|(k, v)| {
-                    view::session_view(
-                        k,
-                        v,
-                        now,
-                        |id| rules.get(id as usize - 1).cloned().unwrap_or_else(|| format!("rule#{id}")),
-                        |z| zones.get(z as usize).cloned().unwrap_or_else(|| format!("zone#{z}")),
-                    )
-                })
+                .map(|r| r.name.get_ref().clone())
                 .collect();
-            sessions.sort_by(|a, b| (a.source, a.source_port).cmp(&(b.source, b.source_port)));
+            let zones = n.compiled.zones.clone();
+            let mut sessions: Vec<_> =
+                n.dp.sessions()?
+                    .iter()
+                    .map(|(k, v)| {
+                        view::session_view(
+                            k,
+                            v,
+                            now,
+                            |id| {
+                                rules
+                                    .get(id as usize - 1)
+                                    .cloned()
+                                    .unwrap_or_else(|| format!("rule#{id}"))
+                            },
+                            |z| {
+                                zones
+                                    .get(z as usize)
+                                    .cloned()
+                                    .unwrap_or_else(|| format!("zone#{z}"))
+                            },
+                        )
+                    })
+                    .collect();
+            sessions.sort_by_key(|s| (s.source, s.source_port));
             serde_json::to_value(sessions)?
         }
         Request::ShowCounters => {
             let c = n.dp.counters()?;
-            let mut fields: Vec<(String, u64)> =
-                c.fields().iter().map(|(k, v)| ((*k).to_owned(), *v)).collect();
+            let mut fields: Vec<(String, u64)> = c
+                .fields()
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), *v))
+                .collect();
             fields.push(("events_created".into(), n.events.created));
             fields.push(("events_state_changed".into(), n.events.state_changed));
             fields.push(("events_closed".into(), n.events.closed));
@@ -285,14 +306,17 @@ fn handle(node: &Shared, req: Request) -> Result<serde_json::Value> {
         }
         Request::ShowRunningConfig => serde_json::to_value(&n.running)?,
         Request::ShowInterfaces => {
-            let attached: BTreeMap<_, _> = n.dp.attached().map(|(k, m)| (k.to_owned(), m)).collect();
+            let attached: BTreeMap<_, _> =
+                n.dp.attached().map(|(k, m)| (k.to_owned(), m)).collect();
             serde_json::to_value(attached)?
         }
         Request::Commit { path } => {
             let path = path.unwrap_or_else(|| n.config_path.clone());
             let (config, compiled) = load_config(&path)?;
             if config.instance != n.running.instance {
-                bail!("instance is a per-device setting and cannot change on commit (restart hafw)");
+                bail!(
+                    "instance is a per-device setting and cannot change on commit (restart hafw)"
+                );
             }
             let mut ifindexes = BTreeMap::new();
             for (name, _) in &compiled.interfaces {
@@ -303,7 +327,11 @@ fn handle(node: &Shared, req: Request) -> Result<serde_json::Value> {
             }
             n.dp.commit_policy(&compiled, &ifindexes)?;
             let slot = n.dp.live_slot();
-            info!("commit from {}: {} rules, live slot {slot}", path.display(), config.rules.len());
+            info!(
+                "commit from {}: {} rules, live slot {slot}",
+                path.display(),
+                config.rules.len()
+            );
             n.running = config;
             n.compiled = compiled;
             n.config_path = path;

@@ -13,9 +13,7 @@ use std::{
 use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{
-        Array, DevMapHash, HashMap, LpmTrie, MapData, PerCpuArray, RingBuf, lpm_trie::Key,
-    },
+    maps::{Array, DevMapHash, HashMap, LpmTrie, MapData, PerCpuArray, RingBuf, lpm_trie::Key},
     programs::{Xdp, XdpMode, xdp::XdpLinkId},
 };
 use hafw_common::{
@@ -132,7 +130,8 @@ impl Dataplane {
                 .program_mut(name)
                 .ok_or_else(|| anyhow!("program {name} missing from the XDP object"))?
                 .try_into()?;
-            prog.load().with_context(|| format!("loading program {name} (verifier)"))?;
+            prog.load()
+                .with_context(|| format!("loading program {name} (verifier)"))?;
         }
         let mut dp = Dataplane {
             config: take!(ebpf, "CONFIG"),
@@ -240,7 +239,11 @@ impl Dataplane {
 
     /// Writes `policy` into the idle slot, then makes it live with one 4-byte store. Packets see
     /// the old policy or the new one, never a mix. `ifindexes` maps interface names to ifindexes.
-    pub fn commit_policy(&mut self, policy: &CompiledPolicy, ifindexes: &BTreeMap<String, u32>) -> Result<()> {
+    pub fn commit_policy(
+        &mut self,
+        policy: &CompiledPolicy,
+        ifindexes: &BTreeMap<String, u32>,
+    ) -> Result<()> {
         let live = self.dp_config.policy_slot & 1;
         let slot = live ^ 1;
         if let Some(retired) = self.shadows[slot as usize].retired_at {
@@ -258,7 +261,12 @@ impl Dataplane {
         Ok(())
     }
 
-    fn write_slot(&mut self, slot: u32, p: &CompiledPolicy, ifindexes: &BTreeMap<String, u32>) -> Result<()> {
+    fn write_slot(
+        &mut self,
+        slot: u32,
+        p: &CompiledPolicy,
+        ifindexes: &BTreeMap<String, u32>,
+    ) -> Result<()> {
         let shadow = &mut self.shadows[slot as usize];
 
         // Interfaces -> zones.
@@ -267,12 +275,21 @@ impl Dataplane {
             let ifindex = *ifindexes
                 .get(name)
                 .ok_or_else(|| anyhow!("interface {name} has no ifindex"))?;
-            self.ifaces
-                .insert(IfaceKey { ifindex, slot }, IfaceInfo { zone: *zone, flags: 0 }, 0)?;
+            self.ifaces.insert(
+                IfaceKey { ifindex, slot },
+                IfaceInfo {
+                    zone: *zone,
+                    flags: 0,
+                },
+                0,
+            )?;
             ifaces.insert(ifindex);
         }
         for stale in shadow.ifaces.difference(&ifaces) {
-            let _ = self.ifaces.remove(&IfaceKey { ifindex: *stale, slot });
+            let _ = self.ifaces.remove(&IfaceKey {
+                ifindex: *stale,
+                slot,
+            });
         }
         shadow.ifaces = ifaces;
 
@@ -293,8 +310,16 @@ impl Dataplane {
 
         // Address prefixes.
         for (trie, entries, old) in [
-            (&mut self.src_addrs, &p.src_prefixes, &mut shadow.src_prefixes),
-            (&mut self.dst_addrs, &p.dst_prefixes, &mut shadow.dst_prefixes),
+            (
+                &mut self.src_addrs,
+                &p.src_prefixes,
+                &mut shadow.src_prefixes,
+            ),
+            (
+                &mut self.dst_addrs,
+                &p.dst_prefixes,
+                &mut shadow.dst_prefixes,
+            ),
         ] {
             let mut keys = Vec::with_capacity(entries.len());
             for e in entries {
@@ -312,7 +337,10 @@ impl Dataplane {
                 keys.push(key);
             }
             for stale in old.iter() {
-                if !keys.iter().any(|k| k.prefix_len() == stale.prefix_len() && k.data() == stale.data()) {
+                if !keys
+                    .iter()
+                    .any(|k| k.prefix_len() == stale.prefix_len() && k.data() == stale.data())
+                {
                     let _ = trie.remove(stale);
                 }
             }
@@ -349,8 +377,11 @@ impl Dataplane {
                 .set(service_bitmap_index(slot, class as u32), bitmap, 0)?;
         }
         for stale in n_classes..shadow.service_classes {
-            self.service_bitmaps
-                .set(service_bitmap_index(slot, stale), RuleBitmap::default(), 0)?;
+            self.service_bitmaps.set(
+                service_bitmap_index(slot, stale),
+                RuleBitmap::default(),
+                0,
+            )?;
         }
         shadow.service_classes = n_classes;
         for (i, rule) in p.rules.iter().enumerate() {
@@ -433,6 +464,8 @@ fn raise_memlock_limit() {
     // SAFETY: setrlimit with a valid struct.
     let rc = unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &lim) };
     if rc != 0 {
-        log::debug!("could not raise RLIMIT_MEMLOCK (kernels since 5.11 charge BPF maps to the memory cgroup instead)");
+        log::debug!(
+            "could not raise RLIMIT_MEMLOCK (kernels since 5.11 charge BPF maps to the memory cgroup instead)"
+        );
     }
 }

@@ -11,7 +11,11 @@ use hafw::{
 };
 
 #[derive(Parser)]
-#[command(name = "hafw", version, about = "High-availability firewall pair with an XDP fast path")]
+#[command(
+    name = "hafw",
+    version,
+    about = "High-availability firewall pair with an XDP fast path"
+)]
 struct Cli {
     #[command(flatten)]
     target: Target,
@@ -84,7 +88,9 @@ fn main() -> Result<()> {
     let target = cli.target;
     match cli.command {
         Command::Run { config } => {
-            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
             rt.block_on(hafw::controller::run(config))
         }
         Command::Show { what } => {
@@ -105,9 +111,12 @@ fn main() -> Result<()> {
                     print!("{}", view::sessions_table(&sessions));
                 }
                 Request::ShowCounters => {
-                    let map: serde_json::Map<String, serde_json::Value> = serde_json::from_value(data)?;
-                    let fields: Vec<(String, u64)> =
-                        map.into_iter().map(|(k, v)| (k, v.as_u64().unwrap_or(0))).collect();
+                    let map: serde_json::Map<String, serde_json::Value> =
+                        serde_json::from_value(data)?;
+                    let fields: Vec<(String, u64)> = map
+                        .into_iter()
+                        .map(|(k, v)| (k, v.as_u64().unwrap_or(0)))
+                        .collect();
                     print!("{}", view::counters_table(&fields));
                 }
                 _ => println!("{}", serde_json::to_string_pretty(&data)?),
@@ -145,11 +154,14 @@ fn xdp_pass(iface: &str, pin: &std::path::Path) -> Result<()> {
         .or_else(|_| prog.attach(iface, aya::programs::XdpMode::Skb))
         .with_context(|| format!("attaching {PASS_PROGRAM} to {iface}"))?;
     let link = prog.take_link(link_id)?;
-    let fd_link: aya::programs::links::FdLink = link.try_into().context("XDP link is not an fd link")?;
+    let fd_link: aya::programs::links::FdLink =
+        link.try_into().context("XDP link is not an fd link")?;
     if let Some(dir) = pin.parent() {
         std::fs::create_dir_all(dir)?;
     }
     let _ = std::fs::remove_file(pin);
-    fd_link.pin(pin).with_context(|| format!("pinning link at {}", pin.display()))?;
+    fd_link
+        .pin(pin)
+        .with_context(|| format!("pinning link at {}", pin.display()))?;
     Ok(())
 }

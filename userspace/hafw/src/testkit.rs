@@ -7,9 +7,11 @@
 
 use std::{collections::BTreeMap, process::Command};
 
-use aya::programs::{TestRun as _, TestRunOptions};
-use etherparse::{Ethernet2Header, Ipv4Header, PacketBuilder, SlicedPacket, TransportSlice, NetSlice};
 use crate::dataplane::{Dataplane, LoadOptions};
+use aya::programs::{TestRun as _, TestRunOptions};
+use etherparse::{
+    Ethernet2Header, Ipv4Header, NetSlice, PacketBuilder, SlicedPacket, TransportSlice,
+};
 use hafw_common::{
     config::{CONFIG_F_SESSION_EVENTS, DataplaneConfig, Role},
     counters::Counters,
@@ -145,7 +147,10 @@ pub struct Fixture {
 /// Runs a command in the calling thread's network namespace; panics with its stderr on failure
 /// (this is test support: a broken fixture must stop the test loudly).
 pub fn sh(args: &[&str]) {
-    let out = Command::new(args[0]).args(&args[1..]).output().expect("spawn");
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .expect("spawn");
     assert!(
         out.status.success(),
         "{args:?}: {}",
@@ -154,18 +159,46 @@ pub fn sh(args: &[&str]) {
 }
 
 fn mac(m: [u8; 6]) -> String {
-    m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 /// Moves the calling thread into a fresh, unnamed network namespace with the two data ports.
 /// Child processes (`ip`, `sysctl`) inherit it; it disappears with the thread.
 pub fn private_netns() {
-    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare(CLONE_NEWNET): run as root");
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+        .expect("unshare(CLONE_NEWNET): run as root");
     for (dev, peer, m, v4, v6) in [
-        ("trust0", "trust0p", TRUST_MAC, "198.18.1.1/24", "2001:2:0:1::1/64"),
-        ("untrust0", "untrust0p", UNTRUST_MAC, "198.18.2.1/24", "2001:2:0:2::1/64"),
+        (
+            "trust0",
+            "trust0p",
+            TRUST_MAC,
+            "198.18.1.1/24",
+            "2001:2:0:1::1/64",
+        ),
+        (
+            "untrust0",
+            "untrust0p",
+            UNTRUST_MAC,
+            "198.18.2.1/24",
+            "2001:2:0:2::1/64",
+        ),
     ] {
-        sh(&["ip", "link", "add", dev, "address", &mac(m), "type", "veth", "peer", "name", peer]);
+        sh(&[
+            "ip",
+            "link",
+            "add",
+            dev,
+            "address",
+            &mac(m),
+            "type",
+            "veth",
+            "peer",
+            "name",
+            peer,
+        ]);
         sh(&["ip", "addr", "add", v4, "dev", dev]);
         sh(&["ip", "addr", "add", v6, "dev", dev, "nodad"]);
         sh(&["ip", "link", "set", dev, "up"]);
@@ -180,11 +213,29 @@ pub fn private_netns() {
         ("2001:2:0:1::2", CLIENT_MAC, "trust0"),
         ("2001:2:0:2::2", SERVER_MAC, "untrust0"),
     ] {
-        sh(&["ip", "neigh", "replace", ip, "lladdr", &mac(m), "dev", dev, "nud", "permanent"]);
+        sh(&[
+            "ip",
+            "neigh",
+            "replace",
+            ip,
+            "lladdr",
+            &mac(m),
+            "dev",
+            dev,
+            "nud",
+            "permanent",
+        ]);
+    }
+}
+
+impl Default for Fixture {
+    fn default() -> Self {
+        Fixture::new()
     }
 }
 
 impl Fixture {
+    /// A fixture with [`POLICY`] committed. Moves the calling thread into a private netns.
     pub fn new() -> Fixture {
         Fixture::with_policy(POLICY, 65536)
     }
@@ -220,9 +271,14 @@ impl Fixture {
     pub fn commit(&mut self, policy: &str) {
         let config = hafw_config::Config::parse(policy, "test.toml").expect("test policy parses");
         let compiled = hafw_config::compile(&config).expect("test policy compiles");
-        let ifindexes: BTreeMap<String, u32> =
-            [("trust0".to_owned(), self.trust), ("untrust0".to_owned(), self.untrust)].into();
-        self.dp.commit_policy(&compiled, &ifindexes).expect("commit");
+        let ifindexes: BTreeMap<String, u32> = [
+            ("trust0".to_owned(), self.trust),
+            ("untrust0".to_owned(), self.untrust),
+        ]
+        .into();
+        self.dp
+            .commit_policy(&compiled, &ifindexes)
+            .expect("commit");
     }
 
     pub fn set_role(&mut self, role: Role) {
@@ -261,7 +317,11 @@ impl Fixture {
             (tcp(s, sp, c, cp, 0x12, 64), self.untrust),
             (tcp(c, cp, s, sp, 0x10, 64), self.trust),
         ] {
-            assert_eq!(self.run(&pkt, ingress).verdict, Verdict::Redirect, "handshake");
+            assert_eq!(
+                self.run(&pkt, ingress).verdict,
+                Verdict::Redirect,
+                "handshake"
+            );
         }
     }
 
@@ -293,7 +353,12 @@ impl Fixture {
 
 /// Runs a packet `repeat` times; returns the output of the last run and the kernel's average
 /// duration per run.
-pub fn run_packet(dp: &Dataplane, pkt: &[u8], ingress_ifindex: u32, repeat: u32) -> (Output, std::time::Duration) {
+pub fn run_packet(
+    dp: &Dataplane,
+    pkt: &[u8],
+    ingress_ifindex: u32,
+    repeat: u32,
+) -> (Output, std::time::Duration) {
     let mut out = vec![0u8; pkt.len() + 256];
     // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex.
     let md: [u32; 6] = [0, pkt.len() as u32, 0, ingress_ifindex, 0, 0];
@@ -349,11 +414,21 @@ pub fn tuple(pkt: &[u8]) -> Option<Tuple> {
     let (family, src, dst, proto) = match sliced.net? {
         NetSlice::Ipv4(ip) => {
             let h = ip.header();
-            (FAMILY_IPV4, addr_words(&h.source()), addr_words(&h.destination()), h.protocol().0)
+            (
+                FAMILY_IPV4,
+                addr_words(&h.source()),
+                addr_words(&h.destination()),
+                h.protocol().0,
+            )
         }
         NetSlice::Ipv6(ip) => {
             let h = ip.header();
-            (FAMILY_IPV6, addr_words6(&h.source()), addr_words6(&h.destination()), ip.payload().ip_number.0)
+            (
+                FAMILY_IPV6,
+                addr_words6(&h.source()),
+                addr_words6(&h.destination()),
+                ip.payload().ip_number.0,
+            )
         }
     };
     let (sport, dport) = match sliced.transport {
@@ -394,13 +469,17 @@ fn macs_for(src: &[u8]) -> ([u8; 6], [u8; 6]) {
 
 pub fn tcp(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16, flags: u8, ttl: u8) -> Vec<u8> {
     let (s, d) = macs_for(&src);
-    let b = PacketBuilder::ethernet2(s, d).ipv4(src, dst, ttl).tcp(sport, dport, 1000, 64240);
+    let b = PacketBuilder::ethernet2(s, d)
+        .ipv4(src, dst, ttl)
+        .tcp(sport, dport, 1000, 64240);
     build_tcp(b, flags)
 }
 
 pub fn tcp6(src: [u8; 16], sport: u16, dst: [u8; 16], dport: u16, flags: u8, hop: u8) -> Vec<u8> {
     let (s, d) = macs_for(&src);
-    let b = PacketBuilder::ethernet2(s, d).ipv6(src, dst, hop).tcp(sport, dport, 1000, 64240);
+    let b = PacketBuilder::ethernet2(s, d)
+        .ipv6(src, dst, hop)
+        .tcp(sport, dport, 1000, 64240);
     build_tcp(b, flags)
 }
 
@@ -428,7 +507,9 @@ fn build_tcp(mut b: etherparse::PacketBuilderStep<etherparse::TcpHeader>, flags:
 
 pub fn udp(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16, ttl: u8) -> Vec<u8> {
     let (s, d) = macs_for(&src);
-    let b = PacketBuilder::ethernet2(s, d).ipv4(src, dst, ttl).udp(sport, dport);
+    let b = PacketBuilder::ethernet2(s, d)
+        .ipv4(src, dst, ttl)
+        .udp(sport, dport);
     let mut out = Vec::new();
     b.write(&mut out, b"query").unwrap();
     out
@@ -437,20 +518,30 @@ pub fn udp(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16, ttl: u8) -> Vec<u
 pub fn icmp_echo(src: [u8; 4], dst: [u8; 4], id: u16, request: bool, ttl: u8) -> Vec<u8> {
     let (s, d) = macs_for(&src);
     let b = PacketBuilder::ethernet2(s, d).ipv4(src, dst, ttl);
-    let b = if request { b.icmpv4_echo_request(id, 1) } else { b.icmpv4_echo_reply(id, 1) };
+    let b = if request {
+        b.icmpv4_echo_request(id, 1)
+    } else {
+        b.icmpv4_echo_reply(id, 1)
+    };
     let mut out = Vec::new();
     b.write(&mut out, b"ping").unwrap();
     out
 }
 
 /// A port-unreachable error from `src` to `dst` quoting a TCP segment of `quoted`.
-pub fn icmp_unreachable_for_tcp(src: [u8; 4], dst: [u8; 4], quoted: ([u8; 4], u16, [u8; 4], u16)) -> Vec<u8> {
+pub fn icmp_unreachable_for_tcp(
+    src: [u8; 4],
+    dst: [u8; 4],
+    quoted: ([u8; 4], u16, [u8; 4], u16),
+) -> Vec<u8> {
     let inner = tcp(quoted.0, quoted.1, quoted.2, quoted.3, 0x10, 64);
     let quoted_bytes = &inner[14..14 + 28];
     let (s, d) = macs_for(&src);
-    let b = PacketBuilder::ethernet2(s, d).ipv4(src, dst, 64).icmpv4(etherparse::Icmpv4Type::DestinationUnreachable(
-        etherparse::icmpv4::DestUnreachableHeader::Port,
-    ));
+    let b = PacketBuilder::ethernet2(s, d).ipv4(src, dst, 64).icmpv4(
+        etherparse::Icmpv4Type::DestinationUnreachable(
+            etherparse::icmpv4::DestUnreachableHeader::Port,
+        ),
+    );
     let mut out = Vec::new();
     b.write(&mut out, quoted_bytes).unwrap();
     out
@@ -461,7 +552,8 @@ pub fn ip_proto(src: [u8; 4], dst: [u8; 4], proto: u8) -> Vec<u8> {
     let (s, d) = macs_for(&src);
     let b = PacketBuilder::ethernet2(s, d).ipv4(src, dst, 64);
     let mut out = Vec::new();
-    b.write(&mut out, etherparse::IpNumber(proto), &[0u8; 32]).unwrap();
+    b.write(&mut out, etherparse::IpNumber(proto), &[0u8; 32])
+        .unwrap();
     out
 }
 

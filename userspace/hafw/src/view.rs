@@ -67,7 +67,11 @@ pub fn session_view(
 ) -> SessionView {
     let lo = (addr(key.family, &key.addr_lo), u16::from_be(key.port_lo));
     let hi = (addr(key.family, &key.addr_hi), u16::from_be(key.port_hi));
-    let (init, resp) = if v.flags & SESSION_F_INITIATOR_IS_HI != 0 { (hi, lo) } else { (lo, hi) };
+    let (init, resp) = if v.flags & SESSION_F_INITIATOR_IS_HI != 0 {
+        (hi, lo)
+    } else {
+        (lo, hi)
+    };
     let rule = match v.rule_id {
         RULE_ID_INTRAZONE_DEFAULT => "intrazone-default".to_owned(),
         RULE_ID_INTERZONE_DEFAULT => "interzone-default".to_owned(),
@@ -96,7 +100,15 @@ pub fn session_view(
 pub fn sessions_table(sessions: &[SessionView]) -> String {
     let mut out = format!(
         "{:<7} {:<40} {:<40} {:<12} {:<18} {:<17} {:>10} {:>10} {:>8}\n",
-        "proto", "source", "destination", "state", "rule", "zones", "pkts o/r", "bytes o/r", "idle s"
+        "proto",
+        "source",
+        "destination",
+        "state",
+        "rule",
+        "zones",
+        "pkts o/r",
+        "bytes o/r",
+        "idle s"
     );
     for s in sessions {
         let src = endpoint(s.source, s.source_port);

@@ -4,14 +4,11 @@
 //!
 //! Needs root (BPF, netns). Each test runs in its own thread-private network namespace.
 
-
-
-use hafw_common::session::SessionState;
 use hafw::testkit::{
-    self as testkit,
-    CLIENT, CLIENT6, Fixture, SERVER, SERVER6, Verdict, arp_request, icmp_echo, icmp_unreachable_for_tcp, tcp,
-    tcp6, udp,
+    self as testkit, CLIENT, CLIENT6, Fixture, SERVER, SERVER6, Verdict, arp_request, icmp_echo,
+    icmp_unreachable_for_tcp, tcp, tcp6, udp,
 };
+use hafw_common::session::SessionState;
 
 const SYN: u8 = 0x02;
 const ACK: u8 = 0x10;
@@ -25,23 +22,67 @@ fn tcp_handshake_establishes_one_session_for_both_directions() {
     let f = Fixture::new();
     let steps = [
         // (description, packet, verdict, session state after)
-        ("client SYN", tcp(CLIENT, 40000, SERVER, 80, SYN, 64), Verdict::Redirect, SessionState::New),
-        ("server SYN-ACK", tcp(SERVER, 80, CLIENT, 40000, SYNACK, 64), Verdict::Redirect, SessionState::SynRecv),
-        ("client ACK", tcp(CLIENT, 40000, SERVER, 80, ACK, 64), Verdict::Redirect, SessionState::Established),
-        ("client data", tcp(CLIENT, 40000, SERVER, 80, ACK | 0x08, 64), Verdict::Redirect, SessionState::Established),
-        ("server data", tcp(SERVER, 80, CLIENT, 40000, ACK | 0x08, 64), Verdict::Redirect, SessionState::Established),
-        ("client FIN", tcp(CLIENT, 40000, SERVER, 80, FIN_ACK, 64), Verdict::Redirect, SessionState::FinWait),
-        ("server FIN", tcp(SERVER, 80, CLIENT, 40000, FIN_ACK, 64), Verdict::Redirect, SessionState::TimeWait),
-        ("last ACK", tcp(CLIENT, 40000, SERVER, 80, ACK, 64), Verdict::Redirect, SessionState::TimeWait),
+        (
+            "client SYN",
+            tcp(CLIENT, 40000, SERVER, 80, SYN, 64),
+            Verdict::Redirect,
+            SessionState::New,
+        ),
+        (
+            "server SYN-ACK",
+            tcp(SERVER, 80, CLIENT, 40000, SYNACK, 64),
+            Verdict::Redirect,
+            SessionState::SynRecv,
+        ),
+        (
+            "client ACK",
+            tcp(CLIENT, 40000, SERVER, 80, ACK, 64),
+            Verdict::Redirect,
+            SessionState::Established,
+        ),
+        (
+            "client data",
+            tcp(CLIENT, 40000, SERVER, 80, ACK | 0x08, 64),
+            Verdict::Redirect,
+            SessionState::Established,
+        ),
+        (
+            "server data",
+            tcp(SERVER, 80, CLIENT, 40000, ACK | 0x08, 64),
+            Verdict::Redirect,
+            SessionState::Established,
+        ),
+        (
+            "client FIN",
+            tcp(CLIENT, 40000, SERVER, 80, FIN_ACK, 64),
+            Verdict::Redirect,
+            SessionState::FinWait,
+        ),
+        (
+            "server FIN",
+            tcp(SERVER, 80, CLIENT, 40000, FIN_ACK, 64),
+            Verdict::Redirect,
+            SessionState::TimeWait,
+        ),
+        (
+            "last ACK",
+            tcp(CLIENT, 40000, SERVER, 80, ACK, 64),
+            Verdict::Redirect,
+            SessionState::TimeWait,
+        ),
     ];
     for (what, pkt, verdict, state) in steps {
         let out = f.run(&pkt, f.ingress_for(&pkt));
         assert_eq!(out.verdict, verdict, "{what}");
-        let s = f.session_of(&pkt).unwrap_or_else(|| panic!("{what}: no session"));
+        let s = f
+            .session_of(&pkt)
+            .unwrap_or_else(|| panic!("{what}: no session"));
         assert_eq!(SessionState::from_u8(s.state), state, "{what}");
     }
     assert_eq!(f.sessions().len(), 1, "both directions share one entry");
-    let s = f.session_of(&tcp(CLIENT, 40000, SERVER, 80, ACK, 64)).unwrap();
+    let s = f
+        .session_of(&tcp(CLIENT, 40000, SERVER, 80, ACK, 64))
+        .unwrap();
     assert_eq!((s.packets_orig, s.packets_reply), (5, 3));
     let c = f.counters();
     assert_eq!(c.forwarded, 8);
@@ -56,10 +97,18 @@ fn forwarded_packet_is_rewritten_for_the_next_hop() {
     let out = f.run(&pkt, f.trust);
     assert_eq!(out.verdict, Verdict::Redirect);
     let (eth, ip) = testkit::parse_ipv4(&out.data);
-    assert_eq!(eth.destination, testkit::SERVER_MAC, "next hop MAC from the neighbour table");
+    assert_eq!(
+        eth.destination,
+        testkit::SERVER_MAC,
+        "next hop MAC from the neighbour table"
+    );
     assert_eq!(eth.source, f.untrust_mac, "egress interface MAC");
     assert_eq!(ip.time_to_live, 63);
-    assert_eq!(ip.header_checksum, ip.calc_header_checksum(), "incremental checksum update");
+    assert_eq!(
+        ip.header_checksum,
+        ip.calc_header_checksum(),
+        "incremental checksum update"
+    );
 }
 
 /// Known gap: on this kernel `bpf_fib_lookup` answers NOT_FWDED for these IPv6 destinations
@@ -74,7 +123,11 @@ fn ipv6_new_flows_are_forwarded() {
     assert_eq!(out.verdict, Verdict::Redirect);
     assert_eq!(out.data[14 + 7], 63, "hop limit decremented");
     assert_eq!(&out.data[0..6], &testkit::SERVER_MAC);
-    assert_eq!(f.run(&tcp6(CLIENT6, 1004, SERVER6, 22, SYN, 64), f.trust).verdict, Verdict::Drop);
+    assert_eq!(
+        f.run(&tcp6(CLIENT6, 1004, SERVER6, 22, SYN, 64), f.trust)
+            .verdict,
+        Verdict::Drop
+    );
 }
 
 /// Until IPv6 forwarding works, IPv6 transit traffic must never reach the kernel unfiltered.
@@ -88,7 +141,11 @@ fn ipv6_transit_fails_closed_and_link_local_reaches_the_host() {
     ll[0] = 0xfe;
     ll[1] = 0x80;
     ll[15] = 1;
-    assert_eq!(f.run(&tcp6(CLIENT6, 40000, ll, 22, SYN, 64), f.trust).verdict, Verdict::Pass);
+    assert_eq!(
+        f.run(&tcp6(CLIENT6, 40000, ll, 22, SYN, 64), f.trust)
+            .verdict,
+        Verdict::Pass
+    );
     assert_eq!(f.counter("ipv6_packets"), 2);
 }
 
@@ -98,12 +155,48 @@ fn policy_allows_and_denies_new_flows_per_rule() {
     let f = Fixture::new();
     // (description, packet, ingress is trust?, verdict, counter that must move)
     let table: Vec<(&str, Vec<u8>, bool, Verdict, &str)> = vec![
-        ("web from clients allowed", tcp(CLIENT, 1000, SERVER, 443, SYN, 64), true, Verdict::Redirect, "policy_allow"),
-        ("ssh not in any allow rule: interzone default", tcp(CLIENT, 1001, SERVER, 22, SYN, 64), true, Verdict::Drop, "drop_policy"),
-        ("explicit deny rule before allow", tcp(CLIENT, 1002, SERVER, 8080, SYN, 64), true, Verdict::Drop, "drop_policy"),
-        ("dns over udp allowed", udp(CLIENT, 5353, SERVER, 53, 64), true, Verdict::Redirect, "policy_allow"),
-        ("untrust to trust denied by default", tcp(SERVER, 2000, CLIENT, 80, SYN, 64), false, Verdict::Drop, "drop_policy"),
-        ("ping allowed", icmp_echo(CLIENT, SERVER, 7, true, 64), true, Verdict::Redirect, "policy_allow"),
+        (
+            "web from clients allowed",
+            tcp(CLIENT, 1000, SERVER, 443, SYN, 64),
+            true,
+            Verdict::Redirect,
+            "policy_allow",
+        ),
+        (
+            "ssh not in any allow rule: interzone default",
+            tcp(CLIENT, 1001, SERVER, 22, SYN, 64),
+            true,
+            Verdict::Drop,
+            "drop_policy",
+        ),
+        (
+            "explicit deny rule before allow",
+            tcp(CLIENT, 1002, SERVER, 8080, SYN, 64),
+            true,
+            Verdict::Drop,
+            "drop_policy",
+        ),
+        (
+            "dns over udp allowed",
+            udp(CLIENT, 5353, SERVER, 53, 64),
+            true,
+            Verdict::Redirect,
+            "policy_allow",
+        ),
+        (
+            "untrust to trust denied by default",
+            tcp(SERVER, 2000, CLIENT, 80, SYN, 64),
+            false,
+            Verdict::Drop,
+            "drop_policy",
+        ),
+        (
+            "ping allowed",
+            icmp_echo(CLIENT, SERVER, 7, true, 64),
+            true,
+            Verdict::Redirect,
+            "policy_allow",
+        ),
     ];
     for (what, pkt, from_trust, verdict, counter) in table {
         let before = f.counter(counter);
@@ -111,7 +204,11 @@ fn policy_allows_and_denies_new_flows_per_rule() {
         let out = f.run(&pkt, ingress);
         assert_eq!(out.verdict, verdict, "{what}");
         assert_eq!(f.counter(counter), before + 1, "{what}: {counter}");
-        assert_eq!(f.session_of(&pkt).is_some(), verdict == Verdict::Redirect, "{what}: session");
+        assert_eq!(
+            f.session_of(&pkt).is_some(),
+            verdict == Verdict::Redirect,
+            "{what}: session"
+        );
     }
 }
 
@@ -141,12 +238,22 @@ fn rst_closes_and_a_new_syn_reopens_through_policy() {
     let out = f.run(&tcp(SERVER, 80, CLIENT, 40003, RST | ACK, 64), f.untrust);
     assert_eq!(out.verdict, Verdict::Redirect);
     let key_pkt = tcp(CLIENT, 40003, SERVER, 80, SYN, 64);
-    assert_eq!(SessionState::from_u8(f.session_of(&key_pkt).unwrap().state), SessionState::Closed);
+    assert_eq!(
+        SessionState::from_u8(f.session_of(&key_pkt).unwrap().state),
+        SessionState::Closed
+    );
     assert_eq!(f.counter("session_closed"), 1);
     let out = f.run(&key_pkt, f.trust);
     assert_eq!(out.verdict, Verdict::Redirect);
-    assert_eq!(SessionState::from_u8(f.session_of(&key_pkt).unwrap().state), SessionState::New);
-    assert_eq!(f.counter("session_created"), 2, "reopen re-ran the policy and created anew");
+    assert_eq!(
+        SessionState::from_u8(f.session_of(&key_pkt).unwrap().state),
+        SessionState::New
+    );
+    assert_eq!(
+        f.counter("session_created"),
+        2,
+        "reopen re-ran the policy and created anew"
+    );
 }
 
 #[test]
@@ -154,13 +261,23 @@ fn udp_and_icmp_replies_establish_their_sessions() {
     let f = Fixture::new();
     f.run(&udp(CLIENT, 5000, SERVER, 53, 64), f.trust);
     let reply = udp(SERVER, 53, CLIENT, 5000, 64);
-    assert_eq!(f.run(&reply, f.untrust).verdict, Verdict::Redirect, "reply allowed by the session");
-    assert_eq!(SessionState::from_u8(f.session_of(&reply).unwrap().state), SessionState::Established);
+    assert_eq!(
+        f.run(&reply, f.untrust).verdict,
+        Verdict::Redirect,
+        "reply allowed by the session"
+    );
+    assert_eq!(
+        SessionState::from_u8(f.session_of(&reply).unwrap().state),
+        SessionState::Established
+    );
 
     f.run(&icmp_echo(CLIENT, SERVER, 9, true, 64), f.trust);
     let pong = icmp_echo(SERVER, CLIENT, 9, false, 64);
     assert_eq!(f.run(&pong, f.untrust).verdict, Verdict::Redirect);
-    assert_eq!(SessionState::from_u8(f.session_of(&pong).unwrap().state), SessionState::Established);
+    assert_eq!(
+        SessionState::from_u8(f.session_of(&pong).unwrap().state),
+        SessionState::Established
+    );
     // An echo reply nobody asked for is a new flow untrust->trust: denied.
     let stray = icmp_echo(SERVER, CLIENT, 10, false, 64);
     assert_eq!(f.run(&stray, f.untrust).verdict, Verdict::Drop);
@@ -207,38 +324,100 @@ fn malformed_packets_are_dropped_and_counted() {
     let table: Vec<(&str, Vec<u8>, &str)> = vec![
         // The kernel refuses test-run frames shorter than an Ethernet header before the program
         // runs; the shortest frame the program can see is a bare header.
-        ("ethernet header only", good[..14].to_vec(), "drop_malformed"),
-        ("ipv4 header cut", good[..14 + 12].to_vec(), "drop_malformed"),
-        ("tcp header cut", good[..14 + 20 + 10].to_vec(), "drop_malformed"),
+        (
+            "ethernet header only",
+            good[..14].to_vec(),
+            "drop_malformed",
+        ),
+        (
+            "ipv4 header cut",
+            good[..14 + 12].to_vec(),
+            "drop_malformed",
+        ),
+        (
+            "tcp header cut",
+            good[..14 + 20 + 10].to_vec(),
+            "drop_malformed",
+        ),
         ("ihl below 5", bad_ihl, "drop_malformed"),
         ("wrong ip version", bad_version, "drop_malformed"),
         ("tcp data offset below 5", tcp_doff, "drop_malformed"),
         ("ipv4 fragment", fragment, "drop_fragment"),
-        ("ipv6 header cut", tcp6(CLIENT6, 1, SERVER6, 80, SYN, 64)[..14 + 30].to_vec(), "drop_malformed"),
-        ("ipv6 tcp header cut", tcp6(CLIENT6, 1, SERVER6, 80, SYN, 64)[..14 + 40 + 8].to_vec(), "drop_malformed"),
-        ("vlan tag cut", testkit::vlan(5, &good)[..16].to_vec(), "drop_malformed"),
+        (
+            "ipv6 header cut",
+            tcp6(CLIENT6, 1, SERVER6, 80, SYN, 64)[..14 + 30].to_vec(),
+            "drop_malformed",
+        ),
+        (
+            "ipv6 tcp header cut",
+            tcp6(CLIENT6, 1, SERVER6, 80, SYN, 64)[..14 + 40 + 8].to_vec(),
+            "drop_malformed",
+        ),
+        (
+            "vlan tag cut",
+            testkit::vlan(5, &good)[..16].to_vec(),
+            "drop_malformed",
+        ),
     ];
     for (what, pkt, counter) in table {
         let before = f.counter(counter);
         assert_eq!(f.run(&pkt, f.trust).verdict, Verdict::Drop, "{what}");
         assert_eq!(f.counter(counter), before + 1, "{what}");
     }
-    assert!(f.sessions().is_empty(), "no malformed packet created a session");
+    assert!(
+        f.sessions().is_empty(),
+        "no malformed packet created a session"
+    );
 }
 
 #[test]
 fn host_arp_ttl_and_ha_traffic_take_their_own_paths() {
     let f = Fixture::new();
     let table: Vec<(&str, Vec<u8>, Verdict, &str)> = vec![
-        ("arp to the kernel", arp_request(CLIENT, testkit::TRUST_IP), Verdict::Pass, "pass_non_ip"),
-        ("ping the firewall itself", icmp_echo(CLIENT, testkit::TRUST_IP, 1, true, 64), Verdict::Pass, "pass_host"),
-        ("ttl 1 to the kernel for time-exceeded", tcp(CLIENT, 40009, SERVER, 80, SYN, 1), Verdict::Pass, "pass_ttl"),
-        ("HA2 ethertype on a data port", testkit::ha2_ethernet_frame(), Verdict::Drop, "drop_ha_frame"),
-        ("HA2 over IP on a data port", testkit::ip_proto(CLIENT, SERVER, 99), Verdict::Drop, "drop_ha_frame"),
-        ("HA1 to the firewall on a data port", tcp(CLIENT, 40010, testkit::TRUST_IP, 28769, SYN, 64), Verdict::Drop, "drop_ha_frame"),
+        (
+            "arp to the kernel",
+            arp_request(CLIENT, testkit::TRUST_IP),
+            Verdict::Pass,
+            "pass_non_ip",
+        ),
+        (
+            "ping the firewall itself",
+            icmp_echo(CLIENT, testkit::TRUST_IP, 1, true, 64),
+            Verdict::Pass,
+            "pass_host",
+        ),
+        (
+            "ttl 1 to the kernel for time-exceeded",
+            tcp(CLIENT, 40009, SERVER, 80, SYN, 1),
+            Verdict::Pass,
+            "pass_ttl",
+        ),
+        (
+            "HA2 ethertype on a data port",
+            testkit::ha2_ethernet_frame(),
+            Verdict::Drop,
+            "drop_ha_frame",
+        ),
+        (
+            "HA2 over IP on a data port",
+            testkit::ip_proto(CLIENT, SERVER, 99),
+            Verdict::Drop,
+            "drop_ha_frame",
+        ),
+        (
+            "HA1 to the firewall on a data port",
+            tcp(CLIENT, 40010, testkit::TRUST_IP, 28769, SYN, 64),
+            Verdict::Drop,
+            "drop_ha_frame",
+        ),
         // The FIB says NOT_FWDED for both "local" and "no route": the kernel answers the latter
         // with ICMP net unreachable, and cannot forward it either.
-        ("no route: the kernel answers", tcp(CLIENT, 40011, [198, 19, 200, 1], 80, SYN, 64), Verdict::Pass, "pass_host"),
+        (
+            "no route: the kernel answers",
+            tcp(CLIENT, 40011, [198, 19, 200, 1], 80, SYN, 64),
+            Verdict::Pass,
+            "pass_host",
+        ),
     ];
     for (what, pkt, verdict, counter) in table {
         let before = f.counter(counter);
@@ -255,7 +434,11 @@ fn passive_node_drops_data_but_keeps_host_traffic() {
     let data = tcp(CLIENT, 40012, SERVER, 80, ACK, 64);
     assert_eq!(f.run(&data, f.trust).verdict, Verdict::Drop);
     assert_eq!(f.counter("drop_not_active"), 1);
-    assert_eq!(f.run(&tcp(CLIENT, 40013, SERVER, 80, SYN, 64), f.trust).verdict, Verdict::Drop);
+    assert_eq!(
+        f.run(&tcp(CLIENT, 40013, SERVER, 80, SYN, 64), f.trust)
+            .verdict,
+        Verdict::Drop
+    );
     let ping_me = icmp_echo(CLIENT, testkit::TRUST_IP, 2, true, 64);
     assert_eq!(f.run(&ping_me, f.trust).verdict, Verdict::Pass);
     // Back to active: the session is still there and carries traffic.
@@ -268,10 +451,18 @@ fn an_expired_active_lease_stops_forwarding() {
     let mut f = Fixture::new();
     f.set_clock(1_000_000_000);
     f.set_lease(hafw_common::config::Role::Active, 2_000_000_000);
-    assert_eq!(f.run(&tcp(CLIENT, 40014, SERVER, 80, SYN, 64), f.trust).verdict, Verdict::Redirect);
+    assert_eq!(
+        f.run(&tcp(CLIENT, 40014, SERVER, 80, SYN, 64), f.trust)
+            .verdict,
+        Verdict::Redirect
+    );
     f.set_clock(2_000_000_001);
     let out = f.run(&tcp(CLIENT, 40014, SERVER, 80, SYN, 64), f.trust);
-    assert_eq!(out.verdict, Verdict::Drop, "controller stopped refreshing: no forwarding");
+    assert_eq!(
+        out.verdict,
+        Verdict::Drop,
+        "controller stopped refreshing: no forwarding"
+    );
 }
 
 #[test]
@@ -292,14 +483,24 @@ fn commit_swaps_policy_for_new_flows_only() {
     let mut f = Fixture::new();
     f.handshake(CLIENT, 40016, SERVER, 80);
     f.commit(testkit::POLICY_WITHOUT_WEB);
-    assert_eq!(f.run(&tcp(CLIENT, 40017, SERVER, 80, SYN, 64), f.trust).verdict, Verdict::Drop, "new web flow denied");
     assert_eq!(
-        f.run(&tcp(CLIENT, 40016, SERVER, 80, ACK, 64), f.trust).verdict,
+        f.run(&tcp(CLIENT, 40017, SERVER, 80, SYN, 64), f.trust)
+            .verdict,
+        Verdict::Drop,
+        "new web flow denied"
+    );
+    assert_eq!(
+        f.run(&tcp(CLIENT, 40016, SERVER, 80, ACK, 64), f.trust)
+            .verdict,
         Verdict::Redirect,
         "established session unaffected"
     );
     f.commit(testkit::POLICY);
-    assert_eq!(f.run(&tcp(CLIENT, 40018, SERVER, 80, SYN, 64), f.trust).verdict, Verdict::Redirect);
+    assert_eq!(
+        f.run(&tcp(CLIENT, 40018, SERVER, 80, SYN, 64), f.trust)
+            .verdict,
+        Verdict::Redirect
+    );
 }
 
 /// Every packet increments exactly one verdict counter.

@@ -37,7 +37,10 @@ impl Drop for Lab {
 }
 
 fn lab_config(instance: &str, policy_extra: &str) -> String {
-    hafw_config::EXAMPLE.replace("instance = \"hafwlab\"", &format!("instance = \"{instance}\"")) + policy_extra
+    hafw_config::EXAMPLE.replace(
+        "instance = \"hafwlab\"",
+        &format!("instance = \"{instance}\""),
+    ) + policy_extra
 }
 
 fn start() -> Lab {
@@ -45,7 +48,8 @@ fn start() -> Lab {
     let topo = SingleFirewall::up(&prefix).expect("lab topology");
     for (ns, ifname) in topo.xdp_peer_ends() {
         let pin = format!("/sys/fs/bpf/hafw-lab/{prefix}/{}-{ifname}", ns.name);
-        ns.exec_ok(&[HAFW, "xdp-pass", "--iface", ifname, "--pin", &pin]).expect("pass program on the peer end");
+        ns.exec_ok(&[HAFW, "xdp-pass", "--iface", ifname, "--pin", &pin])
+            .expect("pass program on the peer end");
     }
     let dir = std::env::temp_dir().join(&prefix);
     std::fs::create_dir_all(&dir).unwrap();
@@ -54,18 +58,32 @@ fn start() -> Lab {
     std::fs::write(&config, lab_config(&instance, "")).unwrap();
     let hafw = topo
         .fw
-        .spawn(&[HAFW, "run", "--config", config.to_str().unwrap()], &dir.join("hafw.log"))
+        .spawn(
+            &[HAFW, "run", "--config", config.to_str().unwrap()],
+            &dir.join("hafw.log"),
+        )
         .expect("start hafw");
     let up = wait_until(Duration::from_secs(20), Duration::from_millis(100), || {
         request(&instance, &Request::ShowCounters).is_ok()
     });
-    assert!(up, "hafw did not come up: {}", std::fs::read_to_string(dir.join("hafw.log")).unwrap_or_default());
-    Lab { topo, instance, dir, _hafw: hafw }
+    assert!(
+        up,
+        "hafw did not come up: {}",
+        std::fs::read_to_string(dir.join("hafw.log")).unwrap_or_default()
+    );
+    Lab {
+        topo,
+        instance,
+        dir,
+        _hafw: hafw,
+    }
 }
 
 impl Lab {
     fn counter(&self, name: &str) -> u64 {
-        request(&self.instance, &Request::ShowCounters).unwrap()[name].as_u64().unwrap()
+        request(&self.instance, &Request::ShowCounters).unwrap()[name]
+            .as_u64()
+            .unwrap()
     }
 
     fn log(&self) -> String {
@@ -76,9 +94,11 @@ impl Lab {
 /// A TCP echo server in the server namespace on `port`; runs until the returned flag is set.
 fn tcp_echo_server(lab: &Lab, port: u16) -> Arc<AtomicBool> {
     let stop = Arc::new(AtomicBool::new(false));
-    let listener = in_netns(&lab.topo.server.name, move || TcpListener::bind(("198.18.2.2", port)))
-        .unwrap()
-        .unwrap();
+    let listener = in_netns(&lab.topo.server.name, move || {
+        TcpListener::bind(("198.18.2.2", port))
+    })
+    .unwrap()
+    .unwrap();
     listener.set_nonblocking(true).unwrap();
     let s = stop.clone();
     std::thread::spawn(move || {
@@ -104,7 +124,10 @@ fn tcp_echo_server(lab: &Lab, port: u16) -> Arc<AtomicBool> {
 
 fn connect(lab: &Lab, port: u16) -> std::io::Result<TcpStream> {
     in_netns(&lab.topo.client.name, move || {
-        TcpStream::connect_timeout(&(std::net::Ipv4Addr::new(198, 18, 2, 2), port).into(), Duration::from_secs(1))
+        TcpStream::connect_timeout(
+            &(std::net::Ipv4Addr::new(198, 18, 2, 2), port).into(),
+            Duration::from_secs(1),
+        )
     })
     .unwrap()
 }
@@ -127,35 +150,70 @@ fn tcp_udp_and_ping_pass_denied_flows_do_not() {
     // Allowed TCP through the XDP fast path.
     let mut conn = connect(&lab, 80).expect("web connection allowed");
     for i in 0..50 {
-        assert!(echo(&mut conn, format!("message {i}").as_bytes()), "echo {i}");
+        assert!(
+            echo(&mut conn, format!("message {i}").as_bytes()),
+            "echo {i}"
+        );
     }
     conn.shutdown(Shutdown::Both).unwrap();
-    assert!(lab.counter("forwarded") >= 100, "forwarded by XDP, not the kernel\n{}", lab.log());
+    assert!(
+        lab.counter("forwarded") >= 100,
+        "forwarded by XDP, not the kernel\n{}",
+        lab.log()
+    );
 
     // Denied TCP: ssh to the servers is denied by rule.
     assert!(connect(&lab, 22).is_err(), "ssh must be blocked");
     assert!(lab.counter("drop_policy") >= 1);
 
     // UDP (dns) both ways.
-    let server_sock = in_netns(&lab.topo.server.name, || UdpSocket::bind("198.18.2.2:53")).unwrap().unwrap();
-    let client_sock = in_netns(&lab.topo.client.name, || UdpSocket::bind("198.18.1.2:0")).unwrap().unwrap();
-    client_sock.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-    server_sock.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let server_sock = in_netns(&lab.topo.server.name, || UdpSocket::bind("198.18.2.2:53"))
+        .unwrap()
+        .unwrap();
+    let client_sock = in_netns(&lab.topo.client.name, || UdpSocket::bind("198.18.1.2:0"))
+        .unwrap()
+        .unwrap();
+    client_sock
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    server_sock
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
     client_sock.send_to(b"query", "198.18.2.2:53").unwrap();
     let mut buf = [0u8; 64];
-    let (n, from) = server_sock.recv_from(&mut buf).expect("udp request through the firewall");
+    let (n, from) = server_sock
+        .recv_from(&mut buf)
+        .expect("udp request through the firewall");
     server_sock.send_to(&buf[..n], from).unwrap();
-    let (n, _) = client_sock.recv_from(&mut buf).expect("udp reply through the firewall");
+    let (n, _) = client_sock
+        .recv_from(&mut buf)
+        .expect("udp reply through the firewall");
     assert_eq!(&buf[..n], b"query");
 
     // Ping.
-    let ping = lab.topo.client.exec(&["ping", "-c", "3", "-i", "0.2", "-W", "1", "198.18.2.2"]).unwrap();
-    assert!(ping.status.success(), "ping: {}", String::from_utf8_lossy(&ping.stdout));
+    let ping = lab
+        .topo
+        .client
+        .exec(&["ping", "-c", "3", "-i", "0.2", "-W", "1", "198.18.2.2"])
+        .unwrap();
+    assert!(
+        ping.status.success(),
+        "ping: {}",
+        String::from_utf8_lossy(&ping.stdout)
+    );
 
     // The sessions are visible to the operator.
     let sessions = request(&lab.instance, &Request::ShowSessions).unwrap();
-    let protos: Vec<&str> = sessions.as_array().unwrap().iter().map(|s| s["protocol"].as_str().unwrap()).collect();
-    assert!(protos.contains(&"tcp") && protos.contains(&"udp") && protos.contains(&"icmp"), "{protos:?}");
+    let protos: Vec<&str> = sessions
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["protocol"].as_str().unwrap())
+        .collect();
+    assert!(
+        protos.contains(&"tcp") && protos.contains(&"udp") && protos.contains(&"icmp"),
+        "{protos:?}"
+    );
     stop.store(true, Ordering::Relaxed);
     stop_ssh.store(true, Ordering::Relaxed);
 }
@@ -168,11 +226,27 @@ fn mid_stream_tcp_without_a_session_is_dropped() {
     let out = lab
         .topo
         .client
-        .exec(&["hping3", "-q", "-A", "-p", "80", "-s", "41000", "-k", "-c", "3", "-i", "u100000", "198.18.2.2"])
+        .exec(&[
+            "hping3",
+            "-q",
+            "-A",
+            "-p",
+            "80",
+            "-s",
+            "41000",
+            "-k",
+            "-c",
+            "3",
+            "-i",
+            "u100000",
+            "198.18.2.2",
+        ])
         .unwrap();
     let _ = out;
     assert!(
-        wait_until(Duration::from_secs(3), Duration::from_millis(100), || lab.counter("drop_tcp_no_session") >= before + 3),
+        wait_until(Duration::from_secs(3), Duration::from_millis(100), || lab
+            .counter("drop_tcp_no_session")
+            >= before + 3),
         "mid-stream ACKs must be dropped and counted"
     );
 }
@@ -201,27 +275,63 @@ fn commit_under_live_traffic_is_atomic_for_new_flows_and_keeps_sessions() {
 
     // A candidate that no longer allows web: new web flows are denied, the session survives.
     let candidate = lab.dir.join("candidate.toml");
-    let no_web = lab_config(&lab.instance, "").replace("service = [\"web\", \"dns\", \"ping\"]", "service = [\"dns\", \"ping\"]");
+    let no_web = lab_config(&lab.instance, "").replace(
+        "service = [\"web\", \"dns\", \"ping\"]",
+        "service = [\"dns\", \"ping\"]",
+    );
     std::fs::write(&candidate, &no_web).unwrap();
-    let res = request(&lab.instance, &Request::Commit { path: Some(candidate.clone()) }).expect("commit");
+    let res = request(
+        &lab.instance,
+        &Request::Commit {
+            path: Some(candidate.clone()),
+        },
+    )
+    .expect("commit");
     assert_eq!(res["result"], "OK");
-    assert!(connect(&lab, 80).is_err(), "new web flow denied after commit");
+    assert!(
+        connect(&lab, 80).is_err(),
+        "new web flow denied after commit"
+    );
 
     // A broken candidate is refused with file:line and changes nothing.
     let broken = lab.dir.join("broken.toml");
-    std::fs::write(&broken, no_web.replace("destination = [\"servers\"]", "destination = [\"servrs\"]")).unwrap();
-    let err = request(&lab.instance, &Request::Commit { path: Some(broken) }).unwrap_err().to_string();
-    assert!(err.contains("broken.toml:") && err.contains("unknown address object or prefix \"servrs\""), "{err}");
-    assert!(connect(&lab, 80).is_err(), "the failed commit left the running policy as it was");
+    std::fs::write(
+        &broken,
+        no_web.replace("destination = [\"servers\"]", "destination = [\"servrs\"]"),
+    )
+    .unwrap();
+    let err = request(&lab.instance, &Request::Commit { path: Some(broken) })
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("broken.toml:") && err.contains("unknown address object or prefix \"servrs\""),
+        "{err}"
+    );
+    assert!(
+        connect(&lab, 80).is_err(),
+        "the failed commit left the running policy as it was"
+    );
 
     std::thread::sleep(Duration::from_millis(300));
     running.store(false, Ordering::Relaxed);
-    let exchanged = pump.join().unwrap().expect("the established connection never stalled");
-    assert!(exchanged > 10, "traffic flowed during the commits ({exchanged} round trips)");
+    let exchanged = pump
+        .join()
+        .unwrap()
+        .expect("the established connection never stalled");
+    assert!(
+        exchanged > 10,
+        "traffic flowed during the commits ({exchanged} round trips)"
+    );
 
     // And back: web allowed again.
     std::fs::write(&candidate, lab_config(&lab.instance, "")).unwrap();
-    request(&lab.instance, &Request::Commit { path: Some(candidate) }).unwrap();
+    request(
+        &lab.instance,
+        &Request::Commit {
+            path: Some(candidate),
+        },
+    )
+    .unwrap();
     assert!(connect(&lab, 80).is_ok());
     stop.store(true, Ordering::Relaxed);
 }
@@ -229,17 +339,38 @@ fn commit_under_live_traffic_is_atomic_for_new_flows_and_keeps_sessions() {
 #[test]
 fn bpftool_dumps_pinned_counters_with_named_fields() {
     let lab = start();
-    let ping = lab.topo.client.exec(&["ping", "-c", "1", "-W", "1", "198.18.2.2"]).unwrap();
+    let ping = lab
+        .topo
+        .client
+        .exec(&["ping", "-c", "1", "-W", "1", "198.18.2.2"])
+        .unwrap();
     assert!(ping.status.success());
-    let pin = format!("/sys/fs/bpf/hafw/{}/v{}/counters", lab.instance, hafw_common::LAYOUT_VERSION);
-    let out = std::process::Command::new("bpftool").args(["map", "dump", "pinned", &pin]).output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    for field in ["\"rx_packets\"", "\"forwarded\"", "\"drop_policy\"", "\"session_created\""] {
-        assert!(text.contains(field), "{field} missing from:\n{text}");
+    let counters = bpftool_dump(&lab, "counters");
+    for field in ["rx_packets", "forwarded", "drop_policy", "session_created"] {
+        assert!(
+            counters.contains(&format!("\"{field}\"")),
+            "{field} missing from:\n{counters}"
+        );
     }
-    let sessions = format!("/sys/fs/bpf/hafw/{}/v{}/sessions", lab.instance, hafw_common::LAYOUT_VERSION);
-    let out = std::process::Command::new("bpftool").args(["map", "dump", "pinned", &sessions]).output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("\"addr_lo\"") && text.contains("\"packets_orig\""), "{text}");
+    let sessions = bpftool_dump(&lab, "sessions");
+    assert!(
+        sessions.contains("\"addr_lo\"") && sessions.contains("\"packets_orig\""),
+        "{sessions}"
+    );
+}
+
+/// `bpftool map dump pinned` of one of the instance's pinned maps, as an operator would run it.
+fn bpftool_dump(lab: &Lab, map: &str) -> String {
+    let pin = hafw::dataplane::pin_dir(&lab.instance).join(map);
+    let out = std::process::Command::new("bpftool")
+        .args(["map", "dump", "pinned"])
+        .arg(&pin)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }

@@ -26,11 +26,16 @@ fn main() -> Result<()> {
     let which = std::env::args().nth(1).unwrap_or_default();
     match which.as_str() {
         "fastpath" => {
-            // The fixture moves its thread into a private network namespace.
-            let rows = std::thread::spawn(fastpath_test_run)
-                .join()
-                .map_err(|_| anyhow::anyhow!("benchmark thread panicked"))??;
-            report("fastpath", &rows)
+            let only_forwarding = std::env::args().any(|a| a == "--forwarding-only");
+            let mut rows = Vec::new();
+            if !only_forwarding {
+                // The fixture moves its thread into a private network namespace.
+                rows = std::thread::spawn(fastpath_test_run)
+                    .join()
+                    .map_err(|_| anyhow::anyhow!("benchmark thread panicked"))??;
+            }
+            let (fwd_rows, ratio) = forwarding::compare()?;
+            report("fastpath", &rows, &fwd_rows, ratio)
         }
         other => bail!("unknown benchmark {other:?} (expected: fastpath)"),
     }
@@ -38,7 +43,14 @@ fn main() -> Result<()> {
 
 /// Runs `pkt` `total` times in batches of `batch` (the program rewrites TTL, so a batch must stay
 /// below the TTL) and returns the mean ns per run.
-fn measure(f: &Fixture, pkt: &[u8], ingress: u32, total: u64, batch: u32, want: Verdict) -> Result<f64> {
+fn measure(
+    f: &Fixture,
+    pkt: &[u8],
+    ingress: u32,
+    total: u64,
+    batch: u32,
+    want: Verdict,
+) -> Result<f64> {
     let mut sum = Duration::ZERO;
     let mut runs = 0u64;
     while runs < total {
@@ -57,7 +69,12 @@ fn measure(f: &Fixture, pkt: &[u8], ingress: u32, total: u64, batch: u32, want: 
 fn fill_sessions(f: &mut Fixture, n: u32) -> Result<()> {
     let existing = f.sessions().len() as u32;
     for i in existing..n {
-        let src = [u32::from_ne_bytes([198, 19, (i >> 16) as u8, (i >> 8) as u8]), 0, 0, 0];
+        let src = [
+            u32::from_ne_bytes([198, 19, (i >> 16) as u8, (i >> 8) as u8]),
+            0,
+            0,
+            0,
+        ];
         let dst = [u32::from_ne_bytes(SERVER), 0, 0, 0];
         let (key, src_is_hi) = SessionKey::normalized(
             FAMILY_IPV4,
@@ -73,7 +90,8 @@ fn fill_sessions(f: &mut Fixture, n: u32) -> Result<()> {
             rule_id: 1,
             ..Default::default()
         };
-        f.dp.insert_session(&key, &value).context("filling the session table")?;
+        f.dp.insert_session(&key, &value)
+            .context("filling the session table")?;
     }
     Ok(())
 }
@@ -166,27 +184,63 @@ fn fastpath_test_run() -> Result<Vec<Row>> {
     Ok(rows)
 }
 
-fn report(name: &str, rows: &[Row]) -> Result<()> {
+fn report(name: &str, rows: &[Row], fwd: &[forwarding::FwdRow], ratio: f64) -> Result<()> {
     let mut md = format!(
-        "# {name} benchmark\n\nkernel {}, {} CPUs\n\n| case | ns/packet | target | runs | note |\n|---|---:|---:|---:|---|\n",
+        "# {name} benchmark\n\nkernel {}, {} CPUs\n\n## Per packet, BPF_PROG_TEST_RUN\n\n| case | ns/packet | target | runs | note |\n|---|---:|---:|---:|---|\n",
         kernel_release(),
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0)
     );
     for r in rows {
         let target = match r.target_ns {
-            Some(t) => format!("≤ {t:.0} ({})", if r.ns_per_packet <= t { "met" } else { "MISSED" }),
+            Some(t) => format!(
+                "≤ {t:.0} ({})",
+                if r.ns_per_packet <= t {
+                    "met"
+                } else {
+                    "MISSED"
+                }
+            ),
             None => "-".into(),
         };
-        let _ = writeln!(md, "| {} | {:.1} | {} | {} | {} |", r.case, r.ns_per_packet, target, r.runs, r.note);
+        let _ = writeln!(
+            md,
+            "| {} | {:.1} | {} | {} | {} |",
+            r.case, r.ns_per_packet, target, r.runs, r.note
+        );
     }
+    let _ = write!(
+        md,
+        "\n## Forwarding through the firewall namespace (veth, 64-byte UDP, one flow)\n\n\
+         | path | sent | received | seconds | received pps |\n|---|---:|---:|---:|---:|\n"
+    );
+    for r in fwd {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {:.2} | {:.0} |",
+            r.path, r.sent, r.received, r.seconds, r.pps
+        );
+    }
+    let _ = writeln!(
+        md,
+        "\nhafw XDP / nftables forwarding: **{ratio:.2}x** (target ≥ 3x)"
+    );
     print!("{md}");
     let dir = std::path::Path::new("bench/results");
     std::fs::create_dir_all(dir)?;
     std::fs::write(dir.join(format!("{name}.md")), &md)?;
-    std::fs::write(dir.join(format!("{name}.json")), serde_json::to_string_pretty(rows)?)?;
+    let json =
+        serde_json::json!({ "per_packet": rows, "forwarding": fwd, "xdp_over_nftables": ratio });
+    std::fs::write(
+        dir.join(format!("{name}.json")),
+        serde_json::to_string_pretty(&json)?,
+    )?;
     println!("\nwritten: bench/results/{name}.md, bench/results/{name}.json");
     Ok(())
 }
+
+mod forwarding;
 
 fn kernel_release() -> String {
     nix::sys::utsname::uname()
