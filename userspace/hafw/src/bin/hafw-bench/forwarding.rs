@@ -70,8 +70,26 @@ fn trafgen_config(dst_mac: &str, src_mac: &str) -> String {
     )
 }
 
-/// Sends the bounded burst and returns (sent, received at the server, seconds).
+/// trafgen sometimes aborts at start with EAGAIN from the TX ring when veth pushes back; a
+/// bounded number of fresh attempts gets a clean run.
+const ATTEMPTS: u32 = 3;
+
 fn burst(topo: &SingleFirewall, dir: &Path) -> Result<(u64, u64, f64)> {
+    let mut last = None;
+    for _ in 0..ATTEMPTS {
+        match burst_once(topo, dir) {
+            Ok(r) => return Ok(r),
+            Err(e) => {
+                last = Some(e);
+                std::thread::sleep(std::time::Duration::from_millis(500));
+            }
+        }
+    }
+    Err(last.unwrap_or_else(|| anyhow::anyhow!("no attempt made")))
+}
+
+/// Sends the bounded burst and returns (sent, received at the server, seconds).
+fn burst_once(topo: &SingleFirewall, dir: &Path) -> Result<(u64, u64, f64)> {
     let conf = dir.join("udp.cfg");
     std::fs::write(
         &conf,
