@@ -40,6 +40,8 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// rustfmt check and clippy with -D warnings on every crate, the BPF crate included.
+    Clippy,
     /// Benchmarks: `fastpath`. Prints a table and writes bench/results/.
     Bench {
         #[arg(value_parser = ["fastpath"])]
@@ -114,6 +116,46 @@ fn main() -> Result<()> {
                     .args(["test", "--workspace", "--exclude", "hafw-ebpf", "--release"])
                     .args(args)
                     .args(["--", "--test-threads=1"]),
+            )
+        }
+        Cmd::Clippy => {
+            run_ok(cargo().args(["fmt", "--all", "--", "--check"]))?;
+            run_ok(cargo().args([
+                "clippy",
+                "--workspace",
+                "--exclude",
+                "hafw-ebpf",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ]))?;
+            // The BPF crate lints for its own target, exactly as aya-build compiles it.
+            run_ok(
+                Command::new("rustup")
+                    .args([
+                        "run",
+                        "nightly",
+                        "cargo",
+                        "clippy",
+                        "-p",
+                        "hafw-ebpf",
+                        "--release",
+                    ])
+                    .args([
+                        "--target",
+                        "bpfel-unknown-none",
+                        "-Z",
+                        "build-std=core",
+                        "--",
+                        "-D",
+                        "warnings",
+                    ])
+                    .env(
+                        "CARGO_ENCODED_RUSTFLAGS",
+                        "--cfg=bpf_target_arch=\"x86_64\"",
+                    )
+                    .current_dir(root().join("ebpf/hafw-ebpf")),
             )
         }
         Cmd::Bench { which, args } => {
