@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use hafw_common::session::{PROTO_TCP, PROTO_UDP, SessionKey, SessionState, SessionValue};
 
-/// Idle timeouts by protocol and state (PAN-OS-like defaults).
+/// Idle timeouts by protocol and state, from the config's `[timeouts]`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct Timeouts {
     /// TCP before the handshake completes.
@@ -23,17 +23,25 @@ pub struct Timeouts {
     pub other: Duration,
 }
 
+impl From<&hafw_config::Timeouts> for Timeouts {
+    fn from(t: &hafw_config::Timeouts) -> Self {
+        Timeouts {
+            tcp_init: t.tcp_init(),
+            tcp_established: t.tcp(),
+            tcp_half_closed: t.tcp_half_closed(),
+            tcp_time_wait: t.tcp_time_wait(),
+            udp: t.udp(),
+            icmp: t.icmp(),
+            // Protocols other than TCP/UDP/ICMP hold sessions like UDP does.
+            other: t.udp(),
+        }
+    }
+}
+
+/// The configuration's defaults (one place defines the numbers: `hafw_config::Timeouts`).
 impl Default for Timeouts {
     fn default() -> Self {
-        Timeouts {
-            tcp_init: Duration::from_secs(5),
-            tcp_established: Duration::from_secs(3600),
-            tcp_half_closed: Duration::from_secs(120),
-            tcp_time_wait: Duration::from_secs(15),
-            udp: Duration::from_secs(30),
-            icmp: Duration::from_secs(6),
-            other: Duration::from_secs(30),
-        }
+        Timeouts::from(&hafw_config::Timeouts::default())
     }
 }
 

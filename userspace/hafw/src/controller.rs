@@ -62,19 +62,6 @@ pub fn load_config(path: &Path) -> Result<(Config, CompiledPolicy)> {
     Ok((config, compiled))
 }
 
-fn timeouts(cfg: &Config) -> Timeouts {
-    let t = &cfg.timeouts;
-    Timeouts {
-        tcp_init: t.tcp_init(),
-        tcp_established: t.tcp(),
-        tcp_half_closed: t.tcp_half_closed(),
-        tcp_time_wait: t.tcp_time_wait(),
-        udp: t.udp(),
-        icmp: t.icmp(),
-        other: t.udp(),
-    }
-}
-
 pub async fn run(config_path: PathBuf) -> Result<()> {
     let (config, compiled) = load_config(&config_path)?;
     let instance = config.instance.clone();
@@ -159,7 +146,7 @@ async fn age_sessions(node: Shared) {
         // Map iteration is a syscall per entry: keep it off the async workers.
         let res = tokio::task::spawn_blocking(move || -> Result<u64> {
             let mut n = node.lock().map_err(|_| anyhow!("node lock poisoned"))?;
-            let t = timeouts(&n.running);
+            let t = Timeouts::from(&n.running.timeouts);
             let now = aging::monotonic_now_ns();
             let expired: Vec<_> =
                 n.dp.sessions()?

@@ -351,6 +351,14 @@ impl Fixture {
     }
 }
 
+/// The test-run context: `struct xdp_md { data, data_end, data_meta, ingress_ifindex,
+/// rx_queue_index, egress_ifindex }`. The ingress interface must exist in the caller's namespace;
+/// the FIB lookup runs there.
+fn xdp_md(len: usize, ingress_ifindex: u32) -> Vec<u8> {
+    let md: [u32; 6] = [0, len as u32, 0, ingress_ifindex, 0, 0];
+    md.iter().flat_map(|w| w.to_ne_bytes()).collect()
+}
+
 /// Runs a packet `repeat` times; returns the output of the last run and the kernel's average
 /// duration per run.
 pub fn run_packet(
@@ -360,9 +368,7 @@ pub fn run_packet(
     repeat: u32,
 ) -> (Output, std::time::Duration) {
     let mut out = vec![0u8; pkt.len() + 256];
-    // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex.
-    let md: [u32; 6] = [0, pkt.len() as u32, 0, ingress_ifindex, 0, 0];
-    let ctx: Vec<u8> = md.iter().flat_map(|w| w.to_ne_bytes()).collect();
+    let ctx = xdp_md(pkt.len(), ingress_ifindex);
     let res = dp
         .fast_path()
         .unwrap()
@@ -599,8 +605,7 @@ pub fn parse_ipv4(frame: &[u8]) -> (Ethernet2Header, Ipv4Header) {
 pub fn pass_program_ns(f: &Fixture, total: u64) -> anyhow::Result<f64> {
     let prog = f.dp.pass_program()?;
     let pkt = tcp(CLIENT, 1, SERVER, 2, 0x10, 64);
-    let md: [u32; 6] = [0, pkt.len() as u32, 0, f.trust, 0, 0];
-    let ctx: Vec<u8> = md.iter().flat_map(|w| w.to_ne_bytes()).collect();
+    let ctx = xdp_md(pkt.len(), f.trust);
     let mut sum = std::time::Duration::ZERO;
     let mut runs = 0u64;
     while runs < total {
