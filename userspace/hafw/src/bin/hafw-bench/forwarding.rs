@@ -127,6 +127,17 @@ fn burst_once(topo: &SingleFirewall, dir: &Path) -> Result<(u64, u64, f64)> {
     Ok((PACKETS, received, seconds))
 }
 
+/// Removes the paths it holds when dropped, on every exit path (a failed burst returns early).
+struct Cleanup(Vec<std::path::PathBuf>);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        for p in &self.0 {
+            let _ = std::fs::remove_dir_all(p).or_else(|_| std::fs::remove_file(p));
+        }
+    }
+}
+
 fn lab(dir: &Path) -> Result<SingleFirewall> {
     let topo = SingleFirewall::up(&unique_prefix())?;
     for (ns, ifname) in topo.xdp_peer_ends() {
@@ -147,6 +158,7 @@ pub fn compare() -> Result<(Vec<FwdRow>, f64)> {
     // Kernel forwarding with nftables.
     {
         let topo = lab(&dir)?;
+        let _cleanup = Cleanup(vec![format!("/sys/fs/bpf/hafw-lab/{}", topo.prefix).into()]);
         let rules = dir.join("nft.conf");
         std::fs::write(&rules, NFT_RULESET)?;
         topo.fw
@@ -159,13 +171,18 @@ pub fn compare() -> Result<(Vec<FwdRow>, f64)> {
             seconds,
             pps: received as f64 / seconds,
         });
-        let _ = std::fs::remove_dir_all(format!("/sys/fs/bpf/hafw-lab/{}", topo.prefix));
     }
 
     // hafw XDP on the same topology and an equivalent policy (the lab's example config).
     {
         let topo = lab(&dir)?;
         let instance = topo.prefix.clone();
+        // Declared before the controller so it drops after it: the controller dies first.
+        let _cleanup = Cleanup(vec![
+            format!("/sys/fs/bpf/hafw/{instance}").into(),
+            hafw::control::socket_path(&instance),
+            format!("/sys/fs/bpf/hafw-lab/{}", topo.prefix).into(),
+        ]);
         let config = dir.join("hafw.toml");
         std::fs::write(
             &config,
@@ -195,9 +212,6 @@ pub fn compare() -> Result<(Vec<FwdRow>, f64)> {
             seconds,
             pps: received as f64 / seconds,
         });
-        let _ = std::fs::remove_dir_all(format!("/sys/fs/bpf/hafw/{instance}"));
-        let _ = std::fs::remove_file(hafw::control::socket_path(&instance));
-        let _ = std::fs::remove_dir_all(format!("/sys/fs/bpf/hafw-lab/{}", topo.prefix));
     }
     let _ = std::fs::remove_dir_all(&dir);
     let ratio = rows[1].pps / rows[0].pps.max(1.0);

@@ -188,6 +188,8 @@ fn fastpath_test_run() -> Result<Vec<Row>> {
     Ok(rows)
 }
 
+/// Prints the table; writes bench/results/ only for a full run, so a partial run
+/// (`--forwarding-only`) never replaces the recorded results.
 fn report(name: &str, rows: &[Row], fwd: &[forwarding::FwdRow], ratio: f64) -> Result<()> {
     let mut md = format!(
         "# {name} benchmark\n\nkernel {}, {} CPUs\n\n## Per packet, BPF_PROG_TEST_RUN\n\n| case | ns/packet | target | runs | note |\n|---|---:|---:|---:|---|\n",
@@ -231,6 +233,10 @@ fn report(name: &str, rows: &[Row], fwd: &[forwarding::FwdRow], ratio: f64) -> R
         "\nhafw XDP / nftables forwarding: **{ratio:.2}x** (target ≥ 3x)"
     );
     print!("{md}");
+    if rows.is_empty() {
+        println!("\n(partial run: bench/results/ left as it was)");
+        return Ok(());
+    }
     let dir = std::path::Path::new("bench/results");
     std::fs::create_dir_all(dir)?;
     std::fs::write(dir.join(format!("{name}.md")), &md)?;
