@@ -82,6 +82,7 @@ mod state;
 mod status;
 mod time;
 mod timer;
+pub mod wire;
 
 pub use crate::{
     config::{
