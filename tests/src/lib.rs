@@ -9,4 +9,4 @@ pub mod netns;
 pub mod topology;
 
 pub use netns::{LabProcess, Netns, destroy, in_netns, unique_prefix, wait_until};
-pub use topology::SingleFirewall;
+pub use topology::{HaPair, SingleFirewall};

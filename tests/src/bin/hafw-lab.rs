@@ -1,5 +1,7 @@
-//! `hafw-lab up|down|status` (run by `cargo xtask lab ...`): the lab of network namespaces with
-//! hafw running on its built-in config, and a short demonstration of it filtering real traffic.
+//! `hafw-lab up|down|status` (run by `cargo xtask lab ...`): the HA lab of network namespaces
+//! (client, server, two switches, a firewall pair) with hafw running on both firewalls on the
+//! built-in lab config, and a short demonstration: the election, traffic filtered through the
+//! active node, then a failover under a running ping.
 //!
 //! `HAFW_BIN` names the hafw binary (xtask sets it).
 
@@ -8,15 +10,15 @@ use std::{
     net::{TcpListener, TcpStream},
     path::Path,
     process::Command,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, bail};
-use hafw_lab::{SingleFirewall, in_netns, netns, wait_until};
+use hafw_lab::{HaPair, in_netns, netns, wait_until};
 
 const PREFIX: &str = "hafwlab";
-const INSTANCE: &str = "hafwlab";
-const CONFIG: &str = include_str!("../../../userspace/hafw-config/example.toml");
+/// Instances (and control sockets) of the two firewalls.
+const INSTANCES: [&str; 2] = ["fw1", "fw2"];
 const STATE_DIR: &str = "/run/hafw/lab";
 
 fn main() -> Result<()> {
@@ -29,70 +31,136 @@ fn main() -> Result<()> {
     }
 }
 
-fn hafw_cli(hafw: &str, args: &[&str]) -> Result<String> {
+fn hafw_cli(hafw: &str, instance: &str, args: &[&str]) -> Result<String> {
     let out = Command::new(hafw)
-        .args(["--instance", INSTANCE])
+        .args(["--instance", instance])
         .args(args)
         .output()?;
     Ok(String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr))
 }
 
+/// The node's HA state as `show high-availability all --json` reports it.
+fn ha_state(hafw: &str, instance: &str) -> String {
+    hafw_cli(hafw, instance, &["--json", "show", "high-availability", "all"])
+        .ok()
+        .and_then(|o| serde_json::from_str::<serde_json::Value>(&o).ok())
+        .and_then(|v| v["status"]["local"]["state"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| "down".into())
+}
+
+fn wait_states(hafw: &str, want: [&str; 2], timeout: Duration) -> bool {
+    wait_until(timeout, Duration::from_millis(50), || {
+        INSTANCES
+            .iter()
+            .zip(want)
+            .all(|(i, w)| ha_state(hafw, i) == w)
+    })
+}
+
 fn up(hafw: &str) -> Result<()> {
     down()?;
     std::fs::create_dir_all(STATE_DIR)?;
-    println!("lab: creating namespaces {PREFIX}-client, {PREFIX}-fw, {PREFIX}-server");
-    let mut topo = SingleFirewall::up(PREFIX)?;
+    println!(
+        "lab: creating namespaces {PREFIX}-client, -server, -sw (switches swc, sws, swm), -fw1, -fw2"
+    );
+    let mut topo = HaPair::up(PREFIX)?;
     topo.persist();
     for (ns, ifname) in topo.xdp_peer_ends() {
         let pin = format!("/sys/fs/bpf/hafw-lab/{PREFIX}/{}-{ifname}", ns.name);
-        ns.exec_ok(&[hafw, "xdp-pass", "--iface", ifname, "--pin", &pin])?;
+        ns.exec_ok(&[hafw, "xdp-pass", "--iface", &ifname, "--pin", &pin])?;
     }
-    let config = Path::new(STATE_DIR).join("hafw.toml");
-    std::fs::write(&config, CONFIG)?;
-    let log = Path::new(STATE_DIR).join("hafw.log");
-    let proc = topo.fw.spawn(
-        &[hafw, "run", "--config", config.to_str().unwrap_or_default()],
-        &log,
-    )?;
-    let pid = proc.detach();
-    std::fs::write(Path::new(STATE_DIR).join("hafw.pid"), pid.to_string())?;
-    let up = wait_until(Duration::from_secs(20), Duration::from_millis(100), || {
-        hafw_cli(hafw, &["show", "interface"])
-            .map(|o| o.contains("eth1"))
-            .unwrap_or(false)
+    for (i, instance) in INSTANCES.iter().enumerate() {
+        let config = Path::new(STATE_DIR).join(format!("{instance}.toml"));
+        std::fs::write(
+            &config,
+            hafw_config::Config::ha_example_text(i, instance),
+        )?;
+        let log = Path::new(STATE_DIR).join(format!("{instance}.log"));
+        let proc = topo.fw[i].spawn(
+            &[hafw, "run", "--config", config.to_str().unwrap_or_default()],
+            &log,
+        )?;
+        let pid = proc.detach();
+        std::fs::write(
+            Path::new(STATE_DIR).join(format!("{instance}.pid")),
+            pid.to_string(),
+        )?;
+        println!(
+            "lab: hafw {instance} running in {} (pid {pid}), config {}, log {}",
+            topo.fw[i].name,
+            config.display(),
+            log.display()
+        );
+    }
+    if !wait_states(hafw, ["active", "passive"], Duration::from_secs(30)) {
+        bail!(
+            "the pair did not elect fw1 active and fw2 passive; see the logs in {STATE_DIR} \
+             (fw1: {}, fw2: {})",
+            ha_state(hafw, INSTANCES[0]),
+            ha_state(hafw, INSTANCES[1])
+        );
+    }
+    println!("\nlab: election done: fw1 active (priority 100), fw2 passive (priority 200)");
+    println!(
+        "$ hafw --instance fw1 show high-availability all\n{}",
+        hafw_cli(hafw, "fw1", &["show", "high-availability", "all"])?
+    );
+    serve_echo(&topo)?;
+    demo_traffic(&topo)?;
+
+    println!("\nlab: failover: suspending fw1 while the client pings the server every 10 ms");
+    let ping = topo.client.command(&[
+        "ping", "-i", "0.01", "-w", "3", "-W", "1", HaPair::SERVER_IP,
+    ]);
+    let ping = std::thread::spawn(move || {
+        let mut ping = ping;
+        ping.output()
     });
-    if !up {
-        bail!("hafw did not start; see {}", log.display());
+    std::thread::sleep(Duration::from_millis(500));
+    let t = Instant::now();
+    hafw_cli(hafw, "fw1", &["request", "high-availability", "state", "suspend"])?;
+    let took_over = wait_states(hafw, ["suspended", "active"], Duration::from_secs(10));
+    println!(
+        "lab: fw2 is {} {:.0} ms after the request",
+        ha_state(hafw, "fw2"),
+        t.elapsed().as_secs_f64() * 1e3
+    );
+    if !took_over {
+        bail!("fw2 did not take over; see the logs in {STATE_DIR}");
     }
+    if let Ok(Ok(out)) = ping.join() {
+        let text = String::from_utf8_lossy(&out.stdout);
+        if let Some(summary) = text.lines().find(|l| l.contains("packets transmitted")) {
+            println!("lab: ping across the failover: {summary}");
+        }
+    }
+    demo_traffic(&topo)?;
+    hafw_cli(hafw, "fw1", &["request", "high-availability", "state", "functional"])?;
     println!(
-        "lab: hafw running in {PREFIX}-fw (pid {pid}), config {}, log {}",
-        config.display(),
-        log.display()
-    );
-    println!("{}", hafw_cli(hafw, &["show", "interface"])?);
-    demo(&topo)?;
-    println!(
-        "\n$ hafw --instance {INSTANCE} show session all\n{}",
-        hafw_cli(hafw, &["show", "session", "all"])?
+        "lab: fw1 is functional again ({}); being preemptive with the better priority, it takes the \
+         active role back after the preemption hold (10 s in the fast profile)",
+        ha_state(hafw, "fw1")
     );
     println!(
-        "$ hafw --instance {INSTANCE} show counter global\n{}",
-        hafw_cli(hafw, &["show", "counter", "global"])?
+        "\n$ hafw --instance fw2 show high-availability all\n{}",
+        hafw_cli(hafw, "fw2", &["show", "high-availability", "all"])?
     );
-    println!("lab is up. Try: ip netns exec {PREFIX}-client ping 198.18.2.2");
-    println!("           bpftool map dump pinned /sys/fs/bpf/hafw/{INSTANCE}/v1/counters");
+    println!("lab is up. Try: ip netns exec {PREFIX}-client ping {}", HaPair::SERVER_IP);
+    println!("           hafw --instance fw1 show high-availability all   (or fw2; --json)");
+    println!("           hafw --instance fw2 show session all");
+    println!("           bpftool map dump pinned /sys/fs/bpf/hafw/fw1/v1/counters");
     println!("           cargo xtask lab down");
     Ok(())
 }
 
-/// Shows allowed and denied traffic through the firewall.
-fn demo(topo: &SingleFirewall) -> Result<()> {
+/// TCP echo servers on the server, on the allowed (80) and the denied (22) port.
+fn serve_echo(topo: &HaPair) -> Result<()> {
     let server = topo.server.name.clone();
-    let client = topo.client.name.clone();
     let listeners: Vec<TcpListener> = [80u16, 22]
         .iter()
         .map(|p| {
-            in_netns(&server, move || TcpListener::bind(("198.18.2.2", *p))).and_then(|r| Ok(r?))
+            in_netns(&server, move || TcpListener::bind((HaPair::SERVER_IP, *p)))
+                .and_then(|r| Ok(r?))
         })
         .collect::<Result<_>>()?;
     for l in listeners {
@@ -105,6 +173,12 @@ fn demo(topo: &SingleFirewall) -> Result<()> {
             }
         });
     }
+    Ok(())
+}
+
+/// Shows allowed and denied traffic through whichever node is active.
+fn demo_traffic(topo: &HaPair) -> Result<()> {
+    let client = topo.client.name.clone();
     for (port, what) in [
         (80u16, "web (allowed)"),
         (22, "ssh (denied by rule no-ssh-to-servers)"),
@@ -121,43 +195,36 @@ fn demo(topo: &SingleFirewall) -> Result<()> {
             Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
         })?;
         match res {
-            Ok(echo) => {
-                println!("demo: client -> 198.18.2.2:{port} {what}: connected, echo \"{echo}\"")
-            }
-            Err(e) => println!("demo: client -> 198.18.2.2:{port} {what}: {e}"),
+            Ok(echo) => println!(
+                "demo: client -> {}:{port} {what}: connected, echo \"{echo}\"",
+                HaPair::SERVER_IP
+            ),
+            Err(e) => println!("demo: client -> {}:{port} {what}: {e}", HaPair::SERVER_IP),
         }
     }
-    let ping = topo
-        .client
-        .exec(&["ping", "-c", "2", "-i", "0.2", "-W", "1", "198.18.2.2"])?;
-    println!(
-        "demo: client ping 198.18.2.2: {}",
-        if ping.status.success() {
-            "replies received"
-        } else {
-            "no reply"
-        }
-    );
     Ok(())
 }
 
 fn down() -> Result<()> {
-    let pidfile = Path::new(STATE_DIR).join("hafw.pid");
-    if let Ok(pid) = std::fs::read_to_string(&pidfile) {
-        let pid: i32 = pid.trim().parse().context("pid file")?;
-        // Only the controller this lab started, recorded at `up`.
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-        wait_until(Duration::from_secs(5), Duration::from_millis(100), || {
-            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_err()
-        });
-        let _ = std::fs::remove_file(&pidfile);
+    for instance in INSTANCES {
+        let pidfile = Path::new(STATE_DIR).join(format!("{instance}.pid"));
+        if let Ok(pid) = std::fs::read_to_string(&pidfile) {
+            let pid: i32 = pid.trim().parse().context("pid file")?;
+            // Only the controllers this lab started, recorded at `up`.
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            wait_until(Duration::from_secs(5), Duration::from_millis(100), || {
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_err()
+            });
+            let _ = std::fs::remove_file(&pidfile);
+        }
+        let _ = std::fs::remove_dir_all(format!("/sys/fs/bpf/hafw/{instance}"));
+        let _ = std::fs::remove_dir_all(format!("/run/hafw/{instance}"));
     }
     let n = netns::destroy(PREFIX)?;
     let _ = std::fs::remove_dir_all(format!("/sys/fs/bpf/hafw-lab/{PREFIX}"));
-    let _ = std::fs::remove_dir_all(format!("/sys/fs/bpf/hafw/{INSTANCE}"));
     if n > 0 {
         println!("lab: removed {n} namespaces");
     }
@@ -176,6 +243,8 @@ fn status(hafw: &str) -> Result<()> {
         return Ok(());
     }
     println!("namespaces: {}", names.join(", "));
-    println!("{}", hafw_cli(hafw, &["show", "counter", "global"])?);
+    for instance in INSTANCES {
+        println!("{instance}: {}", ha_state(hafw, instance));
+    }
     Ok(())
 }

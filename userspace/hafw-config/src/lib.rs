@@ -6,10 +6,15 @@
 //! validate everything before the dataplane sees a single byte.
 
 mod compile;
+mod ha;
 mod model;
 
 pub use compile::{CompiledPolicy, LpmEntry, compile};
+pub use ha::{
+    AdvancedTimers, Encryption, Ha2Link, HaLink, HaSettings, KeepaliveAction, PassiveLinkState,
+    TimerName, parse_mac, virtual_mac,
+};
 pub use model::{
-    Action, Address, Config, ConfigError, EXAMPLE, ErrorKind, Interface, PolicyDefaults, Rule,
-    Service, Timeouts,
+    Action, Address, Config, ConfigError, EXAMPLE, ErrorKind, HA_EXAMPLES, Interface,
+    PolicyDefaults, Rule, Service, Timeouts,
 };

@@ -9,6 +9,12 @@ use toml::Spanned;
 /// A full example: the lab's policy, documented in CONFIG.md.
 pub const EXAMPLE: &str = include_str!("../example.toml");
 
+/// The lab pair's HA settings for fw1 and fw2, appended to [`EXAMPLE`] by [`Config::ha_example`].
+pub const HA_EXAMPLES: [&str; 2] = [
+    include_str!("../ha-fw1.toml"),
+    include_str!("../ha-fw2.toml"),
+];
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
@@ -30,9 +36,9 @@ pub struct Config {
     pub policy: PolicyDefaults,
     #[serde(default)]
     pub timeouts: Timeouts,
-    /// HA settings (per device; never synced). Parsed by the HA layer.
+    /// HA settings (per device; never synced). See [`crate::HaSettings`].
     #[serde(default)]
-    pub high_availability: Option<toml::Table>,
+    pub high_availability: Option<crate::HaSettings>,
 }
 
 fn default_instance() -> String {
@@ -49,6 +55,23 @@ fn default_session_table_size() -> u32 {
 pub struct Interface {
     pub name: Spanned<String>,
     pub zone: Spanned<String>,
+    /// The port's addresses with prefix length. In an HA pair they float: the active node owns
+    /// them.
+    #[serde(default)]
+    pub addresses: Option<Spanned<Vec<String>>>,
+    /// Overrides the derived virtual MAC (see [`crate::virtual_mac`]).
+    #[serde(default)]
+    pub virtual_mac: Option<Spanned<String>>,
+}
+
+impl Interface {
+    /// The port's addresses (validated at parse time).
+    pub fn addresses(&self) -> Vec<IpNet> {
+        self.addresses
+            .as_ref()
+            .map(|a| a.get_ref().iter().filter_map(|s| s.parse().ok()).collect())
+            .unwrap_or_default()
+    }
 }
 
 /// A named list of prefixes (IPv4 and/or IPv6).
@@ -255,6 +278,17 @@ impl Config {
         Config::parse(EXAMPLE, "example.toml").expect("the shipped example is valid")
     }
 
+    /// The text of the lab pair's config for node `node` (0 for fw1, 1 for fw2), with its
+    /// `instance` set: the example policy plus that node's HA settings.
+    pub fn ha_example_text(node: usize, instance: &str) -> String {
+        let policy = EXAMPLE.replacen(
+            "instance = \"hafwlab\"",
+            &format!("instance = \"{instance}\""),
+            1,
+        );
+        format!("{policy}\n{}", HA_EXAMPLES[node])
+    }
+
     /// Zone names in first-use order; the index is the zone id.
     pub fn zones(&self) -> Vec<String> {
         let mut zones: Vec<String> = Vec::new();
@@ -436,7 +470,59 @@ impl Config {
                 }
             }
         }
+        for i in &self.interfaces {
+            let object = format!("interface \"{}\"", i.name.get_ref());
+            if let Some(list) = &i.addresses {
+                for a in list.get_ref() {
+                    if a.parse::<IpNet>().is_err() {
+                        return Err((
+                            Some(list.span()),
+                            ErrorKind::BadPrefix {
+                                object: object.clone(),
+                                field: "addresses",
+                                value: a.clone(),
+                            },
+                        ));
+                    }
+                }
+            }
+            if let Some(mac) = &i.virtual_mac
+                && crate::ha::parse_mac(mac.get_ref()).is_none()
+            {
+                return Err((
+                    Some(mac.span()),
+                    ErrorKind::OutOfRange {
+                        field: "virtual_mac",
+                        message: format!(
+                            "{object}: \"{}\" is not a unicast MAC (aa:bb:cc:dd:ee:ff)",
+                            mac.get_ref()
+                        ),
+                    },
+                ));
+            }
+        }
+        if let Some(ha) = &self.high_availability {
+            crate::ha::validate(ha, self)?;
+        }
         Ok(())
+    }
+
+    /// The virtual MAC of data port `name`: its `virtual_mac` override, or the one derived from
+    /// the HA group id and the port's position. `None` without HA or for an unknown port.
+    pub fn virtual_mac_of(&self, name: &str) -> Option<[u8; 6]> {
+        let ha = self.high_availability.as_ref()?;
+        let (pos, iface) = self
+            .interfaces
+            .iter()
+            .enumerate()
+            .find(|(_, i)| i.name.get_ref() == name)?;
+        match &iface.virtual_mac {
+            Some(mac) => crate::ha::parse_mac(mac.get_ref()),
+            None => Some(crate::ha::virtual_mac(
+                *ha.group_id.get_ref() as u8,
+                pos as u16 + 1,
+            )),
+        }
     }
 
     /// Resolves a source/destination list: `any`, address object names, literal prefixes.

@@ -65,7 +65,7 @@ fn errors_name_file_line_and_field() {
         ),
         (
             "[[interface]]\nname = \"eth3\"\nzne = \"dmz\"\n",
-            "fw.toml:17: unknown field `zne`, expected `name` or `zone`",
+            "fw.toml:17: unknown field `zne`, expected one of `name`, `zone`, `addresses`, `virtual_mac`",
         ),
     ];
     for (extra, want) in table {

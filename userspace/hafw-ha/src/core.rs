@@ -55,6 +55,10 @@ pub enum Event {
     },
     /// The shell saw an HA link come up (carrier, HA1 connection established).
     LinkUp(Link),
+    /// The HA1 (or HA1 backup) connection was (re)established. A hello goes out at once, asking
+    /// for one back, so a node that boots or reconnects learns its peer's state in one round trip
+    /// instead of at the next hello interval.
+    Ha1Connected(Link),
     /// The shell saw an HA link go down. When every configured link is down the peer is declared
     /// dead at once instead of after the peer-dead time.
     LinkDown(Link),
@@ -267,6 +271,7 @@ impl Core {
             Event::PeerHeartbeat { via, heartbeat } => self.on_heartbeat(via, heartbeat, now),
             Event::LinkUp(link) => self.on_link(link, true),
             Event::LinkDown(link) => self.on_link(link, false),
+            Event::Ha1Connected(_) => self.send_hello(true, now),
             Event::MonitorFailed { reason } => self.on_monitor_failed(reason, now),
             Event::MonitorRecovered => {
                 self.monitor_failure = None;

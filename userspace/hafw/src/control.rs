@@ -28,6 +28,12 @@ pub enum Request {
     Commit {
         path: Option<PathBuf>,
     },
+    /// `show high-availability all`.
+    ShowHighAvailability,
+    /// `request high-availability state suspend|functional`.
+    RequestHighAvailabilityState {
+        functional: bool,
+    },
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

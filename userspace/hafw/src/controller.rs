@@ -25,6 +25,7 @@ use crate::{
     aging::{self, Timeouts},
     control::{Request, Response, socket_path},
     dataplane::{AttachMode, Dataplane, LoadOptions, ifindex, pin_dir},
+    ha::{self, HaHandle, OperatorRequest},
     view,
 };
 
@@ -77,8 +78,15 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
     }
     // Policy first, then attach: the program never sees an interface without a zone.
     dp.commit_policy(&compiled, &ifindexes)?;
+    let ha_plan = ha_plan(&config, &compiled)?;
+    // With HA the node starts passive: it forwards only once the election makes it active.
+    let role = if ha_plan.is_some() {
+        Role::Passive
+    } else {
+        Role::Standalone
+    };
     dp.set_config(DataplaneConfig {
-        role: Role::Standalone as u32,
+        role: role as u32,
         flags: CONFIG_F_SESSION_EVENTS,
         ..Default::default()
     })?;
@@ -87,6 +95,14 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
             warn!("{name}: running in generic XDP mode");
         }
     }
+
+    let ha = match ha_plan {
+        Some(plan) => Some(ha::spawn(plan, dp.config_handle())?),
+        None => {
+            claim_standalone_addresses(&config)?;
+            None
+        }
+    };
 
     let events = dp.take_events();
     let node: Shared = Arc::new(Mutex::new(Node {
@@ -114,11 +130,12 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
     }
     let serve = {
         let node = node.clone();
+        let ha = ha.clone();
         async move {
             loop {
                 match listener.accept().await {
                     Ok((stream, _)) => {
-                        tokio::spawn(serve_client(node.clone(), stream));
+                        tokio::spawn(serve_client(node.clone(), ha.clone(), stream));
                     }
                     Err(e) => warn!("control socket accept: {e}"),
                 }
@@ -130,6 +147,10 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
         _ = serve => {}
         _ = tokio::signal::ctrl_c() => info!("interrupted; shutting down"),
         _ = term.recv() => info!("terminated; shutting down"),
+    }
+    if let Some(ha) = &ha {
+        info!("handing the HA role over before stopping");
+        ha.shutdown().await;
     }
     let _ = std::fs::remove_file(&sock);
     let _ = std::fs::remove_dir_all(&pins);
@@ -211,10 +232,26 @@ async fn drain_events(node: Shared, ring: aya::maps::RingBuf<aya::maps::MapData>
     }
 }
 
-async fn serve_client(node: Shared, stream: UnixStream) {
+async fn serve_client(node: Shared, ha: Option<HaHandle>, stream: UnixStream) {
     let (read, mut write) = stream.into_split();
     let mut lines = BufReader::new(read).lines();
     while let Ok(Some(line)) = lines.next_line().await {
+        if let Ok(req @ (Request::ShowHighAvailability | Request::RequestHighAvailabilityState { .. })) =
+            serde_json::from_str::<Request>(&line)
+        {
+            let response = match handle_ha(ha.as_ref(), req).await {
+                Ok(data) => Response::Ok { data },
+                Err(e) => Response::Error {
+                    message: format!("{e:#}"),
+                },
+            };
+            let mut out = serde_json::to_string(&response).unwrap_or_default();
+            out.push('\n');
+            if write.write_all(out.as_bytes()).await.is_err() {
+                return;
+            }
+            continue;
+        }
         let node = node.clone();
         let response =
             tokio::task::spawn_blocking(move || match serde_json::from_str::<Request>(&line) {
@@ -237,6 +274,23 @@ async fn serve_client(node: Shared, stream: UnixStream) {
         if write.write_all(out.as_bytes()).await.is_err() {
             return;
         }
+    }
+}
+
+async fn handle_ha(ha: Option<&HaHandle>, req: Request) -> Result<serde_json::Value> {
+    let ha = ha.ok_or_else(|| anyhow!("high availability is not configured on this node"))?;
+    match req {
+        Request::ShowHighAvailability => Ok(ha.show()),
+        Request::RequestHighAvailabilityState { functional } => {
+            let req = if functional {
+                OperatorRequest::Functional
+            } else {
+                OperatorRequest::Suspend
+            };
+            ha.request(req).await?;
+            Ok(ha.show())
+        }
+        _ => bail!("not an HA request"),
     }
 }
 
@@ -324,6 +378,99 @@ fn handle(node: &Shared, req: Request) -> Result<serde_json::Value> {
             n.config_path = path;
             serde_json::json!({ "result": "OK", "policy_slot": slot, "rules": n.running.rules.len() })
         }
+        Request::ShowHighAvailability | Request::RequestHighAvailabilityState { .. } => {
+            bail!("HA requests are served by the HA shell")
+        }
     };
     Ok(json)
+}
+
+/// The HA shell's plan from the config's `[high_availability]` and the host's interfaces, or
+/// `None` when HA is off.
+fn ha_plan(config: &Config, compiled: &CompiledPolicy) -> Result<Option<ha::HaPlan>> {
+    let Some(settings) = config.high_availability.as_ref().filter(|h| h.enabled) else {
+        return Ok(None);
+    };
+    let link = |l: &hafw_config::HaLink| ha::LinkPlan {
+        interface: l.interface.clone(),
+        local: l.local(),
+        peer: l.peer_addr(),
+    };
+    let mut ports = Vec::new();
+    for (name, _) in &compiled.interfaces {
+        let iface = config
+            .interfaces
+            .iter()
+            .find(|i| i.name.get_ref() == name)
+            .ok_or_else(|| anyhow!("interface {name} missing from the config"))?;
+        let virtual_mac = config
+            .virtual_mac_of(name)
+            .ok_or_else(|| anyhow!("no virtual MAC for {name}"))?;
+        ports.push(ha::host::DataPort {
+            name: name.clone(),
+            virtual_mac,
+            own_mac: own_mac(&config.instance, name, virtual_mac)?,
+            addresses: iface.addresses(),
+        });
+    }
+    if settings.encryption.as_ref().is_some_and(|e| e.enabled) {
+        bail!("HA1 encryption is configured but not available in this build");
+    }
+    Ok(Some(ha::HaPlan {
+        election: settings.election_config(),
+        ha1: link(settings.ha1.get_ref()),
+        ha1_backup: settings.ha1_backup.as_ref().map(|l| link(l.get_ref())),
+        heartbeat_backup: settings
+            .heartbeat_backup
+            .as_ref()
+            .map(|l| link(l.get_ref())),
+        ports,
+        shutdown_passive: settings.passive_link_state == hafw_config::PassiveLinkState::Shutdown,
+    }))
+}
+
+/// The port's own MAC, to give back when the node stops being active. Recorded under
+/// `/run/hafw/<instance>/` the first time, because a previous run that died while active leaves
+/// the virtual MAC on the port and the own one would otherwise be lost (veths have no permanent
+/// address to fall back on).
+fn own_mac(instance: &str, port: &str, virtual_mac: [u8; 6]) -> Result<[u8; 6]> {
+    let dir = PathBuf::from(format!("/run/hafw/{instance}"));
+    let file = dir.join(format!("{port}.mac"));
+    if let Some(mac) = std::fs::read_to_string(&file)
+        .ok()
+        .and_then(|s| hafw_config::parse_mac(s.trim()))
+    {
+        return Ok(mac);
+    }
+    let mac = ha::host::current_mac(port)?;
+    if mac == virtual_mac {
+        bail!(
+            "{port} carries its virtual MAC and its own MAC is not recorded in {}; set the port's \
+             MAC back by hand",
+            file.display()
+        );
+    }
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(&file, ha::host::format_mac(mac))?;
+    Ok(mac)
+}
+
+/// Without HA a data port's `addresses` are simply the interface's addresses.
+fn claim_standalone_addresses(config: &Config) -> Result<()> {
+    let ports: Vec<ha::host::DataPort> = config
+        .interfaces
+        .iter()
+        .filter(|i| i.addresses.is_some())
+        .map(|i| -> Result<_> {
+            let name = i.name.get_ref().clone();
+            let mac = ha::host::current_mac(&name)?;
+            Ok(ha::host::DataPort {
+                name,
+                virtual_mac: mac,
+                own_mac: mac,
+                addresses: i.addresses(),
+            })
+        })
+        .collect::<Result<_>>()?;
+    ha::host::claim(&ports, false)
 }

@@ -7,6 +7,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     path::{Path, PathBuf},
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -14,7 +15,11 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, DevMapHash, HashMap, LpmTrie, MapData, PerCpuArray, RingBuf, lpm_trie::Key},
-    programs::{Xdp, XdpMode, xdp::XdpLinkId},
+    programs::{
+        Xdp, XdpMode,
+        links::{FdLink, PinnedLink},
+        xdp::{XdpLink, XdpLinkId},
+    },
 };
 use hafw_common::{
     LAYOUT_VERSION,
@@ -67,6 +72,8 @@ pub enum AttachMode {
     Native,
     /// Generic (skb) XDP: the driver lacks native support.
     Generic,
+    /// Taken over from the link a previous run pinned, in whatever mode that run attached.
+    Inherited,
 }
 
 /// What one policy slot holds, so the next commit into it clears exactly what is stale.
@@ -84,9 +91,45 @@ struct SlotShadow {
     retired_at: Option<Instant>,
 }
 
+/// The `CONFIG` entry, shared by the commit path (policy slot) and the HA shell (role and
+/// lease). Each update is a read-modify-write of the whole entry under one lock, so neither
+/// writer can undo the other's field; the lock is held for one map write, so the HA shell's
+/// lease refresh never waits behind a long operation such as a session sweep.
+#[derive(Clone)]
+pub struct ConfigHandle(Arc<Mutex<ConfigCell>>);
+
+struct ConfigCell {
+    map: Array<MapData, DataplaneConfig>,
+    value: DataplaneConfig,
+}
+
+impl ConfigHandle {
+    /// The entry as last written.
+    pub fn get(&self) -> DataplaneConfig {
+        self.0.lock().map(|c| c.value).unwrap_or_default()
+    }
+
+    /// Applies `change` to the entry and writes it to the map.
+    pub fn update(&self, change: impl FnOnce(&mut DataplaneConfig)) -> Result<()> {
+        let mut cell = self
+            .0
+            .lock()
+            .map_err(|_| anyhow!("CONFIG lock poisoned"))?;
+        let mut value = cell.value;
+        change(&mut value);
+        cell.map
+            .set(CONFIG_INDEX, value, 0)
+            .context("writing the CONFIG map")?;
+        cell.value = value;
+        Ok(())
+    }
+}
+
 pub struct Dataplane {
     ebpf: Ebpf,
-    config: Array<MapData, DataplaneConfig>,
+    config: ConfigHandle,
+    /// Where links and maps are pinned, when they are.
+    pin_dir: Option<PathBuf>,
     counters: PerCpuArray<MapData, Counters>,
     sessions: HashMap<MapData, SessionKey, SessionValue>,
     devmap: DevMapHash<MapData>,
@@ -99,9 +142,15 @@ pub struct Dataplane {
     service_bitmaps: Array<MapData, RuleBitmap>,
     rules: Array<MapData, RuleAction>,
     events: Option<RingBuf<MapData>>,
-    dp_config: DataplaneConfig,
     shadows: [SlotShadow; 2],
-    links: BTreeMap<String, (XdpLinkId, AttachMode)>,
+    links: BTreeMap<String, (PortLink, AttachMode)>,
+}
+
+/// The attachment of the fast path to one port: owned by the process, or pinned so that it
+/// outlives it (see [`Dataplane::attach`]).
+enum PortLink {
+    Owned(#[expect(dead_code, reason = "held so the program stays attached")] XdpLinkId),
+    Pinned(#[expect(dead_code, reason = "held so the program stays attached")] PinnedLink),
 }
 
 macro_rules! take {
@@ -134,7 +183,11 @@ impl Dataplane {
                 .with_context(|| format!("loading program {name} (verifier)"))?;
         }
         let mut dp = Dataplane {
-            config: take!(ebpf, "CONFIG"),
+            config: ConfigHandle(Arc::new(Mutex::new(ConfigCell {
+                map: take!(ebpf, "CONFIG"),
+                value: DataplaneConfig::default(),
+            }))),
+            pin_dir: opts.pin_dir.clone(),
             counters: take!(ebpf, "COUNTERS"),
             sessions: take!(ebpf, "SESSIONS"),
             devmap: take!(ebpf, "DEVMAP"),
@@ -148,15 +201,13 @@ impl Dataplane {
             rules: take!(ebpf, "RULES"),
             events: Some(take!(ebpf, "SESSION_EVENTS")),
             ebpf,
-            dp_config: DataplaneConfig::default(),
             shadows: [SlotShadow::default(), SlotShadow::default()],
             links: BTreeMap::new(),
         };
         // Slot 0 is live (and empty: it denies) until the first commit writes slot 1 and flips.
-        dp.dp_config.policy_slot = 0;
         dp.shadows[0].retired_at = None;
         dp.shadows[1].retired_at = Some(Instant::now() - SLOT_QUIESCE);
-        dp.write_config()?;
+        dp.config.update(|c| *c = DataplaneConfig::default())?;
         Ok(dp)
     }
 
@@ -179,30 +230,65 @@ impl Dataplane {
     }
 
     /// Attaches the fast path to a data port: native mode, or generic when the driver lacks it.
+    ///
+    /// With a pin directory the link is pinned at `<pin_dir>/links/<ifname>`: the program then
+    /// outlives this process, so a controller that dies leaves a dataplane that enforces the
+    /// policy and, once its HA lease lapses, stops forwarding (fail closed) instead of handing the
+    /// port to the kernel's unfiltered forwarding. A link pinned by a previous run is taken over
+    /// with an atomic program replacement: the port is never without a program.
     pub fn attach(&mut self, ifname: &str) -> Result<AttachMode> {
         let ifindex = ifindex(ifname)?;
+        let link_pin = self.pin_dir.as_ref().map(|d| d.join("links").join(ifname));
         let prog: &mut Xdp = self
             .ebpf
             .program_mut(FAST_PATH_PROGRAM)
             .ok_or_else(|| anyhow!("no program {FAST_PATH_PROGRAM}"))?
             .try_into()?;
-        let (link, mode) = match prog.attach(ifname, XdpMode::Driver) {
-            Ok(link) => (link, AttachMode::Native),
-            Err(native_err) => {
-                warn!(
-                    "{ifname}: native XDP unavailable ({native_err}); falling back to generic XDP, \
-                     which runs after the kernel allocates an skb and is much slower"
-                );
+        let previous = link_pin
+            .as_ref()
+            .filter(|p| p.exists())
+            .and_then(|p| PinnedLink::from_pin(p).ok())
+            .and_then(|pinned| pinned.unpin().ok())
+            .and_then(|fd_link| XdpLink::try_from(fd_link).ok());
+        let (link, mode) = match previous {
+            Some(old) => {
                 let link = prog
-                    .attach(ifname, XdpMode::Skb)
-                    .with_context(|| format!("attaching XDP to {ifname}"))?;
-                (link, AttachMode::Generic)
+                    .attach_to_link(old)
+                    .with_context(|| format!("replacing the program on {ifname}"))?;
+                info!("{ifname}: took over the link pinned by a previous run");
+                (link, AttachMode::Inherited)
             }
+            None => match prog.attach(ifname, XdpMode::Driver) {
+                Ok(link) => (link, AttachMode::Native),
+                Err(native_err) => {
+                    warn!(
+                        "{ifname}: native XDP unavailable ({native_err}); falling back to generic \
+                         XDP, which runs after the kernel allocates an skb and is much slower"
+                    );
+                    let link = prog
+                        .attach(ifname, XdpMode::Skb)
+                        .with_context(|| format!("attaching XDP to {ifname}"))?;
+                    (link, AttachMode::Generic)
+                }
+            },
+        };
+        let port_link = match &link_pin {
+            Some(path) => {
+                std::fs::create_dir_all(path.parent().expect("links dir"))?;
+                let fd_link = FdLink::try_from(prog.take_link(link)?)
+                    .context("XDP link is not a bpf_link (kernel older than 5.9?)")?;
+                PortLink::Pinned(
+                    fd_link
+                        .pin(path)
+                        .with_context(|| format!("pinning the XDP link at {}", path.display()))?,
+                )
+            }
+            None => PortLink::Owned(link),
         };
         self.register_port(ifindex)
             .with_context(|| format!("adding {ifname} to the devmap"))?;
         info!("{ifname} (ifindex {ifindex}): fast path attached, {mode:?} mode");
-        self.links.insert(ifname.to_owned(), (link, mode));
+        self.links.insert(ifname.to_owned(), (port_link, mode));
         Ok(mode)
     }
 
@@ -217,24 +303,26 @@ impl Dataplane {
     }
 
     pub fn config(&self) -> DataplaneConfig {
-        self.dp_config
+        self.config.get()
+    }
+
+    /// A handle on the `CONFIG` entry for another task (the HA shell's role and lease).
+    pub fn config_handle(&self) -> ConfigHandle {
+        self.config.clone()
     }
 
     /// Replaces the global config, keeping the live policy slot (only commits change that).
-    pub fn set_config(&mut self, mut cfg: DataplaneConfig) -> Result<()> {
-        cfg.policy_slot = self.dp_config.policy_slot;
-        self.dp_config = cfg;
-        self.write_config()
-    }
-
-    fn write_config(&mut self) -> Result<()> {
-        self.config
-            .set(CONFIG_INDEX, self.dp_config, 0)
-            .context("writing the CONFIG map")
+    pub fn set_config(&mut self, cfg: DataplaneConfig) -> Result<()> {
+        self.config.update(|c| {
+            *c = DataplaneConfig {
+                policy_slot: c.policy_slot,
+                ..cfg
+            }
+        })
     }
 
     pub fn live_slot(&self) -> u32 {
-        self.dp_config.policy_slot
+        self.config.get().policy_slot
     }
 
     /// Writes `policy` into the idle slot, then makes it live with one 4-byte store. Packets see
@@ -244,7 +332,7 @@ impl Dataplane {
         policy: &CompiledPolicy,
         ifindexes: &BTreeMap<String, u32>,
     ) -> Result<()> {
-        let live = self.dp_config.policy_slot & 1;
+        let live = self.live_slot() & 1;
         let slot = live ^ 1;
         if let Some(retired) = self.shadows[slot as usize].retired_at {
             let idle = retired.elapsed();
@@ -254,8 +342,7 @@ impl Dataplane {
         }
         self.write_slot(slot, policy, ifindexes)
             .with_context(|| format!("writing policy slot {slot}"))?;
-        self.dp_config.policy_slot = slot;
-        self.write_config()?;
+        self.config.update(|c| c.policy_slot = slot)?;
         self.shadows[live as usize].retired_at = Some(Instant::now());
         self.shadows[slot as usize].retired_at = None;
         Ok(())

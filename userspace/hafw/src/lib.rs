@@ -5,11 +5,13 @@
 //! - [`view`]: sessions and counters as operators see them (tables and JSON).
 //! - [`control`]: the local control socket's protocol and client.
 //! - [`controller`]: the tokio shell that runs it all (`hafw run`).
+//! - [`ha`]: the HA1 shell around the election core: HA1 links, virtual MACs and floating IPs.
 //! - [`testkit`]: BPF_PROG_TEST_RUN fixture shared by the tests and `hafw-bench`.
 pub mod aging;
 pub mod control;
 pub mod controller;
 pub mod dataplane;
+pub mod ha;
 pub mod testkit;
 pub mod view;
 

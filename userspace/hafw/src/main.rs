@@ -45,6 +45,11 @@ enum Command {
         #[command(subcommand)]
         what: Show,
     },
+    /// Operator requests.
+    Request {
+        #[command(subcommand)]
+        what: RequestCmd,
+    },
     /// Validate the candidate config and swap it in atomically.
     Commit {
         /// Candidate config file (default: the file `hafw run` was started with).
@@ -80,6 +85,22 @@ enum Show {
     RunningConfig,
     /// `show interface`: attached data ports and their XDP mode.
     Interface,
+    /// `show high-availability all`
+    HighAvailability {
+        #[arg(value_parser = ["all"])]
+        scope: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum RequestCmd {
+    /// `request high-availability state suspend|functional`
+    HighAvailability {
+        #[arg(value_parser = ["state"])]
+        what: String,
+        #[arg(value_parser = ["suspend", "functional"])]
+        state: String,
+    },
 }
 
 fn main() -> Result<()> {
@@ -99,6 +120,7 @@ fn main() -> Result<()> {
                 Show::Counter { .. } => Request::ShowCounters,
                 Show::RunningConfig => Request::ShowRunningConfig,
                 Show::Interface => Request::ShowInterfaces,
+                Show::HighAvailability { .. } => Request::ShowHighAvailability,
             };
             let data = request(&target.instance, &req)?;
             if target.json {
@@ -119,7 +141,22 @@ fn main() -> Result<()> {
                         .collect();
                     print!("{}", view::counters_table(&fields));
                 }
+                Request::ShowHighAvailability => print!("{}", view::high_availability(&data)),
                 _ => println!("{}", serde_json::to_string_pretty(&data)?),
+            }
+            Ok(())
+        }
+        Command::Request {
+            what: RequestCmd::HighAvailability { state, .. },
+        } => {
+            let req = Request::RequestHighAvailabilityState {
+                functional: state == "functional",
+            };
+            let data = request(&target.instance, &req)?;
+            if target.json {
+                println!("{}", serde_json::to_string_pretty(&data)?);
+            } else {
+                print!("{}", view::high_availability(&data));
             }
             Ok(())
         }

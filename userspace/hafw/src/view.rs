@@ -144,3 +144,116 @@ pub fn counters_table(fields: &[(String, u64)]) -> String {
     }
     out
 }
+
+/// `show high-availability all` as text, from the JSON the HA shell serves (the same document
+/// `--json` prints, so scripts and eyes read one source).
+pub fn high_availability(data: &serde_json::Value) -> String {
+    use std::fmt::Write as _;
+    let st = &data["status"];
+    let sh = &data["shell"];
+    let s = |v: &serde_json::Value| match v {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Null => "-".into(),
+        other => other.to_string(),
+    };
+    let secs = |from: &serde_json::Value| {
+        let as_of = st["as_of"].as_u64().unwrap_or(0);
+        from.as_u64()
+            .map(|t| format!("{:.1} s", as_of.saturating_sub(t) as f64 / 1e9))
+            .unwrap_or_else(|| "-".into())
+    };
+    let mut out = String::new();
+    let _ = writeln!(out, "Group {}:", s(&st["group_id"]));
+    let _ = writeln!(out, "  Mode:                  {}", s(&st["mode"]));
+    let _ = writeln!(out, "  Local information:");
+    let l = &st["local"];
+    let _ = writeln!(
+        out,
+        "    State:               {} (for {})",
+        s(&l["state"]),
+        secs(&l["since"])
+    );
+    let _ = writeln!(out, "    State reason:        {}", s(&l["reason"]));
+    let _ = writeln!(out, "    Node id:             {}", s(&st["node_id"]));
+    let _ = writeln!(out, "    Priority:            {}", s(&l["priority"]));
+    let _ = writeln!(out, "    Preemptive:          {}", s(&l["preemptive"]));
+    let _ = writeln!(out, "    Software version:    {}", s(&sh["software_version"]));
+    let _ = writeln!(
+        out,
+        "    Timers:              {} (heartbeat {} ms, peer dead after {} missed, promotion hold {} ms, hello {} ms, preemption hold {} ms)",
+        s(&st["timer_profile"]),
+        s(&st["timers"]["heartbeat_interval_ms"]),
+        s(&st["timers"]["heartbeat_loss_threshold"]),
+        s(&st["timers"]["promotion_hold_ms"]),
+        s(&st["timers"]["hello_interval_ms"]),
+        s(&st["timers"]["preemption_hold_ms"]),
+    );
+    let _ = writeln!(out, "    Dataplane lease:     {} ms", s(&sh["lease_ms"]));
+    let _ = writeln!(out, "    Passive link state:  {}", s(&sh["passive_link_state"]));
+    let _ = writeln!(out, "    HA1 encryption:      {}", s(&sh["encryption"]));
+    let _ = writeln!(out, "    State sync:          {}", s(&st["session_sync"]));
+    let _ = writeln!(out, "    Flaps:               {}", s(&st["flaps"]));
+    if let Some(macs) = sh["virtual_macs"].as_object() {
+        for (port, mac) in macs {
+            let _ = writeln!(out, "    Virtual MAC {port:<8} {}", s(mac));
+        }
+    }
+    let p = &st["peer"];
+    let _ = writeln!(out, "  Peer information:");
+    let _ = writeln!(out, "    State:               {}", s(&p["state"]));
+    let _ = writeln!(out, "    Alive:               {}", s(&p["alive"]));
+    let _ = writeln!(out, "    Pairing:             {}", s(&p["pairing"]));
+    let _ = writeln!(out, "    Node id:             {}", s(&p["node_id"]));
+    let _ = writeln!(out, "    Priority:            {}", s(&p["priority"]));
+    let _ = writeln!(out, "    Preemptive:          {}", s(&p["preemptive"]));
+    let _ = writeln!(
+        out,
+        "    Software version:    {}",
+        s(&sh["peer_software_version"])
+    );
+    let _ = writeln!(out, "    Last heard:          {} ago", secs(&p["last_heard"]));
+    if let Some(w) = p["warnings"].as_array().filter(|w| !w.is_empty()) {
+        for w in w {
+            let _ = writeln!(out, "    Warning:             {}", s(w));
+        }
+    }
+    let _ = writeln!(out, "  Links:");
+    if let Some(links) = sh["links"].as_object() {
+        for (name, c) in links {
+            let connected = match &c["connected"] {
+                serde_json::Value::Bool(true) => ", connected",
+                serde_json::Value::Bool(false) => ", not connected",
+                _ => "",
+            };
+            let _ = writeln!(
+                out,
+                "    {name:<17} {} {} -> {}: {}{connected}; hellos {}/{} heartbeats {}/{} (sent/received); dropped malformed {} wrong-source {} replayed {}",
+                s(&c["interface"]),
+                s(&c["local"]),
+                s(&c["peer"]),
+                if c["carrier"] == true { "up" } else { "down" },
+                s(&c["hellos_sent"]),
+                s(&c["hellos_received"]),
+                s(&c["heartbeats_sent"]),
+                s(&c["heartbeats_received"]),
+                s(&c["dropped_malformed"]),
+                s(&c["dropped_wrong_source"]),
+                s(&c["dropped_replayed"]),
+            );
+        }
+    }
+    if let Some(ts) = st["transitions"].as_array() {
+        let _ = writeln!(out, "  Recent transitions:");
+        for t in ts.iter().rev().take(10) {
+            let _ = writeln!(
+                out,
+                "    {} ago: {} -> {} ({})",
+                secs(&t["at"]),
+                s(&t["from"]),
+                s(&t["to"]),
+                s(&t["reason"])
+            );
+        }
+    }
+    out
+}

@@ -1,0 +1,289 @@
+//! What taking over and giving up the active role does to the host: the data ports' virtual MACs
+//! and floating IPs, gratuitous ARPs and unsolicited neighbour advertisements, link carrier.
+//!
+//! Every change to the host's interfaces goes through this module. Addresses and MACs are set
+//! with one `ip -batch` run per role change (iproute2 is what operators read and trust, and one
+//! process per change costs about 2 ms, small next to the failure detection time); announcements
+//! are raw frames sent with pnet.
+
+use std::{
+    io::Write as _,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use ipnet::IpNet;
+use log::{debug, warn};
+use pnet_datalink::{Channel, MacAddr, NetworkInterface};
+use pnet_packet::{
+    MutablePacket as _, Packet as _,
+    arp::{ArpHardwareTypes, ArpOperations, MutableArpPacket},
+    ethernet::{EtherTypes, MutableEthernetPacket},
+    icmpv6::{
+        Icmpv6Code, Icmpv6Types,
+        ndp::{MutableNeighborAdvertPacket, NdpOptionTypes, NeighborAdvertFlags},
+    },
+    ip::IpNextHeaderProtocols,
+    ipv6::MutableIpv6Packet,
+};
+
+/// A data port as the HA shell manages it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DataPort {
+    pub name: String,
+    /// Owned while active.
+    pub virtual_mac: [u8; 6],
+    /// The MAC the port has while passive (its own).
+    pub own_mac: [u8; 6],
+    /// Floating addresses, owned while active.
+    pub addresses: Vec<IpNet>,
+}
+
+/// Announcements sent on each port when the node becomes active: the first at once, the rest
+/// after these delays, so a switch or host that missed one (port still learning, queue full)
+/// catches the next.
+pub const ANNOUNCE_DELAYS: [Duration; 3] = [
+    Duration::ZERO,
+    Duration::from_millis(100),
+    Duration::from_millis(500),
+];
+
+pub fn format_mac(mac: [u8; 6]) -> String {
+    MacAddr::from(mac).to_string()
+}
+
+/// Runs `ip -batch -` with `commands` (one per line). With `force`, errors (an address already
+/// gone) do not stop the batch.
+fn ip_batch(commands: &[String], force: bool) -> Result<()> {
+    if commands.is_empty() {
+        return Ok(());
+    }
+    let mut cmd = Command::new("ip");
+    if force {
+        cmd.arg("-force");
+    }
+    let mut child = cmd
+        .args(["-batch", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("running ip (iproute2)")?;
+    let mut stdin = child.stdin.take().expect("piped stdin");
+    stdin.write_all(commands.join("\n").as_bytes())?;
+    stdin.write_all(b"\n")?;
+    drop(stdin);
+    let out = child.wait_with_output()?;
+    if !out.status.success() && !force {
+        bail!(
+            "ip -batch failed: {}\n{}",
+            String::from_utf8_lossy(&out.stderr).trim(),
+            commands.join("\n")
+        );
+    }
+    Ok(())
+}
+
+/// Takes the ports' virtual MACs and floating addresses (idempotent: `replace`).
+pub fn claim(ports: &[DataPort], bring_up: bool) -> Result<()> {
+    let mut cmds = Vec::new();
+    for p in ports {
+        cmds.push(format!(
+            "link set dev {} address {}",
+            p.name,
+            format_mac(p.virtual_mac)
+        ));
+        if bring_up {
+            cmds.push(format!("link set dev {} up", p.name));
+        }
+        for a in &p.addresses {
+            // No DAD: the peer released the address before we got here (or is dead), and DAD
+            // would hold the address back for a second.
+            let extra = if a.addr().is_ipv6() { " nodad" } else { "" };
+            cmds.push(format!("addr replace {a} dev {}{extra}", p.name));
+        }
+    }
+    ip_batch(&cmds, false)
+}
+
+/// Gives the ports' virtual MACs and floating addresses back; never fails half-way (every
+/// command is tried). With `shut_down`, the data links are set down too (passive link state
+/// `shutdown`).
+pub fn release(ports: &[DataPort], shut_down: bool) -> Result<()> {
+    let mut cmds = Vec::new();
+    for p in ports {
+        for a in &p.addresses {
+            cmds.push(format!("addr del {a} dev {}", p.name));
+        }
+        cmds.push(format!(
+            "link set dev {} address {}",
+            p.name,
+            format_mac(p.own_mac)
+        ));
+        if shut_down {
+            cmds.push(format!("link set dev {} down", p.name));
+        }
+    }
+    ip_batch(&cmds, true)
+}
+
+/// The MAC an interface has now.
+pub fn current_mac(name: &str) -> Result<[u8; 6]> {
+    let iface = interface(name)?;
+    iface
+        .mac
+        .map(|m| m.octets())
+        .ok_or_else(|| anyhow!("{name} has no MAC address"))
+}
+
+fn interface(name: &str) -> Result<NetworkInterface> {
+    pnet_datalink::interfaces()
+        .into_iter()
+        .find(|i| i.name == name)
+        .ok_or_else(|| anyhow!("no interface named {name}"))
+}
+
+/// Whether the interface is administratively up and has carrier (`IFF_RUNNING`), read with one
+/// ioctl in this thread's network namespace (sysfs may belong to another one).
+pub fn has_carrier(name: &str) -> bool {
+    interface(name)
+        .map(|i| i.is_up() && i.is_running())
+        .unwrap_or(false)
+}
+
+/// Sends one round of announcements for `port`: a gratuitous ARP request (RFC 5227 section 3,
+/// "ARP Announcement") per IPv4 address and an unsolicited neighbour advertisement with the
+/// override flag (RFC 4861 section 7.2.6) per IPv6 address, all from the virtual MAC.
+pub fn announce(port: &DataPort) -> Result<usize> {
+    let iface = interface(&port.name)?;
+    let mut tx = match pnet_datalink::channel(&iface, Default::default())
+        .with_context(|| format!("opening a raw socket on {}", port.name))?
+    {
+        Channel::Ethernet(tx, _rx) => tx,
+        _ => bail!("{}: not an Ethernet channel", port.name),
+    };
+    let mut sent = 0;
+    for a in &port.addresses {
+        let frame = match a.addr() {
+            IpAddr::V4(ip) => gratuitous_arp(port.virtual_mac, ip),
+            IpAddr::V6(ip) => unsolicited_na(port.virtual_mac, ip),
+        };
+        match tx.send_to(&frame, None) {
+            Some(Ok(())) => sent += 1,
+            Some(Err(e)) => warn!("{}: announcing {a}: {e}", port.name),
+            None => warn!("{}: announcing {a}: no buffer", port.name),
+        }
+    }
+    debug!("{}: {sent} announcements sent", port.name);
+    Ok(sent)
+}
+
+/// A gratuitous ARP request: sender and target protocol address both `ip`, to broadcast.
+pub fn gratuitous_arp(mac: [u8; 6], ip: Ipv4Addr) -> Vec<u8> {
+    let mut buf = vec![0u8; 14 + 28];
+    let mac = MacAddr::from(mac);
+    let mut eth = MutableEthernetPacket::new(&mut buf).expect("buffer sized for Ethernet");
+    eth.set_destination(MacAddr::broadcast());
+    eth.set_source(mac);
+    eth.set_ethertype(EtherTypes::Arp);
+    let mut arp = MutableArpPacket::new(eth.payload_mut()).expect("buffer sized for ARP");
+    arp.set_hardware_type(ArpHardwareTypes::Ethernet);
+    arp.set_protocol_type(EtherTypes::Ipv4);
+    arp.set_hw_addr_len(6);
+    arp.set_proto_addr_len(4);
+    arp.set_operation(ArpOperations::Request);
+    arp.set_sender_hw_addr(mac);
+    arp.set_sender_proto_addr(ip);
+    arp.set_target_hw_addr(MacAddr::zero());
+    arp.set_target_proto_addr(ip);
+    buf
+}
+
+/// An unsolicited neighbour advertisement for `ip` to all nodes (ff02::1), router and override
+/// flags set, with the target link-layer address option carrying `mac`.
+pub fn unsolicited_na(mac: [u8; 6], ip: Ipv6Addr) -> Vec<u8> {
+    const NA_LEN: usize = 24 + 8; // advertisement + one target link-layer address option
+    let mut buf = vec![0u8; 14 + 40 + NA_LEN];
+    let all_nodes = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1);
+    let mac = MacAddr::from(mac);
+    let mut eth = MutableEthernetPacket::new(&mut buf).expect("buffer sized for Ethernet");
+    eth.set_destination(MacAddr::new(0x33, 0x33, 0, 0, 0, 1));
+    eth.set_source(mac);
+    eth.set_ethertype(EtherTypes::Ipv6);
+    let mut ip6 = MutableIpv6Packet::new(eth.payload_mut()).expect("buffer sized for IPv6");
+    ip6.set_version(6);
+    ip6.set_payload_length(NA_LEN as u16);
+    ip6.set_next_header(IpNextHeaderProtocols::Icmpv6);
+    // RFC 4861 section 7.1.2: a hop limit other than 255 is discarded by receivers.
+    ip6.set_hop_limit(255);
+    ip6.set_source(ip);
+    ip6.set_destination(all_nodes);
+    {
+        let mut na =
+            MutableNeighborAdvertPacket::new(ip6.payload_mut()).expect("buffer sized for NA");
+        na.set_icmpv6_type(Icmpv6Types::NeighborAdvert);
+        na.set_icmpv6_code(Icmpv6Code(0));
+        na.set_flags(NeighborAdvertFlags::Router | NeighborAdvertFlags::Override);
+        na.set_target_addr(ip);
+        let payload = na.payload_mut();
+        payload[0] = NdpOptionTypes::TargetLLAddr.0;
+        payload[1] = 1; // length in units of 8 octets
+        payload[2..8].copy_from_slice(&mac.octets());
+    }
+    let checksum = pnet_packet::icmpv6::checksum(
+        &pnet_packet::icmpv6::Icmpv6Packet::new(ip6.payload()).expect("NA is an ICMPv6 packet"),
+        &ip,
+        &all_nodes,
+    );
+    let mut icmp = pnet_packet::icmpv6::MutableIcmpv6Packet::new(ip6.payload_mut())
+        .expect("NA is an ICMPv6 packet");
+    icmp.set_checksum(checksum);
+    buf
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gratuitous_arp_announces_the_address_from_the_virtual_mac() {
+        let mac = [0x02, 0x68, 0x61, 1, 0, 1];
+        let f = gratuitous_arp(mac, Ipv4Addr::new(198, 18, 1, 1));
+        let eth = etherparse::Ethernet2HeaderSlice::from_slice(&f).unwrap();
+        assert_eq!(eth.destination(), [0xff; 6]);
+        assert_eq!(eth.source(), mac);
+        assert_eq!(eth.ether_type(), etherparse::EtherType::ARP);
+        // op request, sender = target = the VIP, sender MAC = VMAC.
+        assert_eq!(&f[20..22], &[0, 1]);
+        assert_eq!(&f[22..28], &mac);
+        assert_eq!(&f[28..32], &[198, 18, 1, 1]);
+        assert_eq!(&f[38..42], &[198, 18, 1, 1]);
+    }
+
+    #[test]
+    fn unsolicited_na_is_a_valid_icmpv6_packet() {
+        let mac = [0x02, 0x68, 0x61, 1, 0, 1];
+        let ip: Ipv6Addr = "2001:2:0:1::1".parse().unwrap();
+        let f = unsolicited_na(mac, ip);
+        let p = etherparse::SlicedPacket::from_ethernet(&f).unwrap();
+        let Some(etherparse::TransportSlice::Icmpv6(icmp)) = p.transport else {
+            panic!("not ICMPv6");
+        };
+        assert_eq!(icmp.type_u8(), 136);
+        let Some(etherparse::NetSlice::Ipv6(v6)) = p.net else {
+            panic!("not IPv6");
+        };
+        assert_eq!(v6.header().hop_limit(), 255);
+        let expected = icmp
+            .icmp_type()
+            .calc_checksum(v6.header().source(), v6.header().destination(), icmp.payload())
+            .unwrap();
+        assert_eq!(icmp.checksum(), expected);
+        // Override and router flags; target address; TLLA option with the VMAC.
+        assert_eq!(f[54 + 4] & 0xa0, 0xa0);
+        assert_eq!(&f[54 + 8..54 + 24], &ip.octets());
+        assert_eq!(&f[54 + 24..54 + 32], &[2, 1, 0x02, 0x68, 0x61, 1, 0, 1]);
+    }
+}

@@ -1,0 +1,789 @@
+//! The HA1 shell: drives the pure election core ([`hafw_ha::Core`]) with real sockets, a real
+//! clock and the host's interfaces. It decides nothing itself: it turns frames, carrier changes
+//! and operator requests into core events, and performs the core's actions.
+//!
+//! - **Thread**: the shell runs on its own OS thread with a single-threaded tokio runtime, at a
+//!   real-time priority when the host allows it. Heartbeats and the dataplane lease must not wait
+//!   behind session sweeps or a busy CPU: scheduling stalls are the classic cause of split brain.
+//! - **HA1 TCP** (port [`HA1_TCP_PORT`]) on HA1 and HA1 backup carries hellos. The node with the
+//!   lower HA1 address connects, the other accepts only its peer's address. A (re)connection feeds
+//!   [`Event::Ha1Connected`], so hellos are exchanged at once.
+//! - **Heartbeats** are UDP datagrams (port [`HA1_HEARTBEAT_UDP_PORT`]) on every configured link,
+//!   HA1, HA1 backup and the heartbeat backup, accepted only from the peer's address on that link.
+//!   A stuck TCP session cannot delay them.
+//! - **Link state** is the carrier of the link's interface, polled every few milliseconds: a cut
+//!   cable (or a peer that downs its links) is seen at once, and when every link is down the core
+//!   declares the peer dead without waiting for the heartbeat timeout.
+//! - **Role**: active sets the dataplane role to `Active` with a lease the shell keeps refreshing
+//!   (see [`lease_for`]), then claims the virtual MACs and floating IPs and announces them;
+//!   passive, non-functional and suspended set the role to `Passive` first, then release.
+
+pub mod host;
+
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, SocketAddr},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, anyhow};
+use hafw_common::{
+    config::Role,
+    ha::{HA1_HEARTBEAT_UDP_PORT, HA1_TCP_PORT},
+};
+use hafw_ha::{
+    Action, Core, Event, Link, Timestamp,
+    wire::{Frame, HEADER_LEN, Header, HeartbeatFrame, HelloFrame},
+};
+use ipnet::IpNet;
+use log::{debug, info, warn};
+use serde::Serialize;
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::{TcpListener, TcpSocket, TcpStream, UdpSocket},
+    sync::{mpsc, oneshot},
+};
+
+use self::host::DataPort;
+use crate::{aging::monotonic_now_ns, dataplane::ConfigHandle};
+
+/// The software version carried in hellos.
+pub const SOFTWARE_VERSION: &str = concat!("hafw ", env!("CARGO_PKG_VERSION"));
+
+/// One HA link's addressing.
+#[derive(Clone, Debug)]
+pub struct LinkPlan {
+    pub interface: String,
+    /// Local address and prefix (added to the interface if missing).
+    pub local: IpNet,
+    pub peer: IpAddr,
+}
+
+/// Everything the shell needs, resolved from the config and the host.
+#[derive(Clone, Debug)]
+pub struct HaPlan {
+    pub election: hafw_ha::Config,
+    pub ha1: LinkPlan,
+    pub ha1_backup: Option<LinkPlan>,
+    pub heartbeat_backup: Option<LinkPlan>,
+    pub ports: Vec<DataPort>,
+    /// Passive link state `shutdown`: data links are down while not active.
+    pub shutdown_passive: bool,
+}
+
+impl HaPlan {
+    fn links(&self) -> impl Iterator<Item = (Link, &LinkPlan)> {
+        [
+            Some((Link::Ha1, &self.ha1)),
+            self.ha1_backup.as_ref().map(|l| (Link::Ha1Backup, l)),
+            self.heartbeat_backup
+                .as_ref()
+                .map(|l| (Link::HeartbeatBackup, l)),
+        ]
+        .into_iter()
+        .flatten()
+    }
+}
+
+/// How long the dataplane keeps forwarding as active without a refresh: two thirds of the time
+/// after which the peer declares us dead and takes over (peer-dead time plus promotion hold), so
+/// a controller that stops refreshing stops forwarding before the peer starts.
+pub fn lease_for(timers: &hafw_ha::Timers) -> Duration {
+    (timers.peer_dead() + timers.promotion_hold) * 2 / 3
+}
+
+/// What the operator asks of the shell.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OperatorRequest {
+    Suspend,
+    Functional,
+}
+
+/// Per-link traffic, for `show high-availability all`.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct LinkCounters {
+    pub interface: String,
+    pub local: String,
+    pub peer: String,
+    pub carrier: bool,
+    /// HA1 TCP connection up (HA1 and HA1 backup only).
+    pub connected: Option<bool>,
+    pub connects: u64,
+    pub hellos_sent: u64,
+    pub hellos_received: u64,
+    pub heartbeats_sent: u64,
+    pub heartbeats_received: u64,
+    /// Frames that did not decode.
+    pub dropped_malformed: u64,
+    /// Frames from an address other than the peer's on this link.
+    pub dropped_wrong_source: u64,
+    /// Heartbeats older than one already seen from the same peer boot.
+    pub dropped_replayed: u64,
+}
+
+/// What `show high-availability all` shows besides the core's status.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ShellView {
+    pub software_version: &'static str,
+    pub peer_software_version: Option<String>,
+    pub boot_id: String,
+    pub lease_ms: u64,
+    pub passive_link_state: &'static str,
+    pub encryption: &'static str,
+    pub virtual_macs: BTreeMap<String, String>,
+    pub links: BTreeMap<&'static str, LinkCounters>,
+    pub announcements_sent: u64,
+    pub session_sync: &'static str,
+}
+
+/// The shared picture of the HA state, refreshed by the shell after every input.
+#[derive(Default)]
+struct View {
+    status: serde_json::Value,
+    shell: ShellView,
+}
+
+enum Input {
+    Frame { via: Link, frame: Frame },
+    Malformed { via: Link },
+    WrongSource { via: Link },
+    Connected(Link),
+    Disconnected(Link),
+    Operator(OperatorRequest, oneshot::Sender<()>),
+    Shutdown(oneshot::Sender<()>),
+}
+
+/// The control side of a running shell.
+#[derive(Clone)]
+pub struct HaHandle {
+    tx: mpsc::UnboundedSender<Input>,
+    view: Arc<Mutex<View>>,
+}
+
+impl HaHandle {
+    /// `show high-availability all`: the core's status and the shell's view.
+    pub fn show(&self) -> serde_json::Value {
+        let view = self.view.lock().expect("HA view lock");
+        serde_json::json!({ "status": view.status, "shell": view.shell })
+    }
+
+    /// `request high-availability state suspend|functional`.
+    pub async fn request(&self, req: OperatorRequest) -> Result<()> {
+        let (done, wait) = oneshot::channel();
+        self.tx
+            .send(Input::Operator(req, done))
+            .map_err(|_| anyhow!("the HA shell is not running"))?;
+        wait.await.map_err(|_| anyhow!("the HA shell stopped"))
+    }
+
+    /// Planned shutdown: hand the active role over (suspend, tell the peer, release), then stop.
+    pub async fn shutdown(&self) {
+        let (done, wait) = oneshot::channel();
+        if self.tx.send(Input::Shutdown(done)).is_ok() {
+            let _ = tokio::time::timeout(Duration::from_secs(2), wait).await;
+        }
+    }
+}
+
+/// Starts the shell on its own thread. The dataplane role is `Passive` and the data ports hold
+/// nothing until the core decides otherwise.
+pub fn spawn(plan: HaPlan, dataplane: ConfigHandle) -> Result<HaHandle> {
+    plan.election.validate().map_err(|e| anyhow!("{e}"))?;
+    // Whatever a previous run left (it may have died active): give it back before anything else.
+    dataplane.update(|c| {
+        c.role = Role::Passive as u32;
+        c.active_lease_expires_ns = 0;
+    })?;
+    host::release(&plan.ports, plan.shutdown_passive)?;
+    ensure_link_addresses(&plan)?;
+
+    let (tx, rx) = mpsc::unbounded_channel();
+    let view = Arc::new(Mutex::new(View::default()));
+    let handle = HaHandle {
+        tx: tx.clone(),
+        view: view.clone(),
+    };
+    std::thread::Builder::new()
+        .name("hafw-ha".into())
+        .spawn(move || {
+            raise_priority();
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    log::error!("HA shell runtime: {e}");
+                    return;
+                }
+            };
+            if let Err(e) = rt.block_on(Shell::run(plan, dataplane, tx, rx, view)) {
+                log::error!("HA shell stopped: {e:#}");
+            }
+        })
+        .context("starting the HA thread")?;
+    Ok(handle)
+}
+
+/// Adds each HA link's local address to its interface when missing (HA addressing is part of the
+/// per-device HA config, as on commercial pairs).
+fn ensure_link_addresses(plan: &HaPlan) -> Result<()> {
+    for (_, l) in plan.links() {
+        let out = std::process::Command::new("ip")
+            .args(["addr", "replace", &l.local.to_string(), "dev", &l.interface])
+            .output()
+            .context("running ip")?;
+        if !out.status.success() {
+            anyhow::bail!(
+                "HA link {}: cannot set {}: {}",
+                l.interface,
+                l.local,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// SCHED_FIFO for the HA thread, best effort: heartbeats then preempt any ordinary load.
+fn raise_priority() {
+    let param = libc::sched_param { sched_priority: 10 };
+    // SAFETY: plain syscall on the calling thread (pid 0) with a valid parameter.
+    let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) };
+    if rc != 0 {
+        warn!(
+            "HA thread: real-time priority unavailable ({}); heartbeats may be delayed under load",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+struct Shell {
+    core: Core,
+    plan: HaPlan,
+    dataplane: ConfigHandle,
+    start: Instant,
+    boot_id: u64,
+    hello_sequence: u64,
+    heartbeat_sequence: u64,
+    lease: Duration,
+    active: bool,
+    view: Arc<Mutex<View>>,
+    shell_view: ShellView,
+    /// Outgoing HA1 TCP frames, per link.
+    tcp_out: BTreeMap<Link, mpsc::Sender<Vec<u8>>>,
+    udp: BTreeMap<Link, (Arc<UdpSocket>, SocketAddr)>,
+    /// Highest heartbeat sequence seen per (link, peer boot id).
+    last_heartbeat: BTreeMap<Link, (u64, u64)>,
+    carrier: BTreeMap<Link, bool>,
+    tx: mpsc::UnboundedSender<Input>,
+}
+
+impl Shell {
+    async fn run(
+        plan: HaPlan,
+        dataplane: ConfigHandle,
+        tx: mpsc::UnboundedSender<Input>,
+        mut rx: mpsc::UnboundedReceiver<Input>,
+        view: Arc<Mutex<View>>,
+    ) -> Result<()> {
+        let start = Instant::now();
+        let core = Core::new(plan.election.clone(), Timestamp::ZERO).map_err(|e| anyhow!("{e}"))?;
+        let timers = core.status().timers;
+        let lease = lease_for(&timers);
+        let mut boot = [0u8; 8];
+        getrandom::fill(&mut boot).map_err(|e| anyhow!("random boot id: {e}"))?;
+        let mut shell = Shell {
+            core,
+            dataplane,
+            start,
+            boot_id: u64::from_be_bytes(boot),
+            hello_sequence: 0,
+            heartbeat_sequence: 0,
+            lease,
+            active: false,
+            view,
+            shell_view: ShellView {
+                software_version: SOFTWARE_VERSION,
+                boot_id: format!("{:016x}", u64::from_be_bytes(boot)),
+                lease_ms: lease.as_millis() as u64,
+                passive_link_state: if plan.shutdown_passive {
+                    "shutdown"
+                } else {
+                    "auto"
+                },
+                encryption: "off",
+                session_sync: "none",
+                virtual_macs: plan
+                    .ports
+                    .iter()
+                    .map(|p| (p.name.clone(), host::format_mac(p.virtual_mac)))
+                    .collect(),
+                ..Default::default()
+            },
+            plan,
+            tcp_out: BTreeMap::new(),
+            udp: BTreeMap::new(),
+            last_heartbeat: BTreeMap::new(),
+            carrier: BTreeMap::new(),
+            tx,
+        };
+        shell.open_links().await?;
+        // Poll carrier well inside one heartbeat interval, but not busier than every 2 ms.
+        let carrier_every = (timers.heartbeat_interval / 4).clamp(
+            Duration::from_millis(2),
+            Duration::from_millis(100),
+        );
+        let mut carrier_tick = tokio::time::interval(carrier_every);
+        carrier_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut lease_tick = tokio::time::interval((lease / 4).max(Duration::from_millis(1)));
+        lease_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            shell.perform_actions();
+            shell.publish();
+            let deadline = shell
+                .core
+                .poll_timeout()
+                .map(|t| shell.start + Duration::from_nanos(t.as_nanos()))
+                .unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
+            tokio::select! {
+                biased;
+                input = rx.recv() => match input {
+                    Some(Input::Shutdown(done)) => {
+                        shell.hand_over().await;
+                        let _ = done.send(());
+                        return Ok(());
+                    }
+                    Some(input) => shell.on_input(input),
+                    None => return Ok(()),
+                },
+                _ = lease_tick.tick(), if shell.active => shell.refresh_lease(),
+                _ = tokio::time::sleep_until(deadline.into()) => {
+                    let now = shell.now();
+                    shell.core.handle_timeout(now);
+                }
+                _ = carrier_tick.tick() => shell.poll_carrier(),
+            }
+        }
+    }
+
+    fn now(&self) -> Timestamp {
+        Timestamp::ZERO + self.start.elapsed()
+    }
+
+    /// Binds the heartbeat sockets and starts the HA1 TCP link tasks.
+    async fn open_links(&mut self) -> Result<()> {
+        let links: Vec<(Link, LinkPlan)> =
+            self.plan.links().map(|(l, p)| (l, p.clone())).collect();
+        for (link, lp) in links {
+            let local = lp.local.addr();
+            let sock = bind_udp(SocketAddr::new(local, HA1_HEARTBEAT_UDP_PORT))
+                .await
+                .with_context(|| format!("{link}: heartbeat socket on {local}"))?;
+            let sock = Arc::new(sock);
+            self.udp.insert(
+                link,
+                (sock.clone(), SocketAddr::new(lp.peer, HA1_HEARTBEAT_UDP_PORT)),
+            );
+            tokio::spawn(receive_heartbeats(link, sock, lp.peer, self.tx.clone()));
+            let counters = LinkCounters {
+                interface: lp.interface.clone(),
+                local: lp.local.to_string(),
+                peer: lp.peer.to_string(),
+                connected: (link != Link::HeartbeatBackup).then_some(false),
+                ..Default::default()
+            };
+            self.shell_view.links.insert(link.as_str(), counters);
+            if link != Link::HeartbeatBackup {
+                let (out_tx, out_rx) = mpsc::channel(64);
+                self.tcp_out.insert(link, out_tx);
+                tokio::spawn(tcp_link(link, local, lp.peer, out_rx, self.tx.clone()));
+            }
+        }
+        self.poll_carrier();
+        Ok(())
+    }
+
+    fn counters(&mut self, link: Link) -> &mut LinkCounters {
+        self.shell_view.links.entry(link.as_str()).or_default()
+    }
+
+    fn on_input(&mut self, input: Input) {
+        let now = self.now();
+        match input {
+            Input::Frame { via, frame } => match frame {
+                Frame::Hello(h) => {
+                    self.counters(via).hellos_received += 1;
+                    self.shell_view.peer_software_version = Some(h.software_version);
+                    self.core.handle(
+                        Event::PeerHello {
+                            via,
+                            hello: h.hello,
+                        },
+                        now,
+                    );
+                }
+                Frame::Heartbeat(h) => {
+                    let last = self.last_heartbeat.get(&via).copied();
+                    if matches!(last, Some((boot, seq)) if boot == h.boot_id && h.sequence <= seq)
+                    {
+                        self.counters(via).dropped_replayed += 1;
+                        return;
+                    }
+                    self.last_heartbeat.insert(via, (h.boot_id, h.sequence));
+                    self.counters(via).heartbeats_received += 1;
+                    self.core.handle(
+                        Event::PeerHeartbeat {
+                            via,
+                            heartbeat: h.heartbeat,
+                        },
+                        now,
+                    );
+                }
+                Frame::Unknown(t) => debug!("{via}: skipped HA1 frame of unknown type {t}"),
+            },
+            Input::Malformed { via } => self.counters(via).dropped_malformed += 1,
+            Input::WrongSource { via } => self.counters(via).dropped_wrong_source += 1,
+            Input::Connected(link) => {
+                let c = self.counters(link);
+                c.connected = Some(true);
+                c.connects += 1;
+                self.core.handle(Event::Ha1Connected(link), now);
+            }
+            Input::Disconnected(link) => self.counters(link).connected = Some(false),
+            Input::Operator(req, done) => {
+                let event = match req {
+                    OperatorRequest::Suspend => Event::OperatorSuspend,
+                    OperatorRequest::Functional => Event::OperatorFunctional,
+                };
+                self.core.handle(event, now);
+                let _ = done.send(());
+            }
+            Input::Shutdown(_) => unreachable!("handled by the loop"),
+        }
+    }
+
+    fn poll_carrier(&mut self) {
+        let links: Vec<(Link, String)> = self
+            .plan
+            .links()
+            .map(|(l, p)| (l, p.interface.clone()))
+            .collect();
+        for (link, iface) in links {
+            let up = host::has_carrier(&iface);
+            if self.carrier.get(&link) != Some(&up) {
+                self.carrier.insert(link, up);
+                self.counters(link).carrier = up;
+                info!(
+                    "HA link {link} ({iface}): carrier {}",
+                    if up { "up" } else { "down" }
+                );
+                let now = self.now();
+                let event = if up {
+                    Event::LinkUp(link)
+                } else {
+                    Event::LinkDown(link)
+                };
+                self.core.handle(event, now);
+            }
+        }
+    }
+
+    fn perform_actions(&mut self) {
+        while let Some(action) = self.core.poll_action() {
+            match action {
+                Action::SendHello(hello) => {
+                    self.hello_sequence += 1;
+                    let bytes = Frame::Hello(HelloFrame {
+                        hello,
+                        boot_id: self.boot_id,
+                        sequence: self.hello_sequence,
+                        software_version: SOFTWARE_VERSION.into(),
+                    })
+                    .to_bytes();
+                    let links: Vec<Link> = self.tcp_out.keys().copied().collect();
+                    for link in links {
+                        if self.tcp_out[&link].try_send(bytes.clone()).is_ok() {
+                            self.counters(link).hellos_sent += 1;
+                        }
+                    }
+                }
+                Action::SendHeartbeat(heartbeat) => {
+                    self.heartbeat_sequence += 1;
+                    let bytes = Frame::Heartbeat(HeartbeatFrame {
+                        heartbeat,
+                        boot_id: self.boot_id,
+                        sequence: self.heartbeat_sequence,
+                    })
+                    .to_bytes();
+                    let links: Vec<Link> = self.udp.keys().copied().collect();
+                    for link in links {
+                        let (sock, peer) = &self.udp[&link];
+                        // Non-blocking: a full socket buffer loses this heartbeat, never delays
+                        // the loop.
+                        if sock.try_send_to(&bytes, *peer).is_ok() {
+                            self.counters(link).heartbeats_sent += 1;
+                        }
+                    }
+                }
+                Action::BecomeActive => self.become_active(),
+                Action::BecomePassive | Action::EnterNonFunctional | Action::EnterSuspended => {
+                    self.give_up()
+                }
+                Action::AnnounceAgain => self.announce(),
+                Action::StartSessionSync => self.shell_view.session_sync = "sender",
+                Action::RequestBulkSync => self.shell_view.session_sync = "receiver",
+                Action::StopSessionSync => self.shell_view.session_sync = "none",
+                Action::Log(t) => info!(
+                    "HA state {} -> {}: {}",
+                    t.from.as_str(),
+                    t.to.as_str(),
+                    t.reason
+                ),
+                Action::Notice(n) => info!("HA: {n:?}"),
+            }
+        }
+    }
+
+    fn become_active(&mut self) {
+        self.active = true;
+        self.refresh_lease();
+        if let Err(e) = self.dataplane.update(|c| c.role = Role::Active as u32) {
+            warn!("HA: setting the dataplane active: {e:#}");
+        }
+        if let Err(e) = host::claim(&self.plan.ports, self.plan.shutdown_passive) {
+            warn!("HA: claiming virtual MACs and addresses: {e:#}");
+        }
+        self.announce();
+    }
+
+    fn give_up(&mut self) {
+        let was_active = self.active;
+        self.active = false;
+        if let Err(e) = self.dataplane.update(|c| {
+            c.role = Role::Passive as u32;
+            c.active_lease_expires_ns = 0;
+        }) {
+            warn!("HA: setting the dataplane passive: {e:#}");
+        }
+        if was_active || self.plan.shutdown_passive {
+            if let Err(e) = host::release(&self.plan.ports, self.plan.shutdown_passive) {
+                warn!("HA: releasing virtual MACs and addresses: {e:#}");
+            }
+        }
+    }
+
+    /// Sends the announcement rounds on every port, off the HA thread's critical path.
+    fn announce(&mut self) {
+        let ports = self.plan.ports.clone();
+        let rounds = host::ANNOUNCE_DELAYS.len() as u64;
+        self.shell_view.announcements_sent += rounds
+            * ports.iter().map(|p| p.addresses.len() as u64).sum::<u64>();
+        std::thread::spawn(move || {
+            let mut waited = Duration::ZERO;
+            for delay in host::ANNOUNCE_DELAYS {
+                std::thread::sleep(delay.saturating_sub(waited));
+                waited = delay;
+                for p in &ports {
+                    if let Err(e) = host::announce(p) {
+                        warn!("HA: announcing on {}: {e:#}", p.name);
+                    }
+                }
+            }
+        });
+    }
+
+    fn refresh_lease(&mut self) {
+        let expires = monotonic_now_ns() + self.lease.as_nanos() as u64;
+        if let Err(e) = self
+            .dataplane
+            .update(|c| c.active_lease_expires_ns = expires)
+        {
+            warn!("HA: refreshing the dataplane lease: {e:#}");
+        }
+    }
+
+    /// Planned shutdown: suspend (the peer sees our hello and takes over at once), release, and
+    /// give the hello a moment to leave.
+    async fn hand_over(&mut self) {
+        let now = self.now();
+        self.core.handle(Event::OperatorSuspend, now);
+        self.perform_actions();
+        self.publish();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    fn publish(&mut self) {
+        let status = serde_json::to_value(self.core.status()).unwrap_or_default();
+        if let Ok(mut v) = self.view.lock() {
+            v.status = status;
+            v.shell = self.shell_view.clone();
+        }
+    }
+}
+
+/// A UDP socket bound to `addr`, retrying briefly while the address is still tentative.
+async fn bind_udp(addr: SocketAddr) -> Result<UdpSocket> {
+    let mut last = None;
+    for _ in 0..50 {
+        match UdpSocket::bind(addr).await {
+            Ok(s) => return Ok(s),
+            Err(e) => last = Some(e),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err(last.map(anyhow::Error::from).unwrap_or_else(|| anyhow!("bind")))
+}
+
+async fn receive_heartbeats(
+    via: Link,
+    sock: Arc<UdpSocket>,
+    peer: IpAddr,
+    tx: mpsc::UnboundedSender<Input>,
+) {
+    let mut buf = vec![0u8; 2048];
+    loop {
+        let (len, from) = match sock.recv_from(&mut buf).await {
+            Ok(r) => r,
+            Err(e) => {
+                warn!("{via}: heartbeat socket: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let input = if from.ip() != peer {
+            Input::WrongSource { via }
+        } else {
+            match Frame::parse(&buf[..len]) {
+                Ok((frame, _)) => Input::Frame { via, frame },
+                Err(_) => Input::Malformed { via },
+            }
+        };
+        if tx.send(input).is_err() {
+            return;
+        }
+    }
+}
+
+/// Keeps the HA1 TCP session of one link up: connects (lower address) or accepts the peer
+/// (higher address), reads frames into the shell and writes the shell's frames, forever.
+async fn tcp_link(
+    via: Link,
+    local: IpAddr,
+    peer: IpAddr,
+    mut out: mpsc::Receiver<Vec<u8>>,
+    tx: mpsc::UnboundedSender<Input>,
+) {
+    let initiator = local < peer;
+    let listener = if initiator {
+        None
+    } else {
+        loop {
+            match TcpListener::bind(SocketAddr::new(local, HA1_TCP_PORT)).await {
+                Ok(l) => break Some(l),
+                Err(e) => {
+                    debug!("{via}: listen on {local}: {e}");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+    };
+    loop {
+        let stream = match &listener {
+            None => connect(local, peer).await,
+            Some(l) => accept_peer(l, peer, via, &tx).await,
+        };
+        let Some(stream) = stream else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        // Frames queued while disconnected are stale: the connection starts with a fresh hello.
+        while out.try_recv().is_ok() {}
+        if tx.send(Input::Connected(via)).is_err() {
+            return;
+        }
+        info!("{via}: HA1 connection to {peer} established");
+        let (mut read, mut write) = stream.into_split();
+        let reader = async {
+            let mut buf = Vec::new();
+            loop {
+                let mut header = [0u8; HEADER_LEN];
+                read.read_exact(&mut header).await?;
+                let h = match Header::parse(&header) {
+                    Ok(h) => h,
+                    Err(e) => {
+                        let _ = tx.send(Input::Malformed { via });
+                        return Err(anyhow!("framing lost: {e}"));
+                    }
+                };
+                buf.clear();
+                buf.extend_from_slice(&header);
+                buf.resize(h.frame_len(), 0);
+                read.read_exact(&mut buf[HEADER_LEN..]).await?;
+                let input = match Frame::parse(&buf) {
+                    Ok((frame, _)) => Input::Frame { via, frame },
+                    Err(_) => Input::Malformed { via },
+                };
+                if tx.send(input).is_err() {
+                    return Ok::<(), anyhow::Error>(());
+                }
+            }
+        };
+        let writer = async {
+            while let Some(bytes) = out.recv().await {
+                write.write_all(&bytes).await?;
+            }
+            Ok::<(), anyhow::Error>(())
+        };
+        let res = tokio::select! {
+            r = reader => r,
+            r = writer => r,
+        };
+        info!(
+            "{via}: HA1 connection to {peer} closed{}",
+            res.err().map(|e| format!(": {e}")).unwrap_or_default()
+        );
+        if tx.send(Input::Disconnected(via)).is_err() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn connect(local: IpAddr, peer: IpAddr) -> Option<TcpStream> {
+    let sock = match local {
+        IpAddr::V4(_) => TcpSocket::new_v4(),
+        IpAddr::V6(_) => TcpSocket::new_v6(),
+    }
+    .ok()?;
+    sock.bind(SocketAddr::new(local, 0)).ok()?;
+    tokio::time::timeout(
+        Duration::from_secs(1),
+        sock.connect(SocketAddr::new(peer, HA1_TCP_PORT)),
+    )
+    .await
+    .ok()?
+    .ok()
+}
+
+async fn accept_peer(
+    listener: &TcpListener,
+    peer: IpAddr,
+    via: Link,
+    tx: &mpsc::UnboundedSender<Input>,
+) -> Option<TcpStream> {
+    match listener.accept().await {
+        Ok((stream, from)) if from.ip() == peer => Some(stream),
+        Ok((_, from)) => {
+            warn!("{via}: refused HA1 connection from {from}: not the peer");
+            let _ = tx.send(Input::WrongSource { via });
+            None
+        }
+        Err(e) => {
+            debug!("{via}: accept: {e}");
+            None
+        }
+    }
+}
