@@ -144,8 +144,20 @@ impl HaPair {
         }
         // Hosts: one port each on their switch.
         for (host, port, bridge, ip, gw) in [
-            (&client, "c0", Self::CLIENT_SWITCH, "198.18.1.2/24", "198.18.1.1"),
-            (&server, "s0", Self::SERVER_SWITCH, "198.18.2.2/24", "198.18.2.1"),
+            (
+                &client,
+                "c0",
+                Self::CLIENT_SWITCH,
+                "198.18.1.2/24",
+                "198.18.1.1",
+            ),
+            (
+                &server,
+                "s0",
+                Self::SERVER_SWITCH,
+                "198.18.2.2/24",
+                "198.18.2.1",
+            ),
         ] {
             host.exec_ok(&[
                 "ip", "link", "add", "eth0", "type", "veth", "peer", "name", port, "netns", sw,
@@ -166,8 +178,7 @@ impl HaPair {
                 ("mgmt", format!("f{n}m"), "swm"),
             ] {
                 f.exec_ok(&[
-                    "ip", "link", "add", ifname, "type", "veth", "peer", "name", &port, "netns",
-                    sw,
+                    "ip", "link", "add", ifname, "type", "veth", "peer", "name", &port, "netns", sw,
                 ])?;
                 f.exec_ok(&["ip", "link", "set", ifname, "up"])?;
                 f.exec_ok(&["ethtool", "-K", ifname, "tx", "off"])?;
@@ -180,7 +191,16 @@ impl HaPair {
         }
         for link in ["ha1", "ha2"] {
             fw[0].exec_ok(&[
-                "ip", "link", "add", link, "type", "veth", "peer", "name", link, "netns",
+                "ip",
+                "link",
+                "add",
+                link,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                link,
+                "netns",
                 &fw[1].name,
             ])?;
             fw[0].exec_ok(&["ip", "link", "set", link, "up"])?;

@@ -32,6 +32,14 @@ pub fn run(ctx: &XdpContext) -> u32 {
     let bytes = (ctx.data_end() - ctx.data()) as u64;
     c.rx_packets += 1;
     c.rx_bytes += bytes;
+    if orphaned(cfg) {
+        // The controller of this active node stopped refreshing its lease (it died or hangs) and
+        // the peer is taking over the virtual MACs and IPs. Even ARP or traffic for the host must
+        // not be answered from here: a reply from the virtual MAC would pull the switches' MAC
+        // tables back to a node that no longer forwards.
+        c.drop_not_active += 1;
+        return DROP;
+    }
     let mut pkt = Packet::empty();
     match parse::parse(ctx, &mut pkt) {
         Ok(Parsed::Ip) => ip_packet(ctx, cfg, c, &pkt, bytes),
@@ -52,6 +60,14 @@ pub fn run(ctx: &XdpContext) -> u32 {
             DROP
         }
     }
+}
+
+/// An active node whose lease lapsed.
+#[inline(always)]
+fn orphaned(cfg: &DataplaneConfig) -> bool {
+    Role::from_u32(cfg.role) == Role::Active
+        && cfg.active_lease_expires_ns != 0
+        && now_ns(cfg) >= cfg.active_lease_expires_ns
 }
 
 /// Whether this node may forward data traffic now.

@@ -41,11 +41,15 @@ fn hafw_cli(hafw: &str, instance: &str, args: &[&str]) -> Result<String> {
 
 /// The node's HA state as `show high-availability all --json` reports it.
 fn ha_state(hafw: &str, instance: &str) -> String {
-    hafw_cli(hafw, instance, &["--json", "show", "high-availability", "all"])
-        .ok()
-        .and_then(|o| serde_json::from_str::<serde_json::Value>(&o).ok())
-        .and_then(|v| v["status"]["local"]["state"].as_str().map(str::to_owned))
-        .unwrap_or_else(|| "down".into())
+    hafw_cli(
+        hafw,
+        instance,
+        &["--json", "show", "high-availability", "all"],
+    )
+    .ok()
+    .and_then(|o| serde_json::from_str::<serde_json::Value>(&o).ok())
+    .and_then(|v| v["status"]["local"]["state"].as_str().map(str::to_owned))
+    .unwrap_or_else(|| "down".into())
 }
 
 fn wait_states(hafw: &str, want: [&str; 2], timeout: Duration) -> bool {
@@ -71,10 +75,7 @@ fn up(hafw: &str) -> Result<()> {
     }
     for (i, instance) in INSTANCES.iter().enumerate() {
         let config = Path::new(STATE_DIR).join(format!("{instance}.toml"));
-        std::fs::write(
-            &config,
-            hafw_config::Config::ha_example_text(i, instance),
-        )?;
+        std::fs::write(&config, hafw_config::Config::ha_example_text(i, instance))?;
         let log = Path::new(STATE_DIR).join(format!("{instance}.log"));
         let proc = topo.fw[i].spawn(
             &[hafw, "run", "--config", config.to_str().unwrap_or_default()],
@@ -110,7 +111,14 @@ fn up(hafw: &str) -> Result<()> {
 
     println!("\nlab: failover: suspending fw1 while the client pings the server every 10 ms");
     let ping = topo.client.command(&[
-        "ping", "-i", "0.01", "-w", "3", "-W", "1", HaPair::SERVER_IP,
+        "ping",
+        "-i",
+        "0.01",
+        "-w",
+        "3",
+        "-W",
+        "1",
+        HaPair::SERVER_IP,
     ]);
     let ping = std::thread::spawn(move || {
         let mut ping = ping;
@@ -118,7 +126,11 @@ fn up(hafw: &str) -> Result<()> {
     });
     std::thread::sleep(Duration::from_millis(500));
     let t = Instant::now();
-    hafw_cli(hafw, "fw1", &["request", "high-availability", "state", "suspend"])?;
+    hafw_cli(
+        hafw,
+        "fw1",
+        &["request", "high-availability", "state", "suspend"],
+    )?;
     let took_over = wait_states(hafw, ["suspended", "active"], Duration::from_secs(10));
     println!(
         "lab: fw2 is {} {:.0} ms after the request",
@@ -135,7 +147,11 @@ fn up(hafw: &str) -> Result<()> {
         }
     }
     demo_traffic(&topo)?;
-    hafw_cli(hafw, "fw1", &["request", "high-availability", "state", "functional"])?;
+    hafw_cli(
+        hafw,
+        "fw1",
+        &["request", "high-availability", "state", "functional"],
+    )?;
     println!(
         "lab: fw1 is functional again ({}); being preemptive with the better priority, it takes the \
          active role back after the preemption hold (10 s in the fast profile)",
@@ -145,7 +161,10 @@ fn up(hafw: &str) -> Result<()> {
         "\n$ hafw --instance fw2 show high-availability all\n{}",
         hafw_cli(hafw, "fw2", &["show", "high-availability", "all"])?
     );
-    println!("lab is up. Try: ip netns exec {PREFIX}-client ping {}", HaPair::SERVER_IP);
+    println!(
+        "lab is up. Try: ip netns exec {PREFIX}-client ping {}",
+        HaPair::SERVER_IP
+    );
     println!("           hafw --instance fw1 show high-availability all   (or fw2; --json)");
     println!("           hafw --instance fw2 show session all");
     println!("           bpftool map dump pinned /sys/fs/bpf/hafw/fw1/v1/counters");

@@ -43,7 +43,10 @@ fn lab_examples_parse_and_map_onto_the_election_core() {
         assert_eq!(e.mode, Mode::ActivePassive);
         assert_eq!(e.ha2_transport, Ha2Transport::Ethernet);
         // Node ids derive from the HA1 address, so the peers differ.
-        assert_eq!(e.node_id, u64::from(u32::from_be_bytes([169, 254, 1, node as u8 + 1])));
+        assert_eq!(
+            e.node_id,
+            u64::from(u32::from_be_bytes([169, 254, 1, node as u8 + 1]))
+        );
         assert_eq!(ha.passive_link_state, PassiveLinkState::Auto);
         e.validate().unwrap();
         assert_eq!(c.virtual_mac_of("eth1"), Some([0x02, 0x68, 0x61, 1, 0, 1]));
@@ -92,11 +95,17 @@ fn mistakes_name_their_line_and_field() {
     let cases: Vec<(String, String)> = vec![
         (
             HA.replace("group_id = 5", "group_id = 64"),
-            format!("fw.toml:{}: field `group_id`: 64 is out of range 1-63", at + 2),
+            format!(
+                "fw.toml:{}: field `group_id`: 64 is out of range 1-63",
+                at + 2
+            ),
         ),
         (
             HA.replace("device_priority = 50", "device_priority = 256"),
-            format!("fw.toml:{}: field `device_priority`: 256 is out of range 0-255", at + 3),
+            format!(
+                "fw.toml:{}: field `device_priority`: 256 is out of range 0-255",
+                at + 3
+            ),
         ),
         (
             HA.replace("peer = \"169.254.1.2\"", "peer = \"169.254.9.2\""),
@@ -113,7 +122,10 @@ fn mistakes_name_their_line_and_field() {
             ),
         ),
         (
-            HA.replace("address = \"169.254.1.1/30\"", "address = \"169.254.1.1/33\""),
+            HA.replace(
+                "address = \"169.254.1.1/30\"",
+                "address = \"169.254.1.1/33\"",
+            ),
             format!(
                 "fw.toml:{}: high_availability.ha1 field `address`: \"169.254.1.1/33\" is not an IP prefix or address",
                 at + 6
@@ -134,7 +146,10 @@ fn mistakes_name_their_line_and_field() {
             ),
         ),
         (
-            HA.replace("interface = \"ha2\"", "interface = \"ha2\"\ntransport = \"udp\""),
+            HA.replace(
+                "interface = \"ha2\"",
+                "interface = \"ha2\"\ntransport = \"udp\"",
+            ),
             format!(
                 "fw.toml:{}: field `transport`: high_availability.ha2: transport udp needs `address` and `peer`",
                 at + 10

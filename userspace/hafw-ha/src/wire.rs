@@ -46,8 +46,10 @@
 //! | sequence (8)                                                                                 |
 //! ```
 //!
-//! The sequence counts heartbeats per sender boot so that loss and reordering on each link can be
-//! counted, and replays of old datagrams ignored.
+//! The sequence counts every frame a sender boot emits, hellos and heartbeats alike. A heartbeat
+//! that waited in a neighbour queue while the peer's address was unresolved arrives seconds late
+//! and describes a state its sender has left; the receiver recognises it because its sequence is
+//! far below the one of the latest hello (which TCP delivers fresh) and drops it.
 
 use thiserror::Error;
 
@@ -204,7 +206,8 @@ pub struct HelloFrame {
     pub hello: Hello,
     /// Random per sender process start.
     pub boot_id: u64,
-    /// Frames sent by this boot so far.
+    /// The sender's frame counter (one counter for hellos and heartbeats), so a receiver can
+    /// tell a heartbeat that was delayed from one sent after this hello.
     pub sequence: u64,
     /// Sender's software version, e.g. "hafw 0.1.0".
     pub software_version: String,
@@ -217,7 +220,7 @@ pub struct HeartbeatFrame {
     pub heartbeat: Heartbeat,
     /// Random per sender process start.
     pub boot_id: u64,
-    /// Heartbeats sent by this boot so far.
+    /// The sender's frame counter (shared with its hellos).
     pub sequence: u64,
 }
 
@@ -374,7 +377,12 @@ fn emit_hello(h: &HelloFrame, out: &mut Vec<u8>) {
     if hello.wants_reply {
         flags |= FLAG_WANTS_REPLY;
     }
-    out.extend_from_slice(&[hello.group_id, hello.priority, flags, state_code(hello.state)]);
+    out.extend_from_slice(&[
+        hello.group_id,
+        hello.priority,
+        flags,
+        state_code(hello.state),
+    ]);
     out.extend_from_slice(&hello.protocol_version.to_be_bytes());
     out.push(match hello.mode {
         Mode::ActivePassive => 0,
@@ -425,7 +433,16 @@ fn parse_heartbeat(p: &[u8]) -> Result<HeartbeatFrame, WireError> {
 
 fn emit_heartbeat(h: &HeartbeatFrame, out: &mut Vec<u8>) {
     let hb = &h.heartbeat;
-    out.extend_from_slice(&[hb.group_id, hb.priority, state_code(hb.state), 0, 0, 0, 0, 0]);
+    out.extend_from_slice(&[
+        hb.group_id,
+        hb.priority,
+        state_code(hb.state),
+        0,
+        0,
+        0,
+        0,
+        0,
+    ]);
     out.extend_from_slice(&hb.node_id.to_be_bytes());
     out.extend_from_slice(&h.boot_id.to_be_bytes());
     out.extend_from_slice(&h.sequence.to_be_bytes());
@@ -531,11 +548,7 @@ mod tests {
     fn malformed_frames_are_errors_never_panics() {
         let good = Frame::Hello(hello()).to_bytes();
         let cases: Vec<(&str, Vec<u8>, WireError)> = vec![
-            (
-                "empty",
-                vec![],
-                WireError::Truncated { needed: 8, have: 0 },
-            ),
+            ("empty", vec![], WireError::Truncated { needed: 8, have: 0 }),
             (
                 "magic",
                 [b"X1".as_slice(), &good[2..]].concat(),

@@ -236,8 +236,9 @@ async fn serve_client(node: Shared, ha: Option<HaHandle>, stream: UnixStream) {
     let (read, mut write) = stream.into_split();
     let mut lines = BufReader::new(read).lines();
     while let Ok(Some(line)) = lines.next_line().await {
-        if let Ok(req @ (Request::ShowHighAvailability | Request::RequestHighAvailabilityState { .. })) =
-            serde_json::from_str::<Request>(&line)
+        if let Ok(
+            req @ (Request::ShowHighAvailability | Request::RequestHighAvailabilityState { .. }),
+        ) = serde_json::from_str::<Request>(&line)
         {
             let response = match handle_ha(ha.as_ref(), req).await {
                 Ok(data) => Response::Ok { data },

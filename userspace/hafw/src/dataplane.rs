@@ -111,10 +111,7 @@ impl ConfigHandle {
 
     /// Applies `change` to the entry and writes it to the map.
     pub fn update(&self, change: impl FnOnce(&mut DataplaneConfig)) -> Result<()> {
-        let mut cell = self
-            .0
-            .lock()
-            .map_err(|_| anyhow!("CONFIG lock poisoned"))?;
+        let mut cell = self.0.lock().map_err(|_| anyhow!("CONFIG lock poisoned"))?;
         let mut value = cell.value;
         change(&mut value);
         cell.map

@@ -177,7 +177,11 @@ pub fn high_availability(data: &serde_json::Value) -> String {
     let _ = writeln!(out, "    Node id:             {}", s(&st["node_id"]));
     let _ = writeln!(out, "    Priority:            {}", s(&l["priority"]));
     let _ = writeln!(out, "    Preemptive:          {}", s(&l["preemptive"]));
-    let _ = writeln!(out, "    Software version:    {}", s(&sh["software_version"]));
+    let _ = writeln!(
+        out,
+        "    Software version:    {}",
+        s(&sh["software_version"])
+    );
     let _ = writeln!(
         out,
         "    Timers:              {} (heartbeat {} ms, peer dead after {} missed, promotion hold {} ms, hello {} ms, preemption hold {} ms)",
@@ -189,7 +193,11 @@ pub fn high_availability(data: &serde_json::Value) -> String {
         s(&st["timers"]["preemption_hold_ms"]),
     );
     let _ = writeln!(out, "    Dataplane lease:     {} ms", s(&sh["lease_ms"]));
-    let _ = writeln!(out, "    Passive link state:  {}", s(&sh["passive_link_state"]));
+    let _ = writeln!(
+        out,
+        "    Passive link state:  {}",
+        s(&sh["passive_link_state"])
+    );
     let _ = writeln!(out, "    HA1 encryption:      {}", s(&sh["encryption"]));
     let _ = writeln!(out, "    State sync:          {}", s(&st["session_sync"]));
     let _ = writeln!(out, "    Flaps:               {}", s(&st["flaps"]));
@@ -211,7 +219,11 @@ pub fn high_availability(data: &serde_json::Value) -> String {
         "    Software version:    {}",
         s(&sh["peer_software_version"])
     );
-    let _ = writeln!(out, "    Last heard:          {} ago", secs(&p["last_heard"]));
+    let _ = writeln!(
+        out,
+        "    Last heard:          {} ago",
+        secs(&p["last_heard"])
+    );
     if let Some(w) = p["warnings"].as_array().filter(|w| !w.is_empty()) {
         for w in w {
             let _ = writeln!(out, "    Warning:             {}", s(w));
@@ -227,7 +239,7 @@ pub fn high_availability(data: &serde_json::Value) -> String {
             };
             let _ = writeln!(
                 out,
-                "    {name:<17} {} {} -> {}: {}{connected}; hellos {}/{} heartbeats {}/{} (sent/received); dropped malformed {} wrong-source {} replayed {}",
+                "    {name:<17} {} {} -> {}: {}{connected}; hellos {}/{} heartbeats {}/{} (sent/received); dropped malformed {} wrong-source {} stale {}",
                 s(&c["interface"]),
                 s(&c["local"]),
                 s(&c["peer"]),
@@ -238,7 +250,7 @@ pub fn high_availability(data: &serde_json::Value) -> String {
                 s(&c["heartbeats_received"]),
                 s(&c["dropped_malformed"]),
                 s(&c["dropped_wrong_source"]),
-                s(&c["dropped_replayed"]),
+                s(&c["dropped_stale"]),
             );
         }
     }

@@ -441,6 +441,14 @@ fn an_expired_active_lease_stops_forwarding() {
         Verdict::Drop,
         "controller stopped refreshing: no forwarding"
     );
+    // Nor ARP or traffic for the host: the orphaned node must stay silent on the segment.
+    let arp = arp_request(CLIENT, testkit::TRUST_IP);
+    assert_eq!(f.run(&arp, f.trust).verdict, Verdict::Drop);
+    let ping_me = icmp_echo(CLIENT, testkit::TRUST_IP, 3, true, 64);
+    assert_eq!(f.run(&ping_me, f.trust).verdict, Verdict::Drop);
+    // A refreshed lease brings everything back.
+    f.set_lease(hafw_common::config::Role::Active, 3_000_000_000);
+    assert_eq!(f.run(&arp, f.trust).verdict, Verdict::Pass);
 }
 
 #[test]

@@ -227,11 +227,13 @@ pub fn unsolicited_na(mac: [u8; 6], ip: Ipv6Addr) -> Vec<u8> {
         na.set_icmpv6_code(Icmpv6Code(0));
         na.set_flags(NeighborAdvertFlags::Router | NeighborAdvertFlags::Override);
         na.set_target_addr(ip);
-        let payload = na.payload_mut();
-        payload[0] = NdpOptionTypes::TargetLLAddr.0;
-        payload[1] = 1; // length in units of 8 octets
-        payload[2..8].copy_from_slice(&mac.octets());
     }
+    // Target link-layer address option (RFC 4861 section 4.6.1), right after the 24-octet
+    // advertisement: type 2, length 1 (8 octets), the MAC.
+    let option = &mut ip6.payload_mut()[24..32];
+    option[0] = NdpOptionTypes::TargetLLAddr.0;
+    option[1] = 1;
+    option[2..8].copy_from_slice(&mac.octets());
     let checksum = pnet_packet::icmpv6::checksum(
         &pnet_packet::icmpv6::Icmpv6Packet::new(ip6.payload()).expect("NA is an ICMPv6 packet"),
         &ip,
@@ -278,7 +280,11 @@ mod tests {
         assert_eq!(v6.header().hop_limit(), 255);
         let expected = icmp
             .icmp_type()
-            .calc_checksum(v6.header().source(), v6.header().destination(), icmp.payload())
+            .calc_checksum(
+                v6.header().source(),
+                v6.header().destination(),
+                icmp.payload(),
+            )
             .unwrap();
         assert_eq!(icmp.checksum(), expected);
         // Override and router flags; target address; TLLA option with the VMAC.

@@ -118,8 +118,9 @@ pub struct LinkCounters {
     pub dropped_malformed: u64,
     /// Frames from an address other than the peer's on this link.
     pub dropped_wrong_source: u64,
-    /// Heartbeats older than one already seen from the same peer boot.
-    pub dropped_replayed: u64,
+    /// Heartbeats of another peer boot than its last hello's, or older than the peer-dead time
+    /// (delayed in a neighbour queue, or replayed).
+    pub dropped_stale: u64,
 }
 
 /// What `show high-availability all` shows besides the core's status.
@@ -265,8 +266,14 @@ struct Shell {
     dataplane: ConfigHandle,
     start: Instant,
     boot_id: u64,
-    hello_sequence: u64,
-    heartbeat_sequence: u64,
+    /// One sequence for every frame this boot sends, hellos and heartbeats alike, so that a
+    /// receiver can order a heartbeat against the last (always fresh) TCP hello.
+    sequence: u64,
+    /// The peer's boot, learned from its hellos, and the highest sequence heard from it.
+    peer_boot: Option<u64>,
+    peer_sequence: u64,
+    /// Heartbeats older than this many sequence numbers are stale.
+    stale_after: u64,
     lease: Duration,
     active: bool,
     view: Arc<Mutex<View>>,
@@ -274,9 +281,9 @@ struct Shell {
     /// Outgoing HA1 TCP frames, per link.
     tcp_out: BTreeMap<Link, mpsc::Sender<Vec<u8>>>,
     udp: BTreeMap<Link, (Arc<UdpSocket>, SocketAddr)>,
-    /// Highest heartbeat sequence seen per (link, peer boot id).
-    last_heartbeat: BTreeMap<Link, (u64, u64)>,
     carrier: BTreeMap<Link, bool>,
+    /// Peer state in the last heartbeat, to log changes only.
+    last_peer_state: Option<hafw_ha::State>,
     tx: mpsc::UnboundedSender<Input>,
 }
 
@@ -299,8 +306,10 @@ impl Shell {
             dataplane,
             start,
             boot_id: u64::from_be_bytes(boot),
-            hello_sequence: 0,
-            heartbeat_sequence: 0,
+            sequence: 0,
+            peer_boot: None,
+            peer_sequence: 0,
+            stale_after: u64::from(timers.heartbeat_loss_threshold),
             lease,
             active: false,
             view,
@@ -325,16 +334,14 @@ impl Shell {
             plan,
             tcp_out: BTreeMap::new(),
             udp: BTreeMap::new(),
-            last_heartbeat: BTreeMap::new(),
             carrier: BTreeMap::new(),
+            last_peer_state: None,
             tx,
         };
         shell.open_links().await?;
         // Poll carrier well inside one heartbeat interval, but not busier than every 2 ms.
-        let carrier_every = (timers.heartbeat_interval / 4).clamp(
-            Duration::from_millis(2),
-            Duration::from_millis(100),
-        );
+        let carrier_every = (timers.heartbeat_interval / 4)
+            .clamp(Duration::from_millis(2), Duration::from_millis(100));
         let mut carrier_tick = tokio::time::interval(carrier_every);
         carrier_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut lease_tick = tokio::time::interval((lease / 4).max(Duration::from_millis(1)));
@@ -374,8 +381,7 @@ impl Shell {
 
     /// Binds the heartbeat sockets and starts the HA1 TCP link tasks.
     async fn open_links(&mut self) -> Result<()> {
-        let links: Vec<(Link, LinkPlan)> =
-            self.plan.links().map(|(l, p)| (l, p.clone())).collect();
+        let links: Vec<(Link, LinkPlan)> = self.plan.links().map(|(l, p)| (l, p.clone())).collect();
         for (link, lp) in links {
             let local = lp.local.addr();
             let sock = bind_udp(SocketAddr::new(local, HA1_HEARTBEAT_UDP_PORT))
@@ -384,7 +390,10 @@ impl Shell {
             let sock = Arc::new(sock);
             self.udp.insert(
                 link,
-                (sock.clone(), SocketAddr::new(lp.peer, HA1_HEARTBEAT_UDP_PORT)),
+                (
+                    sock.clone(),
+                    SocketAddr::new(lp.peer, HA1_HEARTBEAT_UDP_PORT),
+                ),
             );
             tokio::spawn(receive_heartbeats(link, sock, lp.peer, self.tx.clone()));
             let counters = LinkCounters {
@@ -414,7 +423,13 @@ impl Shell {
         match input {
             Input::Frame { via, frame } => match frame {
                 Frame::Hello(h) => {
+                    debug!("{via}: hello {:?}", h.hello);
                     self.counters(via).hellos_received += 1;
+                    if self.peer_boot != Some(h.boot_id) {
+                        self.peer_boot = Some(h.boot_id);
+                        self.peer_sequence = h.sequence;
+                    }
+                    self.peer_sequence = self.peer_sequence.max(h.sequence);
                     self.shell_view.peer_software_version = Some(h.software_version);
                     self.core.handle(
                         Event::PeerHello {
@@ -425,13 +440,20 @@ impl Shell {
                     );
                 }
                 Frame::Heartbeat(h) => {
-                    let last = self.last_heartbeat.get(&via).copied();
-                    if matches!(last, Some((boot, seq)) if boot == h.boot_id && h.sequence <= seq)
-                    {
-                        self.counters(via).dropped_replayed += 1;
+                    // A datagram sent while the peer's address was unresolved waits in the
+                    // kernel's neighbour queue and arrives seconds late, saying the peer is in a
+                    // state it left long ago. Heartbeats of another boot than the last hello's,
+                    // or older than the peer-dead time, are stale (and so are replays).
+                    let other_boot = self.peer_boot.is_some_and(|b| b != h.boot_id);
+                    if other_boot || h.sequence + self.stale_after < self.peer_sequence {
+                        self.counters(via).dropped_stale += 1;
                         return;
                     }
-                    self.last_heartbeat.insert(via, (h.boot_id, h.sequence));
+                    self.peer_sequence = self.peer_sequence.max(h.sequence);
+                    if self.last_peer_state != Some(h.heartbeat.state) {
+                        debug!("{via}: heartbeat says the peer is {}", h.heartbeat.state);
+                        self.last_peer_state = Some(h.heartbeat.state);
+                    }
                     self.counters(via).heartbeats_received += 1;
                     self.core.handle(
                         Event::PeerHeartbeat {
@@ -494,11 +516,11 @@ impl Shell {
         while let Some(action) = self.core.poll_action() {
             match action {
                 Action::SendHello(hello) => {
-                    self.hello_sequence += 1;
+                    self.sequence += 1;
                     let bytes = Frame::Hello(HelloFrame {
                         hello,
                         boot_id: self.boot_id,
-                        sequence: self.hello_sequence,
+                        sequence: self.sequence,
                         software_version: SOFTWARE_VERSION.into(),
                     })
                     .to_bytes();
@@ -510,11 +532,11 @@ impl Shell {
                     }
                 }
                 Action::SendHeartbeat(heartbeat) => {
-                    self.heartbeat_sequence += 1;
+                    self.sequence += 1;
                     let bytes = Frame::Heartbeat(HeartbeatFrame {
                         heartbeat,
                         boot_id: self.boot_id,
-                        sequence: self.heartbeat_sequence,
+                        sequence: self.sequence,
                     })
                     .to_bytes();
                     let links: Vec<Link> = self.udp.keys().copied().collect();
@@ -578,8 +600,8 @@ impl Shell {
     fn announce(&mut self) {
         let ports = self.plan.ports.clone();
         let rounds = host::ANNOUNCE_DELAYS.len() as u64;
-        self.shell_view.announcements_sent += rounds
-            * ports.iter().map(|p| p.addresses.len() as u64).sum::<u64>();
+        self.shell_view.announcements_sent +=
+            rounds * ports.iter().map(|p| p.addresses.len() as u64).sum::<u64>();
         std::thread::spawn(move || {
             let mut waited = Duration::ZERO;
             for delay in host::ANNOUNCE_DELAYS {
@@ -633,7 +655,9 @@ async fn bind_udp(addr: SocketAddr) -> Result<UdpSocket> {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    Err(last.map(anyhow::Error::from).unwrap_or_else(|| anyhow!("bind")))
+    Err(last
+        .map(anyhow::Error::from)
+        .unwrap_or_else(|| anyhow!("bind")))
 }
 
 async fn receive_heartbeats(
