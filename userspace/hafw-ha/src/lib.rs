@@ -78,6 +78,7 @@
 mod config;
 mod core;
 mod message;
+pub mod secure;
 mod state;
 mod status;
 mod time;

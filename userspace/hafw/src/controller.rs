@@ -14,6 +14,7 @@ use hafw_common::{
     session::{EVENT_CLOSED, EVENT_CREATED, EVENT_STATE_CHANGED, SessionEvent},
 };
 use hafw_config::{CompiledPolicy, Config};
+use hafw_ha::secure::{NodeKey, PublicKey};
 use log::{error, info, warn};
 use serde::Serialize;
 use tokio::{
@@ -414,9 +415,19 @@ fn ha_plan(config: &Config, compiled: &CompiledPolicy) -> Result<Option<ha::HaPl
             addresses: iface.addresses(),
         });
     }
-    if settings.encryption.as_ref().is_some_and(|e| e.enabled) {
-        bail!("HA1 encryption is configured but not available in this build");
-    }
+    let secure = match settings.encryption.as_ref().filter(|e| e.enabled) {
+        None => None,
+        Some(e) => {
+            let read = |p: &Path| {
+                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))
+            };
+            let local = NodeKey::from_text(&read(&e.key_file)?)
+                .with_context(|| format!("key file {}", e.key_file.display()))?;
+            let peer = PublicKey::from_text(&read(&e.peer_key_file)?)
+                .with_context(|| format!("peer key file {}", e.peer_key_file.display()))?;
+            Some(ha::SecureKeys { local, peer })
+        }
+    };
     Ok(Some(ha::HaPlan {
         election: settings.election_config(),
         ha1: link(settings.ha1.get_ref()),
@@ -427,6 +438,7 @@ fn ha_plan(config: &Config, compiled: &CompiledPolicy) -> Result<Option<ha::HaPl
             .map(|l| link(l.get_ref())),
         ports,
         shutdown_passive: settings.passive_link_state == hafw_config::PassiveLinkState::Shutdown,
+        secure,
     }))
 }
 

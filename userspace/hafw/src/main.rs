@@ -50,6 +50,11 @@ enum Command {
         #[command(subcommand)]
         what: RequestCmd,
     },
+    /// HA1 keys: `hafw ha keygen`, `hafw ha export-key`.
+    Ha {
+        #[command(subcommand)]
+        what: HaCmd,
+    },
     /// Validate the candidate config and swap it in atomically.
     Commit {
         /// Candidate config file (default: the file `hafw run` was started with).
@@ -89,6 +94,25 @@ enum Show {
     HighAvailability {
         #[arg(value_parser = ["all"])]
         scope: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum HaCmd {
+    /// Create this node's HA1 key pair: the private key file (mode 0600) and the public key to
+    /// import on the peer (`peer_key_file` in its `[high_availability.encryption]`).
+    Keygen {
+        /// Private key file to create (refuses to overwrite).
+        #[arg(long)]
+        key: PathBuf,
+        /// Public key file to create for the peer.
+        #[arg(long)]
+        public: PathBuf,
+    },
+    /// Print the public key of a private key file, to import on the peer.
+    ExportKey {
+        #[arg(long)]
+        key: PathBuf,
     },
 }
 
@@ -158,6 +182,37 @@ fn main() -> Result<()> {
             } else {
                 print!("{}", view::high_availability(&data));
             }
+            Ok(())
+        }
+        Command::Ha {
+            what: HaCmd::Keygen { key, public },
+        } => {
+            use std::{io::Write as _, os::unix::fs::OpenOptionsExt as _};
+            let node = hafw_ha::secure::NodeKey::generate();
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&key)
+                .with_context(|| format!("creating {}", key.display()))?
+                .write_all(node.to_text().as_bytes())?;
+            std::fs::write(&public, node.public().to_text())
+                .with_context(|| format!("writing {}", public.display()))?;
+            println!(
+                "HA1 key {} written to {}; public key for the peer in {}",
+                node.public().fingerprint(),
+                key.display(),
+                public.display()
+            );
+            Ok(())
+        }
+        Command::Ha {
+            what: HaCmd::ExportKey { key },
+        } => {
+            let text = std::fs::read_to_string(&key)
+                .with_context(|| format!("reading {}", key.display()))?;
+            let node = hafw_ha::secure::NodeKey::from_text(&text)?;
+            print!("{}", node.public().to_text());
             Ok(())
         }
         Command::Commit { file } => {

@@ -198,7 +198,20 @@ pub fn high_availability(data: &serde_json::Value) -> String {
         "    Passive link state:  {}",
         s(&sh["passive_link_state"])
     );
-    let _ = writeln!(out, "    HA1 encryption:      {}", s(&sh["encryption"]));
+    let _ = writeln!(
+        out,
+        "    HA1 encryption:      {}{}",
+        s(&sh["encryption"]),
+        if sh["encryption"] == "on" {
+            format!(
+                " (local key {}, peer key {})",
+                s(&sh["local_key"]),
+                s(&sh["peer_key"])
+            )
+        } else {
+            String::new()
+        }
+    );
     let _ = writeln!(out, "    State sync:          {}", s(&st["session_sync"]));
     let _ = writeln!(out, "    Flaps:               {}", s(&st["flaps"]));
     if let Some(macs) = sh["virtual_macs"].as_object() {
@@ -237,6 +250,13 @@ pub fn high_availability(data: &serde_json::Value) -> String {
                 serde_json::Value::Bool(false) => ", not connected",
                 _ => "",
             };
+            if let Some(r) = c["last_refusal"].as_str() {
+                let _ = writeln!(
+                    out,
+                    "    {name:<17} REFUSED {} time(s), last: {r}",
+                    s(&c["refused_unauthenticated"])
+                );
+            }
             let _ = writeln!(
                 out,
                 "    {name:<17} {} {} -> {}: {}{connected}; hellos {}/{} heartbeats {}/{} (sent/received); dropped malformed {} wrong-source {} stale {}",

@@ -440,3 +440,84 @@ fn operator_suspend_hands_over_and_functional_returns_passive() {
     .unwrap();
     assert!(pair.wait_states(["passive", "active"], Duration::from_secs(2)));
 }
+
+/// `hafw ha keygen` into `dir`, returning (private key file, public key file).
+fn keygen(dir: &std::path::Path, name: &str) -> (String, String) {
+    let key = dir.join(format!("{name}.key"));
+    let public = dir.join(format!("{name}.pub"));
+    let out = std::process::Command::new(HAFW)
+        .args(["ha", "keygen", "--key"])
+        .arg(&key)
+        .arg("--public")
+        .arg(&public)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    (
+        key.to_string_lossy().into_owned(),
+        public.to_string_lossy().into_owned(),
+    )
+}
+
+/// Input: HA1 encryption on, each node importing the other's public key. Output: the pair forms
+/// over the authenticated channel. Then fw2 presents a key fw1 did not import: fw1 refuses it
+/// (counted and shown with the reason) and never pairs with it.
+#[test]
+fn encryption_pairs_with_the_imported_key_and_refuses_any_other() {
+    let dir = std::env::temp_dir().join(format!("{}-keys", unique_prefix()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let keys = [
+        keygen(&dir, "fw1"),
+        keygen(&dir, "fw2"),
+        keygen(&dir, "impostor"),
+    ];
+    let encryption = |own: usize, peer: usize| {
+        format!(
+            "\n[high_availability.encryption]\nkey_file = \"{}\"\npeer_key_file = \"{}\"\n",
+            keys[own].0, keys[peer].1
+        )
+    };
+    let good = |i: usize, text: String| text + &encryption(i, 1 - i);
+    let pair = Pair::start(&good);
+    let show = pair.show(0).unwrap();
+    assert_eq!(show["shell"]["encryption"], "on");
+    assert_eq!(show["status"]["peer"]["pairing"], "paired");
+    assert!(pair.connects_within(Duration::from_secs(5)));
+    drop(pair);
+
+    // fw2 holds the impostor's key; fw1 expects fw2's.
+    let bad = |i: usize, text: String| {
+        text + &if i == 0 {
+            encryption(0, 1)
+        } else {
+            encryption(2, 0)
+        }
+    };
+    let mut pair = Pair::new(&bad);
+    pair.start_node(0);
+    pair.start_node(1);
+    let refused = wait_until(Duration::from_secs(5), Duration::from_millis(50), || {
+        pair.show(0).is_some_and(|v| {
+            v["shell"]["links"]["ha1"]["refused_unauthenticated"]
+                .as_u64()
+                .unwrap_or(0)
+                > 0
+        })
+    });
+    let show = pair.show(0).unwrap();
+    assert!(refused, "{show}\n{}", pair.logs());
+    let reason = show["shell"]["links"]["ha1"]["last_refusal"].to_string();
+    assert!(reason.contains("not authenticated"), "{reason}");
+    std::thread::sleep(Duration::from_secs(1));
+    let show = pair.show(0).unwrap();
+    assert_ne!(show["status"]["peer"]["pairing"], "paired", "{show}");
+    assert_eq!(
+        show["shell"]["links"]["ha1"]["hellos_received"], 0,
+        "{show}"
+    );
+    assert_eq!(
+        show["shell"]["links"]["ha1"]["heartbeats_received"], 0,
+        "{show}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

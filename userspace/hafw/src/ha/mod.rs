@@ -34,6 +34,10 @@ use hafw_common::{
 };
 use hafw_ha::{
     Action, Core, Event, Link, Timestamp,
+    secure::{
+        Channel, DatagramOpener, DatagramSealer, Initiator, NodeKey, PublicKey, Responder,
+        SecureError,
+    },
     wire::{Frame, HEADER_LEN, Header, HeartbeatFrame, HelloFrame},
 };
 use ipnet::IpNet;
@@ -70,6 +74,15 @@ pub struct HaPlan {
     pub ports: Vec<DataPort>,
     /// Passive link state `shutdown`: data links are down while not active.
     pub shutdown_passive: bool,
+    /// HA1 encryption: this node's key and the peer's imported public key.
+    pub secure: Option<SecureKeys>,
+}
+
+/// Keys for HA1 encryption with mutual authentication (see [`hafw_ha::secure`]).
+#[derive(Clone, Debug)]
+pub struct SecureKeys {
+    pub local: NodeKey,
+    pub peer: PublicKey,
 }
 
 impl HaPlan {
@@ -121,6 +134,10 @@ pub struct LinkCounters {
     /// Heartbeats of another peer boot than its last hello's, or older than the peer-dead time
     /// (delayed in a neighbour queue, or replayed).
     pub dropped_stale: u64,
+    /// Encryption on: datagrams or HA1 connections that did not prove the peer's key.
+    pub refused_unauthenticated: u64,
+    /// Why the last HA1 connection was refused, if it was.
+    pub last_refusal: Option<String>,
 }
 
 /// What `show high-availability all` shows besides the core's status.
@@ -132,6 +149,9 @@ pub struct ShellView {
     pub lease_ms: u64,
     pub passive_link_state: &'static str,
     pub encryption: &'static str,
+    /// Fingerprints of this node's public key and of the peer's imported one.
+    pub local_key: Option<String>,
+    pub peer_key: Option<String>,
     pub virtual_macs: BTreeMap<String, String>,
     pub links: BTreeMap<&'static str, LinkCounters>,
     pub announcements_sent: u64,
@@ -149,6 +169,7 @@ enum Input {
     Frame { via: Link, frame: Frame },
     Malformed { via: Link },
     WrongSource { via: Link },
+    Refused { via: Link, reason: String },
     Connected(Link),
     Disconnected(Link),
     Operator(OperatorRequest, oneshot::Sender<()>),
@@ -281,6 +302,7 @@ struct Shell {
     /// Outgoing HA1 TCP frames, per link.
     tcp_out: BTreeMap<Link, mpsc::Sender<Vec<u8>>>,
     udp: BTreeMap<Link, (Arc<UdpSocket>, SocketAddr)>,
+    sealer: Option<DatagramSealer>,
     carrier: BTreeMap<Link, bool>,
     /// Peer state in the last heartbeat, to log changes only.
     last_peer_state: Option<hafw_ha::State>,
@@ -322,7 +344,9 @@ impl Shell {
                 } else {
                     "auto"
                 },
-                encryption: "off",
+                encryption: if plan.secure.is_some() { "on" } else { "off" },
+                local_key: plan.secure.as_ref().map(|s| s.local.public().fingerprint()),
+                peer_key: plan.secure.as_ref().map(|s| s.peer.fingerprint()),
                 session_sync: "none",
                 virtual_macs: plan
                     .ports
@@ -334,6 +358,7 @@ impl Shell {
             plan,
             tcp_out: BTreeMap::new(),
             udp: BTreeMap::new(),
+            sealer: None,
             carrier: BTreeMap::new(),
             last_peer_state: None,
             tx,
@@ -381,6 +406,13 @@ impl Shell {
 
     /// Binds the heartbeat sockets and starts the HA1 TCP link tasks.
     async fn open_links(&mut self) -> Result<()> {
+        let group = self.plan.election.group_id;
+        self.sealer = self
+            .plan
+            .secure
+            .as_ref()
+            .map(|k| DatagramSealer::new(&k.local, &k.peer, group));
+        let secure = self.plan.secure.clone().map(|k| Arc::new((k, group)));
         let links: Vec<(Link, LinkPlan)> = self.plan.links().map(|(l, p)| (l, p.clone())).collect();
         for (link, lp) in links {
             let local = lp.local.addr();
@@ -395,7 +427,16 @@ impl Shell {
                     SocketAddr::new(lp.peer, HA1_HEARTBEAT_UDP_PORT),
                 ),
             );
-            tokio::spawn(receive_heartbeats(link, sock, lp.peer, self.tx.clone()));
+            let opener = secure
+                .as_ref()
+                .map(|k| DatagramOpener::new(&k.0.local, &k.0.peer, k.1));
+            tokio::spawn(receive_heartbeats(
+                link,
+                sock,
+                lp.peer,
+                opener,
+                self.tx.clone(),
+            ));
             let counters = LinkCounters {
                 interface: lp.interface.clone(),
                 local: lp.local.to_string(),
@@ -407,7 +448,14 @@ impl Shell {
             if link != Link::HeartbeatBackup {
                 let (out_tx, out_rx) = mpsc::channel(64);
                 self.tcp_out.insert(link, out_tx);
-                tokio::spawn(tcp_link(link, local, lp.peer, out_rx, self.tx.clone()));
+                tokio::spawn(tcp_link(
+                    link,
+                    local,
+                    lp.peer,
+                    secure.clone(),
+                    out_rx,
+                    self.tx.clone(),
+                ));
             }
         }
         self.poll_carrier();
@@ -467,6 +515,11 @@ impl Shell {
             },
             Input::Malformed { via } => self.counters(via).dropped_malformed += 1,
             Input::WrongSource { via } => self.counters(via).dropped_wrong_source += 1,
+            Input::Refused { via, reason } => {
+                let c = self.counters(via);
+                c.refused_unauthenticated += 1;
+                c.last_refusal = Some(reason);
+            }
             Input::Connected(link) => {
                 let c = self.counters(link);
                 c.connected = Some(true);
@@ -533,12 +586,22 @@ impl Shell {
                 }
                 Action::SendHeartbeat(heartbeat) => {
                     self.sequence += 1;
-                    let bytes = Frame::Heartbeat(HeartbeatFrame {
+                    let mut bytes = Frame::Heartbeat(HeartbeatFrame {
                         heartbeat,
                         boot_id: self.boot_id,
                         sequence: self.sequence,
                     })
                     .to_bytes();
+                    if let Some(sealer) = &self.sealer {
+                        // Sealed once for every link: the same frame goes everywhere.
+                        match sealer.seal(&bytes) {
+                            Ok(sealed) => bytes = sealed,
+                            Err(e) => {
+                                warn!("HA: sealing a heartbeat: {e}");
+                                continue;
+                            }
+                        }
+                    }
                     let links: Vec<Link> = self.udp.keys().copied().collect();
                     for link in links {
                         let (sock, peer) = &self.udp[&link];
@@ -664,6 +727,7 @@ async fn receive_heartbeats(
     via: Link,
     sock: Arc<UdpSocket>,
     peer: IpAddr,
+    opener: Option<DatagramOpener>,
     tx: mpsc::UnboundedSender<Input>,
 ) {
     let mut buf = vec![0u8; 2048];
@@ -676,12 +740,22 @@ async fn receive_heartbeats(
                 continue;
             }
         };
+        let plain: Result<Vec<u8>, SecureError> = match &opener {
+            None => Ok(buf[..len].to_vec()),
+            Some(o) => o.open(&buf[..len]),
+        };
         let input = if from.ip() != peer {
             Input::WrongSource { via }
         } else {
-            match Frame::parse(&buf[..len]) {
-                Ok((frame, _)) => Input::Frame { via, frame },
-                Err(_) => Input::Malformed { via },
+            match plain {
+                Err(e) => Input::Refused {
+                    via,
+                    reason: format!("heartbeat from {from}: {e}"),
+                },
+                Ok(plain) => match Frame::parse(&plain) {
+                    Ok((frame, _)) => Input::Frame { via, frame },
+                    Err(_) => Input::Malformed { via },
+                },
             }
         };
         if tx.send(input).is_err() {
@@ -691,11 +765,16 @@ async fn receive_heartbeats(
 }
 
 /// Keeps the HA1 TCP session of one link up: connects (lower address) or accepts the peer
-/// (higher address), reads frames into the shell and writes the shell's frames, forever.
+/// (higher address), authenticates it when encryption is on, reads frames into the shell and
+/// writes the shell's frames, forever.
+///
+/// With encryption every message on the stream is a 2-octet big-endian length followed by a Noise
+/// message: first the two handshake messages, then one sealed HA1 frame each.
 async fn tcp_link(
     via: Link,
     local: IpAddr,
     peer: IpAddr,
+    secure: Option<Arc<(SecureKeys, u8)>>,
     mut out: mpsc::Receiver<Vec<u8>>,
     tx: mpsc::UnboundedSender<Input>,
 ) {
@@ -718,35 +797,77 @@ async fn tcp_link(
             None => connect(local, peer).await,
             Some(l) => accept_peer(l, peer, via, &tx).await,
         };
-        let Some(stream) = stream else {
+        let Some(mut stream) = stream else {
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };
         let _ = stream.set_nodelay(true);
+        let channel = match &secure {
+            None => None,
+            Some(keys) => {
+                let shake = handshake(&mut stream, &keys.0, keys.1, initiator);
+                match tokio::time::timeout(Duration::from_secs(2), shake).await {
+                    Ok(Ok(channel)) => Some(Arc::new(Mutex::new(channel))),
+                    Ok(Err(e)) => {
+                        warn!("{via}: HA1 peer {peer} refused: {e}");
+                        let _ = tx.send(Input::Refused {
+                            via,
+                            reason: format!("HA1 connection with {peer}: {e}"),
+                        });
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        continue;
+                    }
+                    Err(_) => {
+                        debug!("{via}: HA1 handshake with {peer} timed out");
+                        continue;
+                    }
+                }
+            }
+        };
         // Frames queued while disconnected are stale: the connection starts with a fresh hello.
         while out.try_recv().is_ok() {}
         if tx.send(Input::Connected(via)).is_err() {
             return;
         }
-        info!("{via}: HA1 connection to {peer} established");
+        info!(
+            "{via}: HA1 connection to {peer} established{}",
+            if channel.is_some() {
+                " (encrypted, peer authenticated)"
+            } else {
+                ""
+            }
+        );
         let (mut read, mut write) = stream.into_split();
         let reader = async {
             let mut buf = Vec::new();
             loop {
-                let mut header = [0u8; HEADER_LEN];
-                read.read_exact(&mut header).await?;
-                let h = match Header::parse(&header) {
-                    Ok(h) => h,
-                    Err(e) => {
-                        let _ = tx.send(Input::Malformed { via });
-                        return Err(anyhow!("framing lost: {e}"));
+                let frame = match &channel {
+                    Some(channel) => {
+                        let sealed = read_message(&mut read).await?;
+                        let opened = channel.lock().expect("channel lock").open(&sealed);
+                        match opened {
+                            Ok(plain) => plain,
+                            Err(e) => return Err(anyhow!("{e}")),
+                        }
+                    }
+                    None => {
+                        let mut header = [0u8; HEADER_LEN];
+                        read.read_exact(&mut header).await?;
+                        let h = match Header::parse(&header) {
+                            Ok(h) => h,
+                            Err(e) => {
+                                let _ = tx.send(Input::Malformed { via });
+                                return Err(anyhow!("framing lost: {e}"));
+                            }
+                        };
+                        buf.clear();
+                        buf.extend_from_slice(&header);
+                        buf.resize(h.frame_len(), 0);
+                        read.read_exact(&mut buf[HEADER_LEN..]).await?;
+                        std::mem::take(&mut buf)
                     }
                 };
-                buf.clear();
-                buf.extend_from_slice(&header);
-                buf.resize(h.frame_len(), 0);
-                read.read_exact(&mut buf[HEADER_LEN..]).await?;
-                let input = match Frame::parse(&buf) {
+                let input = match Frame::parse(&frame) {
                     Ok((frame, _)) => Input::Frame { via, frame },
                     Err(_) => Input::Malformed { via },
                 };
@@ -757,7 +878,17 @@ async fn tcp_link(
         };
         let writer = async {
             while let Some(bytes) = out.recv().await {
-                write.write_all(&bytes).await?;
+                match &channel {
+                    Some(channel) => {
+                        let sealed = channel
+                            .lock()
+                            .expect("channel lock")
+                            .seal(&bytes)
+                            .map_err(|e| anyhow!("{e}"))?;
+                        write_message(&mut write, &sealed).await?;
+                    }
+                    None => write.write_all(&bytes).await?,
+                }
             }
             Ok::<(), anyhow::Error>(())
         };
@@ -774,6 +905,50 @@ async fn tcp_link(
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// The Noise handshake on a fresh HA1 connection (see [`hafw_ha::secure`]).
+async fn handshake(
+    stream: &mut TcpStream,
+    keys: &SecureKeys,
+    group_id: u8,
+    initiator: bool,
+) -> Result<Channel, SecureError> {
+    let io = |e: std::io::Error| {
+        debug!("HA1 handshake: {e}");
+        SecureError::Malformed("connection closed during the handshake")
+    };
+    if initiator {
+        let (init, first) = Initiator::start(&keys.local, &keys.peer, group_id)?;
+        write_message(stream, &first).await.map_err(io)?;
+        let answer = read_message(stream).await.map_err(io)?;
+        init.finish(&answer)
+    } else {
+        let first = read_message(stream).await.map_err(io)?;
+        let (channel, answer) = Responder::respond(&keys.local, &keys.peer, group_id, &first)?;
+        write_message(stream, &answer).await.map_err(io)?;
+        Ok(channel)
+    }
+}
+
+async fn read_message<R: tokio::io::AsyncRead + Unpin>(read: &mut R) -> std::io::Result<Vec<u8>> {
+    let mut len = [0u8; 2];
+    read.read_exact(&mut len).await?;
+    let mut msg = vec![0u8; usize::from(u16::from_be_bytes(len))];
+    read.read_exact(&mut msg).await?;
+    Ok(msg)
+}
+
+async fn write_message<W: tokio::io::AsyncWrite + Unpin>(
+    write: &mut W,
+    msg: &[u8],
+) -> std::io::Result<()> {
+    let len = u16::try_from(msg.len())
+        .map_err(|_| std::io::Error::other("message longer than 65535 octets"))?;
+    let mut out = Vec::with_capacity(2 + msg.len());
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(msg);
+    write.write_all(&out).await
 }
 
 async fn connect(local: IpAddr, peer: IpAddr) -> Option<TcpStream> {
