@@ -521,3 +521,32 @@ fn encryption_pairs_with_the_imported_key_and_refuses_any_other() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Input: SIGTERM to the active node's controller (a planned restart), with the `recommended`
+/// timers whose failure detection takes 6 s. Output: the peer takes over within a second,
+/// because the stopping node hands the role over (suspends and says so) instead of vanishing.
+#[test]
+fn a_planned_stop_hands_over_at_once() {
+    let recommended =
+        |_: usize, text: String| text.replace("timers = \"fast\"", "timers = \"recommended\"");
+    let pair = Pair::start(&recommended);
+    let t = Instant::now();
+    pair.procs[0]
+        .as_ref()
+        .unwrap()
+        .signal(nix::sys::signal::Signal::SIGTERM)
+        .unwrap();
+    assert!(
+        wait_until(Duration::from_secs(1), Duration::from_millis(5), || {
+            pair.state(1) == "active"
+        }),
+        "{}",
+        pair.logs()
+    );
+    eprintln!("handover after SIGTERM: {:?}", t.elapsed());
+    assert!(
+        pair.connects_within(Duration::from_secs(5)),
+        "{}",
+        pair.logs()
+    );
+}

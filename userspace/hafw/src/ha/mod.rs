@@ -632,15 +632,24 @@ impl Shell {
     }
 
     fn become_active(&mut self) {
+        let started = Instant::now();
         self.active = true;
         self.refresh_lease();
         if let Err(e) = self.dataplane.update(|c| c.role = Role::Active as u32) {
             warn!("HA: setting the dataplane active: {e:#}");
         }
+        let forwarding = started.elapsed();
         if let Err(e) = host::claim(&self.plan.ports, self.plan.shutdown_passive) {
             warn!("HA: claiming virtual MACs and addresses: {e:#}");
         }
+        let claimed = started.elapsed();
         self.announce();
+        info!(
+            "HA: active: dataplane forwarding after {:.2} ms, virtual MACs and addresses after \
+             {:.2} ms, announcements under way",
+            forwarding.as_secs_f64() * 1e3,
+            claimed.as_secs_f64() * 1e3
+        );
     }
 
     fn give_up(&mut self) {

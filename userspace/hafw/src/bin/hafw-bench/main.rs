@@ -41,7 +41,28 @@ fn main() -> Result<()> {
             });
             report("fastpath", &rows, &fwd_rows, ratio)
         }
-        other => bail!("unknown benchmark {other:?} (expected: fastpath)"),
+        "failover" => {
+            let all = ["fast", "aggressive", "recommended"];
+            let profiles: Vec<&'static str> = match std::env::args().skip(2).next() {
+                Some(p) => vec![
+                    all.into_iter()
+                        .find(|a| *a == p)
+                        .context("unknown profile")?,
+                ],
+                None => all.to_vec(),
+            };
+            let rows = failover::measure(&profiles)?;
+            report_failover(&rows, profiles.len() == all.len())
+        }
+        "soak" => {
+            let minutes: f64 = match std::env::args().nth(2) {
+                Some(m) => m.parse().context("soak minutes")?,
+                None => 10.0,
+            };
+            let rows = soak::measure(minutes)?;
+            report_soak(&rows, minutes >= 10.0)
+        }
+        other => bail!("unknown benchmark {other:?} (expected: fastpath, failover, soak)"),
     }
 }
 
@@ -250,7 +271,86 @@ fn report(name: &str, rows: &[Row], fwd: &[forwarding::FwdRow], ratio: f64) -> R
     Ok(())
 }
 
+mod failover;
 mod forwarding;
+mod soak;
+
+/// Prints the soak table; writes bench/results/soak.* only for a run of 10 minutes or more.
+fn report_soak(rows: &[soak::Row], full: bool) -> Result<()> {
+    let mut md = format!(
+        "# soak benchmark\n\nkernel {}, {} CPUs, every CPU kept busy by a spinning thread. An \
+         idle, healthy pair should never change state; each change is a false failover.\n\n\
+         | implementation | failure detection | minutes | state changes | changes seen |\n|---|---|---:|---:|---|\n",
+        kernel_release(),
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0),
+    );
+    for r in rows {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {:.1} | {} | {} |",
+            r.implementation,
+            r.detection,
+            r.minutes,
+            r.state_changes,
+            if r.state_changes == 0 { "-" } else { &r.detail }
+        );
+    }
+    print!("{md}");
+    if !full {
+        println!("\n(shorter than 10 minutes: bench/results/ left as it was)");
+        return Ok(());
+    }
+    let dir = std::path::Path::new("bench/results");
+    std::fs::create_dir_all(dir)?;
+    std::fs::write(dir.join("soak.md"), &md)?;
+    std::fs::write(dir.join("soak.json"), serde_json::to_string_pretty(rows)?)?;
+    println!("\nwritten: bench/results/soak.md, bench/results/soak.json");
+    Ok(())
+}
+
+/// Prints the failover table; writes bench/results/failover.* only for a run of every profile.
+fn report_failover(rows: &[failover::Row], full: bool) -> Result<()> {
+    let mut md = format!(
+        "# failover benchmark\n\nkernel {}, {} CPUs. Client sends sequence-numbered UDP at \
+         1,000 packets/s through the lab pair to an echo on the server; loss window = longest gap \
+         between replies after the fault. {} runs per line.\n\n\
+         | timer profile | fault | median ms | min ms | max ms | runs (ms) |\n|---|---|---:|---:|---:|---|\n",
+        kernel_release(),
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0),
+        rows.first().map(|r| r.windows_ms.len()).unwrap_or(0),
+    );
+    for r in rows {
+        let runs: Vec<String> = r.windows_ms.iter().map(|w| format!("{w:.0}")).collect();
+        let _ = writeln!(
+            md,
+            "| {} | {:?} | {:.1} | {:.1} | {:.1} | {} |",
+            r.profile,
+            r.fault,
+            r.median_ms,
+            r.min_ms,
+            r.max_ms,
+            runs.join(", ")
+        );
+    }
+    print!("{md}");
+    if !full {
+        println!("\n(partial run: bench/results/ left as it was)");
+        return Ok(());
+    }
+    let dir = std::path::Path::new("bench/results");
+    std::fs::create_dir_all(dir)?;
+    std::fs::write(dir.join("failover.md"), &md)?;
+    std::fs::write(
+        dir.join("failover.json"),
+        serde_json::to_string_pretty(rows)?,
+    )?;
+    println!("\nwritten: bench/results/failover.md, bench/results/failover.json");
+    Ok(())
+}
 
 fn kernel_release() -> String {
     nix::sys::utsname::uname()

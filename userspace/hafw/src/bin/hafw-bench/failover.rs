@@ -1,0 +1,267 @@
+//! `failover`: the loss window of a failover through the lab pair. The client sends
+//! sequence-numbered UDP at 1,000 packets/s to an echo on the server through the pair; the
+//! window is the longest gap between two consecutive replies around the fault. Faults: SIGKILL of
+//! the active node's controller, and all of the active node's links cut. Each timer profile, five
+//! runs each, median and range.
+
+use std::{
+    net::UdpSocket,
+    path::{Path, PathBuf},
+    process::Command,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use hafw_lab::{HaPair, LabProcess, in_netns, unique_prefix, wait_until};
+use serde::Serialize;
+
+const RUNS: usize = 5;
+/// UDP echo port on the server (the lab policy allows DNS from clients to servers).
+const ECHO_PORT: u16 = 53;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Fault {
+    ProcessKill,
+    LinkCut,
+}
+
+#[derive(Serialize)]
+pub struct Row {
+    pub profile: &'static str,
+    pub fault: Fault,
+    pub windows_ms: Vec<f64>,
+    pub median_ms: f64,
+    pub min_ms: f64,
+    pub max_ms: f64,
+}
+
+struct Lab {
+    topo: HaPair,
+    instances: [String; 2],
+    dir: PathBuf,
+    procs: [Option<LabProcess>; 2],
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        self.procs = [None, None];
+        for i in &self.instances {
+            let _ = std::fs::remove_dir_all(format!("/sys/fs/bpf/hafw/{i}"));
+            let _ = std::fs::remove_dir_all(format!("/run/hafw/{i}"));
+            let _ = std::fs::remove_file(format!("/run/hafw/{i}.sock"));
+        }
+        let _ = std::fs::remove_dir_all(format!("/sys/fs/bpf/hafw-lab/{}", self.topo.prefix));
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn state(hafw: &Path, instance: &str) -> String {
+    Command::new(hafw)
+        .args([
+            "--instance",
+            instance,
+            "--json",
+            "show",
+            "high-availability",
+            "all",
+        ])
+        .output()
+        .ok()
+        .and_then(|o| serde_json::from_slice::<serde_json::Value>(&o.stdout).ok())
+        .and_then(|v| v["status"]["local"]["state"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| "down".into())
+}
+
+impl Lab {
+    fn start(hafw: &Path, profile: &str) -> Result<Lab> {
+        let prefix = unique_prefix();
+        let topo = HaPair::up(&prefix)?;
+        for (ns, ifname) in topo.xdp_peer_ends() {
+            let pin = format!("/sys/fs/bpf/hafw-lab/{prefix}/{}-{ifname}", ns.name);
+            ns.exec_ok(&[
+                hafw.to_str().unwrap_or_default(),
+                "xdp-pass",
+                "--iface",
+                &ifname,
+                "--pin",
+                &pin,
+            ])?;
+        }
+        let dir = std::env::temp_dir().join(&prefix);
+        std::fs::create_dir_all(&dir)?;
+        let instances = [format!("{prefix}-1"), format!("{prefix}-2")];
+        let mut lab = Lab {
+            topo,
+            instances,
+            dir,
+            procs: [None, None],
+        };
+        for i in 0..2 {
+            let config = lab.dir.join(format!("fw{}.toml", i + 1));
+            let text = hafw_config::Config::ha_example_text(i, &lab.instances[i])
+                .replace("timers = \"fast\"", &format!("timers = \"{profile}\""));
+            std::fs::write(&config, text)?;
+            lab.procs[i] = Some(lab.topo.fw[i].spawn(
+                &[
+                    hafw.to_str().unwrap_or_default(),
+                    "run",
+                    "--config",
+                    config.to_str().unwrap_or_default(),
+                ],
+                &lab.dir.join(format!("fw{}.log", i + 1)),
+            )?);
+        }
+        // The recommended profile waits up to 12 s at boot for a peer.
+        let elected = wait_until(Duration::from_secs(30), Duration::from_millis(50), || {
+            state(hafw, &lab.instances[0]) == "active"
+                && state(hafw, &lab.instances[1]) == "passive"
+        });
+        if !elected {
+            bail!(
+                "the pair did not elect fw1 active; logs in {}",
+                lab.dir.display()
+            );
+        }
+        Ok(lab)
+    }
+}
+
+/// Sends at 1 kpps from the client and records when each reply arrives, until `stop`.
+fn traffic(lab: &Lab, stop: Arc<AtomicBool>) -> Result<Arc<Mutex<Vec<Instant>>>> {
+    let server = in_netns(&lab.topo.server.name, || {
+        UdpSocket::bind((HaPair::SERVER_IP, ECHO_PORT))
+    })??;
+    server.set_read_timeout(Some(Duration::from_millis(50)))?;
+    let s = stop.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 64];
+        while !s.load(Ordering::Relaxed) {
+            if let Ok((n, from)) = server.recv_from(&mut buf) {
+                let _ = server.send_to(&buf[..n], from);
+            }
+        }
+    });
+    let client = in_netns(&lab.topo.client.name, || {
+        UdpSocket::bind((HaPair::CLIENT_IP, 0))
+    })??;
+    client.connect((HaPair::SERVER_IP, ECHO_PORT))?;
+    client.set_read_timeout(Some(Duration::from_millis(50)))?;
+    let receiver = client.try_clone()?;
+    let replies = Arc::new(Mutex::new(Vec::with_capacity(64 * 1024)));
+    let r = replies.clone();
+    let s = stop.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 64];
+        while !s.load(Ordering::Relaxed) {
+            if receiver.recv(&mut buf).is_ok()
+                && let Ok(mut r) = r.lock()
+            {
+                r.push(Instant::now());
+            }
+        }
+    });
+    std::thread::spawn(move || {
+        let start = Instant::now();
+        let mut seq: u64 = 0;
+        while !stop.load(Ordering::Relaxed) {
+            let _ = client.send(&seq.to_be_bytes());
+            seq += 1;
+            // Deadline-based pacing: 1,000 packets per second on average even if a sleep overruns.
+            let next = start + Duration::from_millis(seq);
+            if let Some(wait) = next.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+        }
+    });
+    Ok(replies)
+}
+
+fn one_run(hafw: &Path, profile: &str, fault: Fault) -> Result<f64> {
+    let mut lab = Lab::start(hafw, profile)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let replies = traffic(&lab, stop.clone())?;
+    // Warm up: sessions exist and replies flow before the fault.
+    let flowing = wait_until(Duration::from_secs(5), Duration::from_millis(20), || {
+        replies.lock().map(|r| r.len() > 200).unwrap_or(false)
+    });
+    if !flowing {
+        stop.store(true, Ordering::Relaxed);
+        bail!("no UDP replies through the pair before the fault");
+    }
+    let fault_at = Instant::now();
+    match fault {
+        Fault::ProcessKill => {
+            if let Some(p) = &lab.procs[0] {
+                p.signal(nix::sys::signal::Signal::SIGKILL)?;
+            }
+        }
+        Fault::LinkCut => {
+            for l in HaPair::FW_LINKS {
+                lab.topo.fw[0].exec_ok(&["ip", "link", "set", l, "down"])?;
+            }
+        }
+    }
+    // The dead node's dataplane keeps forwarding until its lease lapses, so replies alone do not
+    // say the failover is over: wait for the peer to take over, then for replies through it.
+    let took_over = wait_until(Duration::from_secs(30), Duration::from_millis(5), || {
+        state(hafw, &lab.instances[1]) == "active"
+    });
+    let takeover_at = Instant::now();
+    let resumed = took_over
+        && wait_until(Duration::from_secs(10), Duration::from_millis(20), || {
+            replies
+                .lock()
+                .map(|r| r.iter().filter(|t| **t > takeover_at).count() > 300)
+                .unwrap_or(false)
+        });
+    stop.store(true, Ordering::Relaxed);
+    std::thread::sleep(Duration::from_millis(100));
+    if !resumed {
+        bail!("traffic did not resume after the {fault:?}");
+    }
+    let r = replies.lock().map_err(|_| anyhow::anyhow!("lock"))?;
+    let window = r
+        .windows(2)
+        .filter(|w| w[1] > fault_at)
+        .map(|w| w[1].duration_since(w[0]))
+        .max()
+        .unwrap_or_default();
+    drop(r);
+    let _ = lab.procs[0].take();
+    Ok(window.as_secs_f64() * 1e3)
+}
+
+pub fn measure(profiles: &[&'static str]) -> Result<Vec<Row>> {
+    let hafw = std::env::current_exe()?
+        .parent()
+        .context("bench binary directory")?
+        .join("hafw");
+    let mut rows = Vec::new();
+    for &profile in profiles {
+        for fault in [Fault::ProcessKill, Fault::LinkCut] {
+            let mut windows = Vec::new();
+            for run in 0..RUNS {
+                let w = one_run(&hafw, profile, fault)
+                    .with_context(|| format!("{profile} {fault:?} run {run}"))?;
+                eprintln!("failover {profile} {fault:?} run {run}: {w:.1} ms");
+                windows.push(w);
+            }
+            let mut sorted = windows.clone();
+            sorted.sort_by(f64::total_cmp);
+            rows.push(Row {
+                profile,
+                fault,
+                median_ms: sorted[RUNS / 2],
+                min_ms: sorted[0],
+                max_ms: sorted[RUNS - 1],
+                windows_ms: windows,
+            });
+        }
+    }
+    Ok(rows)
+}

@@ -1,0 +1,236 @@
+//! `soak`: false failovers of an idle, healthy pair while both CPUs are kept busy by an unrelated
+//! load, hafw against keepalived (VRRPv3) at the same failure-detection time, side by side in one
+//! run. Scheduling stalls are the classic cause of split brain in VRRP pairs: a healthy pair should
+//! never change state here.
+//!
+//! - hafw: the lab pair on the `fast` profile (10 ms heartbeats, peer dead after 30 ms).
+//! - keepalived: two VRRPv3 routers on the same lab topology, `advert_int 0.01` (master down after
+//!   3 adverts plus skew, about 34 ms), one floating IP on the client side.
+//! - Load: one spinning thread per CPU in this process (nice 0), started after both pairs settle.
+//!
+//! A false failover is any state change after the start: `HA state` log lines for hafw, `Entering
+//! ... STATE` log lines for keepalived.
+
+use std::{
+    path::PathBuf,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{Result, bail};
+use hafw_lab::{HaPair, LabProcess, unique_prefix, wait_until};
+use serde::Serialize;
+
+#[derive(Serialize)]
+pub struct Row {
+    pub implementation: &'static str,
+    pub detection: &'static str,
+    pub minutes: f64,
+    pub state_changes: usize,
+    pub detail: String,
+}
+
+struct Side {
+    topo: HaPair,
+    dir: PathBuf,
+    instances: [String; 2],
+    procs: Vec<LabProcess>,
+    logs: [PathBuf; 2],
+}
+
+impl Drop for Side {
+    fn drop(&mut self) {
+        self.procs.clear();
+        for i in &self.instances {
+            let _ = std::fs::remove_dir_all(format!("/sys/fs/bpf/hafw/{i}"));
+            let _ = std::fs::remove_dir_all(format!("/run/hafw/{i}"));
+            let _ = std::fs::remove_file(format!("/run/hafw/{i}.sock"));
+        }
+        let _ = std::fs::remove_dir_all(format!("/sys/fs/bpf/hafw-lab/{}", self.topo.prefix));
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn count(path: &PathBuf, needle: &str) -> usize {
+    std::fs::read_to_string(path)
+        .map(|t| t.matches(needle).count())
+        .unwrap_or(0)
+}
+
+/// The state-change lines of both logs, for the report (the logs go with the namespaces).
+fn changes(side: &Side, needle: &str) -> String {
+    side.logs
+        .iter()
+        .enumerate()
+        .flat_map(|(i, p)| {
+            std::fs::read_to_string(p)
+                .unwrap_or_default()
+                .lines()
+                .filter(|l| l.contains(needle))
+                .map(|l| format!("fw{}: {}", i + 1, l.trim()))
+                .collect::<Vec<_>>()
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+fn hafw_side(hafw: &str) -> Result<Side> {
+    let prefix = unique_prefix();
+    let topo = HaPair::up(&prefix)?;
+    for (ns, ifname) in topo.xdp_peer_ends() {
+        let pin = format!("/sys/fs/bpf/hafw-lab/{prefix}/{}-{ifname}", ns.name);
+        ns.exec_ok(&[hafw, "xdp-pass", "--iface", &ifname, "--pin", &pin])?;
+    }
+    let dir = std::env::temp_dir().join(&prefix);
+    std::fs::create_dir_all(&dir)?;
+    let instances = [format!("{prefix}-1"), format!("{prefix}-2")];
+    let logs = [dir.join("fw1.log"), dir.join("fw2.log")];
+    let mut procs = Vec::new();
+    for i in 0..2 {
+        let config = dir.join(format!("fw{}.toml", i + 1));
+        std::fs::write(
+            &config,
+            hafw_config::Config::ha_example_text(i, &instances[i]),
+        )?;
+        procs.push(topo.fw[i].spawn(
+            &[hafw, "run", "--config", config.to_str().unwrap_or_default()],
+            &logs[i],
+        )?);
+    }
+    Ok(Side {
+        topo,
+        dir,
+        instances,
+        procs,
+        logs,
+    })
+}
+
+fn keepalived_side() -> Result<Side> {
+    let prefix = unique_prefix();
+    let topo = HaPair::up(&prefix)?;
+    let dir = std::env::temp_dir().join(&prefix);
+    std::fs::create_dir_all(&dir)?;
+    let logs = [dir.join("fw1.log"), dir.join("fw2.log")];
+    let mut procs = Vec::new();
+    for i in 0..2 {
+        // keepalived: the higher priority wins (fw1, as in the hafw pair).
+        let conf = format!(
+            "global_defs {{\n  router_id fw{n}\n  vrrp_version 3\n  vrrp_garp_master_repeat 3\n}}\n\
+             vrrp_instance lab {{\n  state BACKUP\n  interface eth1\n  virtual_router_id 51\n  \
+             priority {prio}\n  advert_int 0.01\n  virtual_ipaddress {{\n    198.18.1.1/24\n  }}\n}}\n",
+            n = i + 1,
+            prio = [200, 100][i]
+        );
+        let path = dir.join(format!("keepalived-fw{}.conf", i + 1));
+        std::fs::write(&path, conf)?;
+        let pid = |what: &str| {
+            dir.join(format!("{what}-fw{}.pid", i + 1))
+                .to_string_lossy()
+                .into_owned()
+        };
+        procs.push(topo.fw[i].spawn(
+            &[
+                "keepalived",
+                "-n",
+                "-l",
+                "-D",
+                "-P",
+                "-f",
+                path.to_str().unwrap_or_default(),
+                "-p",
+                &pid("keepalived"),
+                "-r",
+                &pid("vrrp"),
+                "-c",
+                &pid("checkers"),
+            ],
+            &logs[i],
+        )?);
+    }
+    Ok(Side {
+        topo,
+        dir,
+        instances: [String::new(), String::new()],
+        procs,
+        logs,
+    })
+}
+
+pub fn measure(minutes: f64) -> Result<Vec<Row>> {
+    let hafw = std::env::current_exe()?
+        .parent()
+        .map(|d| d.join("hafw").to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let h = hafw_side(&hafw)?;
+    let k = keepalived_side()?;
+    let hafw_changes = |s: &Side| count(&s.logs[0], "HA state ") + count(&s.logs[1], "HA state ");
+    let ka_changes = |s: &Side| count(&s.logs[0], "Entering ") + count(&s.logs[1], "Entering ");
+    // Settle: each pair elected, one master/active each.
+    let settled = wait_until(Duration::from_secs(30), Duration::from_millis(100), || {
+        count(&h.logs[0], "-> active") == 1
+            && count(&h.logs[1], "-> passive") == 1
+            && count(&k.logs[0], "Entering MASTER STATE") == 1
+    });
+    if !settled {
+        bail!(
+            "pairs did not settle: hafw {}, {}; keepalived {}, {}",
+            h.logs[0].display(),
+            h.logs[1].display(),
+            k.logs[0].display(),
+            k.logs[1].display()
+        );
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let (h0, k0) = (hafw_changes(&h), ka_changes(&k));
+    let stop = Arc::new(AtomicBool::new(false));
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2);
+    let spinners: Vec<_> = (0..cpus)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut x = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+                }
+            })
+        })
+        .collect();
+    let start = Instant::now();
+    let total = Duration::from_secs_f64(minutes * 60.0);
+    while start.elapsed() < total {
+        std::thread::sleep(Duration::from_secs(10));
+        eprintln!(
+            "soak {:.0} s: hafw state changes {}, keepalived {}",
+            start.elapsed().as_secs_f64(),
+            hafw_changes(&h) - h0,
+            ka_changes(&k) - k0
+        );
+    }
+    stop.store(true, Ordering::Relaxed);
+    for s in spinners {
+        let _ = s.join();
+    }
+    let minutes = start.elapsed().as_secs_f64() / 60.0;
+    Ok(vec![
+        Row {
+            implementation: "hafw (SCHED_FIFO HA thread)",
+            detection: "fast: 10 ms heartbeats, dead after 30 ms",
+            minutes,
+            state_changes: hafw_changes(&h) - h0,
+            detail: changes(&h, "HA state "),
+        },
+        Row {
+            implementation: "keepalived 2.2 VRRPv3",
+            detection: "advert_int 0.01: master down after ~34 ms",
+            minutes,
+            state_changes: ka_changes(&k) - k0,
+            detail: changes(&k, "Entering "),
+        },
+    ])
+}
