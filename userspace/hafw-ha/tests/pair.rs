@@ -816,7 +816,7 @@ fn status_snapshot_and_bounded_history() {
     assert_eq!(status.peer.state, PeerState::Passive);
     assert_eq!(status.peer.pairing, Pairing::Paired);
     assert_eq!(status.timer_profile, "advanced");
-    assert_eq!(status.timers.heartbeat_interval, ms(10));
+    assert_eq!(status.timers.heartbeat_interval, ms(5));
     assert_eq!(status.as_of, pair.now);
     let links: Vec<_> = status.links.iter().map(|l| (l.link, l.state)).collect();
     use hafw_ha::LinkState::*;

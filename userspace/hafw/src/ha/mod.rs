@@ -646,9 +646,10 @@ impl Shell {
         self.announce();
         info!(
             "HA: active: dataplane forwarding after {:.2} ms, virtual MACs and addresses after \
-             {:.2} ms, announcements under way",
+             {:.2} ms, first announcements after {:.2} ms",
             forwarding.as_secs_f64() * 1e3,
-            claimed.as_secs_f64() * 1e3
+            claimed.as_secs_f64() * 1e3,
+            started.elapsed().as_secs_f64() * 1e3
         );
     }
 
@@ -668,15 +669,21 @@ impl Shell {
         }
     }
 
-    /// Sends the announcement rounds on every port, off the HA thread's critical path.
+    /// Sends the first announcement round on every port at once, on this thread (switches must
+    /// learn the virtual MACs' new place before anything else), and the later rounds from a
+    /// helper thread.
     fn announce(&mut self) {
         let ports = self.plan.ports.clone();
-        let rounds = host::ANNOUNCE_DELAYS.len() as u64;
-        self.shell_view.announcements_sent +=
-            rounds * ports.iter().map(|p| p.addresses.len() as u64).sum::<u64>();
+        let per_round: u64 = ports.iter().map(|p| p.addresses.len() as u64).sum();
+        self.shell_view.announcements_sent += per_round * host::ANNOUNCE_DELAYS.len() as u64;
+        for p in &ports {
+            if let Err(e) = host::announce(p) {
+                warn!("HA: announcing on {}: {e:#}", p.name);
+            }
+        }
         std::thread::spawn(move || {
             let mut waited = Duration::ZERO;
-            for delay in host::ANNOUNCE_DELAYS {
+            for delay in host::ANNOUNCE_DELAYS.into_iter().skip(1) {
                 std::thread::sleep(delay.saturating_sub(waited));
                 waited = delay;
                 for p in &ports {
