@@ -9,6 +9,7 @@
 
 pub mod config;
 pub mod counters;
+pub mod ha2;
 pub mod policy;
 pub mod session;
 

@@ -1,6 +1,8 @@
 //! hafw XDP programs.
 //!
 //! - `hafw_fw`: the stateful firewall fast path on data ports (see [`fastpath`]).
+//! - `hafw_ha2`: on the HA2 interface, writes the peer's session sync into the session map (see
+//!   [`ha2`]).
 //! - `hafw_pass`: passes everything; attached to the far end of a veth that `hafw_fw` redirects
 //!   into, because XDP_REDIRECT into a veth delivers nothing unless its peer runs XDP.
 //!
@@ -12,6 +14,7 @@
 mod counters;
 mod fastpath;
 mod forward;
+mod ha2;
 mod maps;
 mod parse;
 mod policy;
@@ -22,6 +25,11 @@ use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 #[xdp]
 pub fn hafw_fw(ctx: XdpContext) -> u32 {
     fastpath::run(&ctx)
+}
+
+#[xdp]
+pub fn hafw_ha2(ctx: XdpContext) -> u32 {
+    ha2::run(&ctx)
 }
 
 #[xdp]

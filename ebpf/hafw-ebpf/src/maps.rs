@@ -10,6 +10,7 @@ use aya_ebpf::{
 use hafw_common::{
     config::DataplaneConfig,
     counters::Counters,
+    ha2::{Ha2Config, Ha2Counters, Ha2State},
     policy::{
         IfaceInfo, IfaceKey, MAX_POLICY_PREFIXES, MAX_RULES, MAX_SERVICE_CLASSES, MAX_ZONES,
         POLICY_SLOTS, PORTS, PROTO_CLASSES, PolicyAddrKey, PolicyInfo, RuleAction, RuleBitmap,
@@ -74,3 +75,15 @@ pub static SERVICE_BITMAPS: Array<RuleBitmap, { (POLICY_SLOTS * MAX_SERVICE_CLAS
 /// Rule id and action per (slot, rule index).
 #[btf_map]
 pub static RULES: Array<RuleAction, { (POLICY_SLOTS * MAX_RULES) as usize }> = Array::new();
+
+/// HA2 ingest configuration (`hafw_common::ha2::Ha2Config`), written by the controller.
+#[btf_map]
+pub static HA2_CONFIG: Array<Ha2Config, 1> = Array::new();
+
+/// HA2 sequence tracking of the current sender epoch, read by the controller to detect gaps.
+#[btf_map]
+pub static HA2_STATE: Array<Ha2State, 1> = Array::new();
+
+/// HA2 ingest counters, per CPU; userspace sums them.
+#[btf_map]
+pub static HA2_COUNTERS: PerCpuArray<Ha2Counters, 1> = PerCpuArray::new();

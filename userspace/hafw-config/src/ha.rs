@@ -133,6 +133,10 @@ impl HaLink {
 #[serde(deny_unknown_fields)]
 pub struct Ha2Link {
     pub interface: String,
+    /// Session synchronization over this link (PAN-OS "Enable Session Synchronization"). Off,
+    /// a failover keeps the pair working but established sessions do not survive it.
+    #[serde(default = "yes")]
+    pub session_sync: bool,
     #[serde(default = "ethernet")]
     pub transport: Ha2Transport,
     #[serde(default)]

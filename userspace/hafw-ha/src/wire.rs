@@ -49,7 +49,8 @@
 //! The sequence counts every frame a sender boot emits, hellos and heartbeats alike. A heartbeat
 //! that waited in a neighbour queue while the peer's address was unresolved arrives seconds late
 //! and describes a state its sender has left; the receiver recognises it because its sequence is
-//! far below the one of the latest hello (which TCP delivers fresh) and drops it.
+//! below the newest frame it heard (a hello, which TCP delivers fresh, or a heartbeat on another
+//! link) and drops it.
 
 use thiserror::Error;
 

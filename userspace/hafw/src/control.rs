@@ -30,6 +30,8 @@ pub enum Request {
     },
     /// `show high-availability all`.
     ShowHighAvailability,
+    /// `show high-availability state-synchronization`.
+    ShowStateSync,
     /// `request high-availability state suspend|functional`.
     RequestHighAvailabilityState {
         functional: bool,

@@ -11,6 +11,7 @@ use std::{
 use anyhow::{Context as _, Result, anyhow, bail};
 use hafw_common::{
     config::{CONFIG_F_SESSION_EVENTS, DataplaneConfig, Role},
+    ha2::Ha2Config,
     session::{EVENT_CLOSED, EVENT_CREATED, EVENT_STATE_CHANGED, SessionEvent},
 };
 use hafw_config::{CompiledPolicy, Config};
@@ -26,8 +27,8 @@ use crate::{
     aging::{self, Timeouts},
     control::{Request, Response, socket_path},
     dataplane::{AttachMode, Dataplane, LoadOptions, ifindex, pin_dir},
-    ha::{self, HaHandle, OperatorRequest},
-    view,
+    ha::{self, HaHandle, OperatorRequest, SyncCommand},
+    sync, view,
 };
 
 /// How often the session table is swept for expired sessions.
@@ -50,6 +51,30 @@ struct Node {
     ifindexes: BTreeMap<String, u32>,
     events: EventCounters,
     aged_out: u64,
+    sync: SyncState,
+}
+
+/// HA2 session sync as the controller runs it.
+#[derive(Default)]
+struct SyncState {
+    plan: Option<Ha2Plan>,
+    /// Open while this node is the active one sending to a passive peer.
+    sender: Option<sync::Sender>,
+    receiving: bool,
+    /// Sent totals survive the sender (it is reopened for each peer).
+    sent: sync::SyncStats,
+}
+
+/// The HA2 link from the config.
+#[derive(Clone, Debug)]
+struct Ha2Plan {
+    interface: String,
+    transport: hafw_ha::Ha2Transport,
+    local: Option<std::net::IpAddr>,
+    peer: Option<std::net::IpAddr>,
+    group_id: u8,
+    node_id: u64,
+    keepalive: Duration,
 }
 
 type Shared = Arc<Mutex<Node>>;
@@ -97,8 +122,19 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
         }
     }
 
+    let ha2 = ha2_plan(&config);
+    let (sync_tx, sync_rx) = tokio::sync::mpsc::unbounded_channel();
+    if let Some(p) = &ha2 {
+        dp.attach_ha2(&p.interface)?;
+        dp.set_ha2(Ha2Config::default())?;
+    }
     let ha = match ha_plan {
-        Some(plan) => Some(ha::spawn(plan, dp.config_handle())?),
+        Some(mut plan) => {
+            if ha2.is_some() {
+                plan.sync = Some(sync_tx);
+            }
+            Some(ha::spawn(plan, dp.config_handle())?)
+        }
         None => {
             claim_standalone_addresses(&config)?;
             None
@@ -114,7 +150,12 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
         ifindexes,
         events: EventCounters::default(),
         aged_out: 0,
+        sync: SyncState {
+            plan: ha2,
+            ..Default::default()
+        },
     }));
+    tokio::spawn(run_sync(node.clone(), sync_rx));
 
     let sock = socket_path(&instance);
     if let Some(dir) = sock.parent() {
@@ -168,6 +209,11 @@ async fn age_sessions(node: Shared) {
         // Map iteration is a syscall per entry: keep it off the async workers.
         let res = tokio::task::spawn_blocking(move || -> Result<u64> {
             let mut n = node.lock().map_err(|_| anyhow!("node lock poisoned"))?;
+            // A passive node never ages synced sessions on its own: the active peer syncs their
+            // deletes, and after a takeover they age here from their synced age.
+            if n.dp.config().role == Role::Passive as u32 {
+                return Ok(0);
+            }
             let t = Timeouts::from(&n.running.timeouts);
             let now = aging::monotonic_now_ns();
             let expired: Vec<_> =
@@ -211,6 +257,7 @@ async fn drain_events(node: Shared, ring: aya::maps::RingBuf<aya::maps::MapData>
         };
         let ring = guard.get_inner_mut();
         let mut counts = EventCounters::default();
+        let mut batch = Vec::new();
         while let Some(item) = ring.next() {
             if item.len() < std::mem::size_of::<SessionEvent>() {
                 continue;
@@ -223,12 +270,24 @@ async fn drain_events(node: Shared, ring: aya::maps::RingBuf<aya::maps::MapData>
                 EVENT_CLOSED => counts.closed += 1,
                 _ => {}
             }
+            batch.push(ev);
         }
         guard.clear_ready();
         if let Ok(mut n) = node.lock() {
             n.events.created += counts.created;
             n.events.state_changed += counts.state_changed;
             n.events.closed += counts.closed;
+            if let Some(sender) = n.sync.sender.as_mut() {
+                let now = aging::monotonic_now_ns();
+                for ev in &batch {
+                    if ev.kind == EVENT_CLOSED {
+                        sender.delete(ev.key);
+                    } else {
+                        sender.update(sync::record(&ev.key, &ev.value, now));
+                    }
+                }
+                sender.flush();
+            }
         }
     }
 }
@@ -380,6 +439,7 @@ fn handle(node: &Shared, req: Request) -> Result<serde_json::Value> {
             n.config_path = path;
             serde_json::json!({ "result": "OK", "policy_slot": slot, "rules": n.running.rules.len() })
         }
+        Request::ShowStateSync => state_sync_view(&n)?,
         Request::ShowHighAvailability | Request::RequestHighAvailabilityState { .. } => {
             bail!("HA requests are served by the HA shell")
         }
@@ -439,6 +499,7 @@ fn ha_plan(config: &Config, compiled: &CompiledPolicy) -> Result<Option<ha::HaPl
         ports,
         shutdown_passive: settings.passive_link_state == hafw_config::PassiveLinkState::Shutdown,
         secure,
+        sync: None,
     }))
 }
 
@@ -486,4 +547,164 @@ fn claim_standalone_addresses(config: &Config) -> Result<()> {
         })
         .collect::<Result<_>>()?;
     ha::host::claim(&ports, false)
+}
+
+/// The HA2 link of the config, when HA and session sync are on.
+fn ha2_plan(config: &Config) -> Option<Ha2Plan> {
+    let ha = config.high_availability.as_ref().filter(|h| h.enabled)?;
+    let link = ha.ha2.as_ref()?.get_ref();
+    if !link.session_sync {
+        info!("HA2 session sync is off: established sessions will not survive a failover");
+        return None;
+    }
+    Some(Ha2Plan {
+        interface: link.interface.clone(),
+        transport: link.transport,
+        local: link
+            .address
+            .as_ref()
+            .and_then(|a| a.parse::<ipnet::IpNet>().ok())
+            .map(|n| n.addr()),
+        peer: link.peer.as_ref().and_then(|p| p.parse().ok()),
+        group_id: *ha.group_id.get_ref() as u8,
+        node_id: ha.node_id(),
+        keepalive: Duration::from_millis(link.keepalive_interval_ms),
+    })
+}
+
+/// Carries out the election's HA2 hooks and sends keep-alives while sending.
+async fn run_sync(node: Shared, mut commands: tokio::sync::mpsc::UnboundedReceiver<SyncCommand>) {
+    let keepalive = node
+        .lock()
+        .ok()
+        .and_then(|n| n.sync.plan.as_ref().map(|p| p.keepalive))
+        .unwrap_or(Duration::from_secs(1));
+    let mut tick = tokio::time::interval(keepalive);
+    loop {
+        tokio::select! {
+            command = commands.recv() => {
+                let Some(command) = command else { return };
+                let node = node.clone();
+                let res = tokio::task::spawn_blocking(move || sync_command(&node, command)).await;
+                match res {
+                    Ok(Err(e)) => error!("HA2 session sync: {e:#}"),
+                    Err(e) => error!("HA2 session sync task: {e}"),
+                    Ok(Ok(())) => {}
+                }
+            }
+            _ = tick.tick() => {
+                if let Ok(mut n) = node.lock()
+                    && let Some(sender) = n.sync.sender.as_mut()
+                {
+                    sender.keepalive();
+                }
+            }
+        }
+    }
+}
+
+fn sync_command(node: &Shared, command: SyncCommand) -> Result<()> {
+    let mut n = node.lock().map_err(|_| anyhow!("node lock poisoned"))?;
+    let Some(plan) = n.sync.plan.clone() else {
+        return Ok(());
+    };
+    match command {
+        SyncCommand::Send => {
+            n.dp.set_ha2(Ha2Config::default())?;
+            n.sync.receiving = false;
+            let writer = sync::MessageWriter::new(plan.group_id, plan.node_id as u32);
+            let mut sender = sync::Sender::open(
+                &plan.interface,
+                plan.transport,
+                plan.local,
+                plan.peer,
+                writer,
+            )?;
+            let sessions = n.dp.sessions()?;
+            sender.bulk(&sessions, aging::monotonic_now_ns());
+            info!(
+                "HA2: bulk sync of {} sessions sent to the peer in {:.1} ms; streaming changes",
+                sessions.len(),
+                sender.stats.last_bulk_sent_ms.unwrap_or(0.0)
+            );
+            if let Some(old) = n.sync.sender.replace(sender) {
+                add_stats(&mut n.sync.sent, &old.stats);
+            }
+        }
+        SyncCommand::Receive { peer_node_id } => {
+            if let Some(old) = n.sync.sender.take() {
+                add_stats(&mut n.sync.sent, &old.stats);
+            }
+            n.dp.set_ha2(Ha2Config {
+                receiving: 1,
+                peer: peer_node_id as u32,
+                group_id: plan.group_id,
+                _pad: [0; 7],
+            })?;
+            n.sync.receiving = true;
+            info!("HA2: receiving session sync from the peer");
+        }
+        SyncCommand::Stop => {
+            if let Some(old) = n.sync.sender.take() {
+                add_stats(&mut n.sync.sent, &old.stats);
+            }
+            n.dp.set_ha2(Ha2Config::default())?;
+            n.sync.receiving = false;
+        }
+    }
+    Ok(())
+}
+
+fn add_stats(total: &mut sync::SyncStats, s: &sync::SyncStats) {
+    total.messages_sent += s.messages_sent;
+    total.session_updates_sent += s.session_updates_sent;
+    total.session_deletes_sent += s.session_deletes_sent;
+    total.bulk_syncs_sent += s.bulk_syncs_sent;
+    total.keepalives_sent += s.keepalives_sent;
+    total.send_errors += s.send_errors;
+    total.last_bulk_sent_ms = s.last_bulk_sent_ms.or(total.last_bulk_sent_ms);
+    total.last_bulk_sent_sessions = s.last_bulk_sent_sessions.or(total.last_bulk_sent_sessions);
+}
+
+/// `show high-availability state-synchronization`.
+fn state_sync_view(n: &Node) -> Result<serde_json::Value> {
+    let Some(plan) = &n.sync.plan else {
+        bail!("HA2 session sync is not configured on this node");
+    };
+    let mut sent = n.sync.sent.clone();
+    if let Some(s) = &n.sync.sender {
+        add_stats(&mut sent, &s.stats);
+    }
+    let received = n.dp.ha2_counters()?;
+    let st = n.dp.ha2_state()?;
+    let role = if n.sync.sender.is_some() {
+        "sending"
+    } else if n.sync.receiving {
+        "receiving"
+    } else {
+        "idle"
+    };
+    let status = match (st.bulk_started_ns, st.bulk_ended_ns) {
+        (0, _) if n.sync.receiving => "waiting for bulk sync",
+        (_, 0) if n.sync.receiving => "bulk sync in progress",
+        (s, e) if e >= s && s != 0 => "state sync complete",
+        _ => "-",
+    };
+    let bulk_ms = (st.bulk_ended_ns >= st.bulk_started_ns && st.bulk_started_ns != 0)
+        .then(|| (st.bulk_ended_ns - st.bulk_started_ns) as f64 / 1e6);
+    Ok(serde_json::json!({
+        "interface": plan.interface,
+        "transport": plan.transport.as_str(),
+        "role": role,
+        "status": status,
+        "last_bulk_sync_received_ms": bulk_ms,
+        "sent": sent,
+        "received": received.fields().iter().map(|(k, v)| ((*k).to_owned(), serde_json::Value::from(*v))).collect::<serde_json::Map<_, _>>(),
+        "sequence": {
+            "epoch": st.epoch,
+            "contiguous": st.contiguous,
+            "highest": st.highest,
+            "missing": st.highest.saturating_sub(st.contiguous),
+        },
+    }))
 }

@@ -25,6 +25,7 @@ use hafw_common::{
     LAYOUT_VERSION,
     config::{CONFIG_INDEX, DataplaneConfig},
     counters::Counters,
+    ha2::{Ha2Config, Ha2Counters, Ha2State},
     policy::{
         IfaceInfo, IfaceKey, MAX_ZONES, POLICY_ADDR_HEADER_BITS, PORTS, PROTO_CLASSES,
         PolicyAddrKey, PolicyInfo, RuleAction, RuleBitmap, port_class_index, rule_index,
@@ -42,6 +43,8 @@ pub static XDP_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR
 pub const FAST_PATH_PROGRAM: &str = "hafw_fw";
 /// Name of the pass-through program in the object.
 pub const PASS_PROGRAM: &str = "hafw_pass";
+/// Name of the HA2 ingest program in the object.
+pub const HA2_PROGRAM: &str = "hafw_ha2";
 
 /// Where an instance pins its maps: `/sys/fs/bpf/hafw/<instance>/v<LAYOUT_VERSION>/`.
 pub fn pin_dir(instance: &str) -> PathBuf {
@@ -49,7 +52,12 @@ pub fn pin_dir(instance: &str) -> PathBuf {
 }
 
 /// Maps pinned for operators (`bpftool map dump pinned <dir>/<name>`).
-const PINNED_MAPS: [(&str, &str); 2] = [("COUNTERS", "counters"), ("SESSIONS", "sessions")];
+const PINNED_MAPS: [(&str, &str); 4] = [
+    ("COUNTERS", "counters"),
+    ("SESSIONS", "sessions"),
+    ("HA2_COUNTERS", "ha2_counters"),
+    ("HA2_STATE", "ha2_state"),
+];
 
 /// How long a policy slot must stay idle after it was live before it is rewritten. XDP programs
 /// run to completion in microseconds inside an RCU read section, so a packet that read the old
@@ -139,6 +147,9 @@ pub struct Dataplane {
     service_bitmaps: Array<MapData, RuleBitmap>,
     rules: Array<MapData, RuleAction>,
     events: Option<RingBuf<MapData>>,
+    ha2_config: Array<MapData, Ha2Config>,
+    ha2_state: Array<MapData, Ha2State>,
+    ha2_counters: PerCpuArray<MapData, Ha2Counters>,
     shadows: [SlotShadow; 2],
     links: BTreeMap<String, (PortLink, AttachMode)>,
 }
@@ -171,7 +182,7 @@ impl Dataplane {
         if let Some(dir) = &opts.pin_dir {
             pin_maps(&mut ebpf, dir)?;
         }
-        for name in [FAST_PATH_PROGRAM, PASS_PROGRAM] {
+        for name in [FAST_PATH_PROGRAM, PASS_PROGRAM, HA2_PROGRAM] {
             let prog: &mut Xdp = ebpf
                 .program_mut(name)
                 .ok_or_else(|| anyhow!("program {name} missing from the XDP object"))?
@@ -197,6 +208,9 @@ impl Dataplane {
             service_bitmaps: take!(ebpf, "SERVICE_BITMAPS"),
             rules: take!(ebpf, "RULES"),
             events: Some(take!(ebpf, "SESSION_EVENTS")),
+            ha2_config: take!(ebpf, "HA2_CONFIG"),
+            ha2_state: take!(ebpf, "HA2_STATE"),
+            ha2_counters: take!(ebpf, "HA2_COUNTERS"),
             ebpf,
             shadows: [SlotShadow::default(), SlotShadow::default()],
             links: BTreeMap::new(),
@@ -234,12 +248,27 @@ impl Dataplane {
     /// port to the kernel's unfiltered forwarding. A link pinned by a previous run is taken over
     /// with an atomic program replacement: the port is never without a program.
     pub fn attach(&mut self, ifname: &str) -> Result<AttachMode> {
+        let mode = self.attach_program(FAST_PATH_PROGRAM, ifname)?;
         let ifindex = ifindex(ifname)?;
+        self.register_port(ifindex)
+            .with_context(|| format!("adding {ifname} to the devmap"))?;
+        info!("{ifname} (ifindex {ifindex}): fast path attached, {mode:?} mode");
+        Ok(mode)
+    }
+
+    /// Attaches the HA2 ingest program to the HA2 interface (pinned like the data ports).
+    pub fn attach_ha2(&mut self, ifname: &str) -> Result<AttachMode> {
+        let mode = self.attach_program(HA2_PROGRAM, ifname)?;
+        info!("{ifname}: HA2 ingest attached, {mode:?} mode");
+        Ok(mode)
+    }
+
+    fn attach_program(&mut self, program: &str, ifname: &str) -> Result<AttachMode> {
         let link_pin = self.pin_dir.as_ref().map(|d| d.join("links").join(ifname));
         let prog: &mut Xdp = self
             .ebpf
-            .program_mut(FAST_PATH_PROGRAM)
-            .ok_or_else(|| anyhow!("no program {FAST_PATH_PROGRAM}"))?
+            .program_mut(program)
+            .ok_or_else(|| anyhow!("no program {program}"))?
             .try_into()?;
         let previous = link_pin
             .as_ref()
@@ -282,9 +311,6 @@ impl Dataplane {
             }
             None => PortLink::Owned(link),
         };
-        self.register_port(ifindex)
-            .with_context(|| format!("adding {ifname} to the devmap"))?;
-        info!("{ifname} (ifindex {ifindex}): fast path attached, {mode:?} mode");
         self.links.insert(ifname.to_owned(), (port_link, mode));
         Ok(mode)
     }
@@ -512,6 +538,40 @@ impl Dataplane {
 
     pub fn remove_session(&mut self, key: &SessionKey) -> Result<()> {
         Ok(self.sessions.remove(key)?)
+    }
+
+    /// The HA2 ingest program, for `BPF_PROG_TEST_RUN`.
+    pub fn ha2_program(&self) -> Result<&Xdp> {
+        Ok(self
+            .ebpf
+            .program(HA2_PROGRAM)
+            .ok_or_else(|| anyhow!("no program {HA2_PROGRAM}"))?
+            .try_into()?)
+    }
+
+    /// Whether (and from whom) the HA2 ingest program accepts session sync.
+    pub fn set_ha2(&mut self, cfg: Ha2Config) -> Result<()> {
+        self.ha2_config
+            .set(0, cfg, 0)
+            .context("writing the HA2_CONFIG map")
+    }
+
+    /// The ingest program's sequence tracking.
+    pub fn ha2_state(&self) -> Result<Ha2State> {
+        self.ha2_state.get(&0, 0).context("reading HA2_STATE")
+    }
+
+    /// HA2 ingest counters summed over CPUs.
+    pub fn ha2_counters(&self) -> Result<Ha2Counters> {
+        let per_cpu = self
+            .ha2_counters
+            .get(&0, 0)
+            .context("reading HA2_COUNTERS")?;
+        let mut total = Ha2Counters::default();
+        for c in per_cpu.iter() {
+            total.accumulate(c);
+        }
+        Ok(total)
     }
 
     /// The session event ring buffer (taken once, by the event consumer).

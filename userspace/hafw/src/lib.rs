@@ -5,6 +5,7 @@
 //! - [`view`]: sessions and counters as operators see them (tables and JSON).
 //! - [`control`]: the local control socket's protocol and client.
 //! - [`controller`]: the tokio shell that runs it all (`hafw run`).
+//! - [`sync`]: HA2 session sync, the active node's sender and the passive node's markers.
 //! - [`ha`]: the HA1 shell around the election core: HA1 links, virtual MACs and floating IPs.
 //! - [`testkit`]: BPF_PROG_TEST_RUN fixture shared by the tests and `hafw-bench`.
 pub mod aging;
@@ -12,6 +13,7 @@ pub mod control;
 pub mod controller;
 pub mod dataplane;
 pub mod ha;
+pub mod sync;
 pub mod testkit;
 pub mod view;
 

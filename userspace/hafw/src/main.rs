@@ -90,9 +90,9 @@ enum Show {
     RunningConfig,
     /// `show interface`: attached data ports and their XDP mode.
     Interface,
-    /// `show high-availability all`
+    /// `show high-availability all|state-synchronization`
     HighAvailability {
-        #[arg(value_parser = ["all"])]
+        #[arg(value_parser = ["all", "state-synchronization"])]
         scope: String,
     },
 }
@@ -144,7 +144,8 @@ fn main() -> Result<()> {
                 Show::Counter { .. } => Request::ShowCounters,
                 Show::RunningConfig => Request::ShowRunningConfig,
                 Show::Interface => Request::ShowInterfaces,
-                Show::HighAvailability { .. } => Request::ShowHighAvailability,
+                Show::HighAvailability { scope } if scope == "all" => Request::ShowHighAvailability,
+                Show::HighAvailability { .. } => Request::ShowStateSync,
             };
             let data = request(&target.instance, &req)?;
             if target.json {

@@ -550,3 +550,182 @@ fn a_planned_stop_hands_over_at_once() {
         pair.logs()
     );
 }
+
+/// Opens `n` TCP connections from the client to the echo server through the pair and checks each
+/// echoes once.
+fn open_connections(pair: &Pair, n: usize) -> Vec<TcpStream> {
+    let conns = in_netns(&pair.topo.client.name, move || {
+        (0..n)
+            .map(|_| {
+                TcpStream::connect_timeout(
+                    &"198.18.2.2:80".parse().unwrap(),
+                    Duration::from_secs(2),
+                )
+            })
+            .collect::<std::io::Result<Vec<_>>>()
+    })
+    .unwrap()
+    .expect("connections through the active node");
+    for mut c in &conns {
+        c.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        c.write_all(b"before").unwrap();
+        let mut buf = [0u8; 6];
+        c.read_exact(&mut buf).unwrap();
+    }
+    conns
+}
+
+/// Sends on every connection, waits, then counts the connections whose echo came back.
+fn connections_alive(conns: &[TcpStream], wait: Duration) -> usize {
+    for mut c in conns {
+        let _ = c.write_all(b"after!");
+    }
+    std::thread::sleep(wait);
+    conns
+        .iter()
+        .filter(|c| {
+            let mut c = *c;
+            c.set_read_timeout(Some(Duration::from_millis(1))).unwrap();
+            let mut buf = [0u8; 6];
+            c.read_exact(&mut buf).is_ok() && &buf == b"after!"
+        })
+        .count()
+}
+
+/// Number of sessions fw `i` holds (from `show session all`).
+fn session_count(pair: &Pair, i: usize) -> usize {
+    request(&pair.instances[i], &Request::ShowSessions)
+        .ok()
+        .and_then(|v| v.as_array().map(Vec::len))
+        .unwrap_or(0)
+}
+
+/// Kills the active node's controller and downs its links, as a dead box would.
+fn kill_active(pair: &mut Pair) {
+    pair.procs[0]
+        .as_ref()
+        .unwrap()
+        .signal(nix::sys::signal::Signal::SIGKILL)
+        .unwrap();
+    pair.links_down(0, &HaPair::FW_LINKS);
+    let _ = pair.procs[0].take();
+}
+
+/// Input: 1,000 established TCP connections carrying data, UDP flows and a ping through fw1;
+/// then fw1 dies (SIGKILL and links down). Output: every TCP connection exchanges data again
+/// through fw2, UDP flows and the ping continue. Control: with session sync off the same
+/// connections die (strict TCP on fw2 drops their segments), so the test can fail.
+#[test]
+fn established_sessions_survive_the_failover() {
+    const N: usize = 1000;
+    let mut pair = Pair::start(&unchanged);
+    let udp_echo = in_netns(&pair.topo.server.name, || {
+        std::net::UdpSocket::bind("198.18.2.2:53")
+    })
+    .unwrap()
+    .unwrap();
+    udp_echo
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let stop = pair.stop_echo.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 64];
+        while !stop.load(Ordering::Relaxed) {
+            if let Ok((n, from)) = udp_echo.recv_from(&mut buf) {
+                let _ = udp_echo.send_to(&buf[..n], from);
+            }
+        }
+    });
+    let udp: Vec<std::net::UdpSocket> = in_netns(&pair.topo.client.name, || {
+        (0..10)
+            .map(|_| {
+                let s = std::net::UdpSocket::bind("198.18.1.2:0").unwrap();
+                s.connect("198.18.2.2:53").unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+                s
+            })
+            .collect()
+    })
+    .unwrap();
+    let udp_ok = |socks: &[std::net::UdpSocket]| {
+        socks
+            .iter()
+            .filter(|s| {
+                let mut buf = [0u8; 8];
+                s.send(b"udp").is_ok() && s.recv(&mut buf).is_ok()
+            })
+            .count()
+    };
+    assert_eq!(udp_ok(&udp), 10);
+    let conns = open_connections(&pair, N);
+    let ping = pair
+        .topo
+        .client
+        .command(&["ping", "-i", "0.05", "-w", "8", "198.18.2.2"]);
+    let ping = std::thread::spawn(move || {
+        let mut ping = ping;
+        ping.output()
+    });
+    // Every session reaches fw2 through HA2.
+    let synced = wait_until(Duration::from_secs(10), Duration::from_millis(200), || {
+        session_count(&pair, 1) >= N + 10
+    });
+    assert!(synced, "fw2 holds {} sessions", session_count(&pair, 1));
+    std::thread::sleep(Duration::from_secs(1));
+    kill_active(&mut pair);
+    assert!(
+        wait_until(Duration::from_secs(5), Duration::from_millis(10), || {
+            pair.state(1) == "active"
+        }),
+        "{}",
+        pair.logs()
+    );
+    let alive = connections_alive(&conns, Duration::from_secs(2));
+    assert_eq!(
+        alive,
+        N,
+        "connections alive after the failover\n{}",
+        pair.logs()
+    );
+    assert_eq!(udp_ok(&udp), 10, "UDP flows after the failover");
+    let out = ping.join().unwrap().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let summary = text
+        .lines()
+        .find(|l| l.contains("packets transmitted"))
+        .unwrap_or_default()
+        .to_owned();
+    eprintln!("ping across the failover: {summary}");
+    let received: usize = summary
+        .split(", ")
+        .nth(1)
+        .and_then(|s| s.split(' ').next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    assert!(received > 100, "ping stopped: {summary}");
+    drop(conns);
+    drop(pair);
+
+    // Control: session sync off.
+    let no_sync = |_: usize, text: String| {
+        text.replace(
+            "interface = \"ha2\"\n",
+            "interface = \"ha2\"\nsession_sync = false\n",
+        )
+    };
+    let mut pair = Pair::start(&no_sync);
+    let conns = open_connections(&pair, 100);
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(session_count(&pair, 1), 0, "nothing synced with sync off");
+    kill_active(&mut pair);
+    assert!(wait_until(
+        Duration::from_secs(5),
+        Duration::from_millis(10),
+        || { pair.state(1) == "active" }
+    ));
+    assert_eq!(
+        connections_alive(&conns, Duration::from_secs(2)),
+        0,
+        "without sync, established connections must die on the new active node"
+    );
+}

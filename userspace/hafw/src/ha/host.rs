@@ -16,7 +16,7 @@ use std::{
 use anyhow::{Context as _, Result, anyhow, bail};
 use ipnet::IpNet;
 use log::{debug, warn};
-use pnet_datalink::{Channel, MacAddr, NetworkInterface};
+use pnet_datalink::MacAddr;
 use pnet_packet::{
     MutablePacket as _, Packet as _,
     arp::{ArpHardwareTypes, ArpOperations, MutableArpPacket},
@@ -131,53 +131,125 @@ pub fn release(ports: &[DataPort], shut_down: bool) -> Result<()> {
 
 /// The MAC an interface has now.
 pub fn current_mac(name: &str) -> Result<[u8; 6]> {
-    let iface = interface(name)?;
+    let iface = pnet_datalink::interfaces()
+        .into_iter()
+        .find(|i| i.name == name)
+        .ok_or_else(|| anyhow!("no interface named {name}"))?;
     iface
         .mac
         .map(|m| m.octets())
         .ok_or_else(|| anyhow!("{name} has no MAC address"))
 }
 
-fn interface(name: &str) -> Result<NetworkInterface> {
-    pnet_datalink::interfaces()
-        .into_iter()
-        .find(|i| i.name == name)
-        .ok_or_else(|| anyhow!("no interface named {name}"))
-}
-
-/// Whether the interface is administratively up and has carrier (`IFF_RUNNING`), read with one
-/// ioctl in this thread's network namespace (sysfs may belong to another one).
+/// Whether the interface is administratively up and has carrier (`IFF_UP` and `IFF_RUNNING`),
+/// read with one `SIOCGIFFLAGS` ioctl in this thread's network namespace: cheap enough to poll
+/// every few milliseconds from the HA thread (enumerating interfaces is not), and independent of
+/// which namespace sysfs shows.
 pub fn has_carrier(name: &str) -> bool {
-    interface(name)
-        .map(|i| i.is_up() && i.is_running())
-        .unwrap_or(false)
+    let Ok(sock) = std::net::UdpSocket::bind("0.0.0.0:0") else {
+        return false;
+    };
+    interface_flags(&sock, name)
+        .is_some_and(|f| f & libc::IFF_UP != 0 && f & libc::IFF_RUNNING != 0)
 }
 
-/// Sends one round of announcements for `port`: a gratuitous ARP request (RFC 5227 section 3,
-/// "ARP Announcement") per IPv4 address and an unsolicited neighbour advertisement with the
-/// override flag (RFC 4861 section 7.2.6) per IPv6 address, all from the virtual MAC.
-pub fn announce(port: &DataPort) -> Result<usize> {
-    let iface = interface(&port.name)?;
-    let mut tx = match pnet_datalink::channel(&iface, Default::default())
-        .with_context(|| format!("opening a raw socket on {}", port.name))?
-    {
-        Channel::Ethernet(tx, _rx) => tx,
-        _ => bail!("{}: not an Ethernet channel", port.name),
-    };
+fn interface_flags(sock: &std::net::UdpSocket, name: &str) -> Option<i32> {
+    use std::os::fd::AsRawFd as _;
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    let bytes = name.as_bytes();
+    if bytes.len() >= req.ifr_name.len() {
+        return None;
+    }
+    for (d, s) in req.ifr_name.iter_mut().zip(bytes) {
+        *d = *s as libc::c_char;
+    }
+    // SAFETY: SIOCGIFFLAGS reads the name and writes the flags of a valid, zeroed ifreq.
+    let rc = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) };
+    // SAFETY: the kernel filled the flags member of the union.
+    (rc == 0).then(|| i32::from(unsafe { req.ifr_ifru.ifru_flags }))
+}
+
+/// A packet socket bound to one interface that sends whole Ethernet frames and receives nothing
+/// (protocol 0 registers no receive hook, so it costs the data path nothing). Opened once, so
+/// sending an announcement or an HA2 message is one `send` call.
+#[derive(Clone, Debug)]
+pub struct FrameSocket {
+    fd: std::sync::Arc<std::os::fd::OwnedFd>,
+    pub interface: String,
+    pub mac: [u8; 6],
+}
+
+impl FrameSocket {
+    pub fn open(interface: &str) -> Result<FrameSocket> {
+        use std::os::fd::FromRawFd as _;
+        let ifindex = crate::dataplane::ifindex(interface)?;
+        // SAFETY: plain socket(2).
+        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error())
+                .with_context(|| format!("packet socket for {interface}"));
+        }
+        // SAFETY: fd is a fresh socket owned by nobody else.
+        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+        let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        addr.sll_family = libc::AF_PACKET as u16;
+        addr.sll_ifindex = ifindex as i32;
+        use std::os::fd::AsRawFd as _;
+        // SAFETY: bind with a valid sockaddr_ll of the right length.
+        let rc = unsafe {
+            libc::bind(
+                fd.as_raw_fd(),
+                (&addr as *const libc::sockaddr_ll).cast(),
+                size_of::<libc::sockaddr_ll>() as u32,
+            )
+        };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error())
+                .with_context(|| format!("binding a packet socket to {interface}"));
+        }
+        Ok(FrameSocket {
+            fd: std::sync::Arc::new(fd),
+            interface: interface.to_owned(),
+            mac: current_mac(interface)?,
+        })
+    }
+
+    /// Sends one whole Ethernet frame.
+    pub fn send(&self, frame: &[u8]) -> std::io::Result<()> {
+        use std::os::fd::AsRawFd as _;
+        // SAFETY: send(2) of a valid buffer on an owned socket.
+        let n = unsafe {
+            libc::send(
+                self.fd.as_raw_fd(),
+                frame.as_ptr().cast(),
+                frame.len(),
+                libc::MSG_DONTWAIT,
+            )
+        };
+        if n < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+}
+
+/// Sends one round of announcements for `port` on its socket: a gratuitous ARP request (RFC 5227
+/// section 3, "ARP Announcement") per IPv4 address and an unsolicited neighbour advertisement
+/// with the override flag (RFC 4861 section 7.2.6) per IPv6 address, all from the virtual MAC.
+pub fn announce(port: &DataPort, socket: &FrameSocket) -> usize {
     let mut sent = 0;
     for a in &port.addresses {
         let frame = match a.addr() {
             IpAddr::V4(ip) => gratuitous_arp(port.virtual_mac, ip),
             IpAddr::V6(ip) => unsolicited_na(port.virtual_mac, ip),
         };
-        match tx.send_to(&frame, None) {
-            Some(Ok(())) => sent += 1,
-            Some(Err(e)) => warn!("{}: announcing {a}: {e}", port.name),
-            None => warn!("{}: announcing {a}: no buffer", port.name),
+        match socket.send(&frame) {
+            Ok(()) => sent += 1,
+            Err(e) => warn!("{}: announcing {a}: {e}", port.name),
         }
     }
     debug!("{}: {sent} announcements sent", port.name);
-    Ok(sent)
+    sent
 }
 
 /// A gratuitous ARP request: sender and target protocol address both `ip`, to broadcast.

@@ -76,6 +76,19 @@ pub struct HaPlan {
     pub shutdown_passive: bool,
     /// HA1 encryption: this node's key and the peer's imported public key.
     pub secure: Option<SecureKeys>,
+    /// Where the HA2 hooks go (the controller's session sync), when session sync is on.
+    pub sync: Option<mpsc::UnboundedSender<SyncCommand>>,
+}
+
+/// What the election asks of HA2 session sync.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SyncCommand {
+    /// Active with a passive peer: bulk-sync the table, then stream changes.
+    Send,
+    /// Passive with an active peer (node id given): accept its sync.
+    Receive { peer_node_id: u64 },
+    /// Neither.
+    Stop,
 }
 
 /// Keys for HA1 encryption with mutual authentication (see [`hafw_ha::secure`]).
@@ -131,8 +144,8 @@ pub struct LinkCounters {
     pub dropped_malformed: u64,
     /// Frames from an address other than the peer's on this link.
     pub dropped_wrong_source: u64,
-    /// Heartbeats of another peer boot than its last hello's, or older than the peer-dead time
-    /// (delayed in a neighbour queue, or replayed).
+    /// Heartbeats of another peer boot than its last hello's, or older than the newest frame
+    /// heard from the peer (delayed in a neighbour queue, trailing on a slower link, replayed).
     pub dropped_stale: u64,
     /// Encryption on: datagrams or HA1 connections that did not prove the peer's key.
     pub refused_unauthenticated: u64,
@@ -293,8 +306,7 @@ struct Shell {
     /// The peer's boot, learned from its hellos, and the highest sequence heard from it.
     peer_boot: Option<u64>,
     peer_sequence: u64,
-    /// Heartbeats older than this many sequence numbers are stale.
-    stale_after: u64,
+
     lease: Duration,
     active: bool,
     view: Arc<Mutex<View>>,
@@ -303,6 +315,8 @@ struct Shell {
     tcp_out: BTreeMap<Link, mpsc::Sender<Vec<u8>>>,
     udp: BTreeMap<Link, (Arc<UdpSocket>, SocketAddr)>,
     sealer: Option<DatagramSealer>,
+    /// One packet socket per data port (same order as `plan.ports`), opened at start.
+    announce_sockets: Vec<Option<host::FrameSocket>>,
     carrier: BTreeMap<Link, bool>,
     /// Peer state in the last heartbeat, to log changes only.
     last_peer_state: Option<hafw_ha::State>,
@@ -331,7 +345,7 @@ impl Shell {
             sequence: 0,
             peer_boot: None,
             peer_sequence: 0,
-            stale_after: u64::from(timers.heartbeat_loss_threshold),
+
             lease,
             active: false,
             view,
@@ -359,11 +373,22 @@ impl Shell {
             tcp_out: BTreeMap::new(),
             udp: BTreeMap::new(),
             sealer: None,
+            announce_sockets: Vec::new(),
             carrier: BTreeMap::new(),
             last_peer_state: None,
             tx,
         };
         shell.open_links().await?;
+        shell.announce_sockets = shell
+            .plan
+            .ports
+            .iter()
+            .map(|p| {
+                host::FrameSocket::open(&p.name)
+                    .map_err(|e| warn!("HA: {}: no announcements possible: {e:#}", p.name))
+                    .ok()
+            })
+            .collect();
         // Poll carrier well inside one heartbeat interval, but not busier than every 2 ms.
         let carrier_every = (timers.heartbeat_interval / 4)
             .clamp(Duration::from_millis(2), Duration::from_millis(100));
@@ -488,12 +513,15 @@ impl Shell {
                     );
                 }
                 Frame::Heartbeat(h) => {
-                    // A datagram sent while the peer's address was unresolved waits in the
-                    // kernel's neighbour queue and arrives seconds late, saying the peer is in a
-                    // state it left long ago. Heartbeats of another boot than the last hello's,
-                    // or older than the peer-dead time, are stale (and so are replays).
+                    // Frames from one boot share one sequence, so a heartbeat older than the
+                    // newest frame heard (on any link) describes a state the peer may have left
+                    // since: a heartbeat queued in the kernel while the peer's address was
+                    // unresolved arrives seconds late, and one on a slower link can trail a hello
+                    // that announced a state change. Either would flip the peer's state back.
+                    // Heartbeats of another boot than the last hello's are stale too (and so
+                    // are replays).
                     let other_boot = self.peer_boot.is_some_and(|b| b != h.boot_id);
-                    if other_boot || h.sequence + self.stale_after < self.peer_sequence {
+                    if other_boot || h.sequence < self.peer_sequence {
                         self.counters(via).dropped_stale += 1;
                         return;
                     }
@@ -617,9 +645,19 @@ impl Shell {
                     self.give_up()
                 }
                 Action::AnnounceAgain => self.announce(),
-                Action::StartSessionSync => self.shell_view.session_sync = "sender",
-                Action::RequestBulkSync => self.shell_view.session_sync = "receiver",
-                Action::StopSessionSync => self.shell_view.session_sync = "none",
+                Action::StartSessionSync => {
+                    self.shell_view.session_sync = "sender";
+                    self.sync(SyncCommand::Send);
+                }
+                Action::RequestBulkSync => {
+                    self.shell_view.session_sync = "receiver";
+                    let peer_node_id = self.core.status().peer.node_id.unwrap_or(0);
+                    self.sync(SyncCommand::Receive { peer_node_id });
+                }
+                Action::StopSessionSync => {
+                    self.shell_view.session_sync = "none";
+                    self.sync(SyncCommand::Stop);
+                }
                 Action::Log(t) => info!(
                     "HA state {} -> {}: {}",
                     t.from.as_str(),
@@ -628,6 +666,12 @@ impl Shell {
                 ),
                 Action::Notice(n) => info!("HA: {n:?}"),
             }
+        }
+    }
+
+    fn sync(&self, command: SyncCommand) {
+        if let Some(tx) = &self.plan.sync {
+            let _ = tx.send(command);
         }
     }
 
@@ -670,26 +714,26 @@ impl Shell {
     }
 
     /// Sends the first announcement round on every port at once, on this thread (switches must
-    /// learn the virtual MACs' new place before anything else), and the later rounds from a
-    /// helper thread.
+    /// learn the virtual MACs' new place before anything else; it is one `send` per address),
+    /// and the later rounds from a helper thread.
     fn announce(&mut self) {
-        let ports = self.plan.ports.clone();
-        let per_round: u64 = ports.iter().map(|p| p.addresses.len() as u64).sum();
-        self.shell_view.announcements_sent += per_round * host::ANNOUNCE_DELAYS.len() as u64;
-        for p in &ports {
-            if let Err(e) = host::announce(p) {
-                warn!("HA: announcing on {}: {e:#}", p.name);
-            }
+        let targets: Vec<(DataPort, host::FrameSocket)> = self
+            .plan
+            .ports
+            .iter()
+            .zip(&self.announce_sockets)
+            .filter_map(|(p, s)| s.clone().map(|s| (p.clone(), s)))
+            .collect();
+        for (p, s) in &targets {
+            self.shell_view.announcements_sent += host::announce(p, s) as u64;
         }
         std::thread::spawn(move || {
             let mut waited = Duration::ZERO;
             for delay in host::ANNOUNCE_DELAYS.into_iter().skip(1) {
                 std::thread::sleep(delay.saturating_sub(waited));
                 waited = delay;
-                for p in &ports {
-                    if let Err(e) = host::announce(p) {
-                        warn!("HA: announcing on {}: {e:#}", p.name);
-                    }
+                for (p, s) in &targets {
+                    host::announce(p, s);
                 }
             }
         });

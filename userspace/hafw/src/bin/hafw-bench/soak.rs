@@ -3,7 +3,8 @@
 //! run. Scheduling stalls are the classic cause of split brain in VRRP pairs: a healthy pair should
 //! never change state here.
 //!
-//! - hafw: the lab pair on the `fast` profile (10 ms heartbeats, peer dead after 30 ms).
+//! - hafw: the lab pair at keepalived's detection time (advanced timers: 10 ms heartbeats, peer
+//!   dead after 30 ms), and a second pair on the `fast` profile (5 ms, dead after 15 ms).
 //! - keepalived: two VRRPv3 routers on the same lab topology, `advert_int 0.01` (master down after
 //!   3 adverts plus skew, about 34 ms), one floating IP on the client side.
 //! - Load: one spinning thread per CPU in this process (nice 0), started after both pairs settle.
@@ -77,7 +78,7 @@ fn changes(side: &Side, needle: &str) -> String {
         .join("; ")
 }
 
-fn hafw_side(hafw: &str) -> Result<Side> {
+fn hafw_side(hafw: &str, edit: &dyn Fn(String) -> String) -> Result<Side> {
     let prefix = unique_prefix();
     let topo = HaPair::up(&prefix)?;
     for (ns, ifname) in topo.xdp_peer_ends() {
@@ -93,7 +94,7 @@ fn hafw_side(hafw: &str) -> Result<Side> {
         let config = dir.join(format!("fw{}.toml", i + 1));
         std::fs::write(
             &config,
-            hafw_config::Config::ha_example_text(i, &instances[i]),
+            edit(hafw_config::Config::ha_example_text(i, &instances[i])),
         )?;
         procs.push(topo.fw[i].spawn(
             &[hafw, "run", "--config", config.to_str().unwrap_or_default()],
@@ -165,14 +166,19 @@ pub fn measure(minutes: f64) -> Result<Vec<Row>> {
         .parent()
         .map(|d| d.join("hafw").to_string_lossy().into_owned())
         .unwrap_or_default();
-    let h = hafw_side(&hafw)?;
+    let h = hafw_side(&hafw, &|t| {
+        t.replace("timers = \"fast\"", "timers = \"advanced\"")
+            + "\n[high_availability.advanced_timers]\nheartbeat_interval_ms = 10\npromotion_hold_ms = 0\nhello_interval_ms = 1000\npreemption_hold_ms = 10000\n"
+    })?;
+    let f = hafw_side(&hafw, &|t| t)?;
     let k = keepalived_side()?;
     let hafw_changes = |s: &Side| count(&s.logs[0], "HA state ") + count(&s.logs[1], "HA state ");
     let ka_changes = |s: &Side| count(&s.logs[0], "Entering ") + count(&s.logs[1], "Entering ");
     // Settle: each pair elected, one master/active each.
     let settled = wait_until(Duration::from_secs(30), Duration::from_millis(100), || {
-        count(&h.logs[0], "-> active") == 1
-            && count(&h.logs[1], "-> passive") == 1
+        [&h, &f]
+            .iter()
+            .all(|s| count(&s.logs[0], "-> active") == 1 && count(&s.logs[1], "-> passive") == 1)
             && count(&k.logs[0], "Entering MASTER STATE") == 1
     });
     if !settled {
@@ -185,7 +191,7 @@ pub fn measure(minutes: f64) -> Result<Vec<Row>> {
         );
     }
     std::thread::sleep(Duration::from_secs(2));
-    let (h0, k0) = (hafw_changes(&h), ka_changes(&k));
+    let (h0, f0, k0) = (hafw_changes(&h), hafw_changes(&f), ka_changes(&k));
     let stop = Arc::new(AtomicBool::new(false));
     let cpus = std::thread::available_parallelism()
         .map(|n| n.get())
@@ -206,9 +212,10 @@ pub fn measure(minutes: f64) -> Result<Vec<Row>> {
     while start.elapsed() < total {
         std::thread::sleep(Duration::from_secs(10));
         eprintln!(
-            "soak {:.0} s: hafw state changes {}, keepalived {}",
+            "soak {:.0} s: state changes: hafw 30 ms {}, hafw fast {}, keepalived {}",
             start.elapsed().as_secs_f64(),
             hafw_changes(&h) - h0,
+            hafw_changes(&f) - f0,
             ka_changes(&k) - k0
         );
     }
@@ -220,10 +227,17 @@ pub fn measure(minutes: f64) -> Result<Vec<Row>> {
     Ok(vec![
         Row {
             implementation: "hafw (SCHED_FIFO HA thread)",
-            detection: "fast: 10 ms heartbeats, dead after 30 ms",
+            detection: "advanced: 10 ms heartbeats, dead after 30 ms",
             minutes,
             state_changes: hafw_changes(&h) - h0,
             detail: changes(&h, "HA state "),
+        },
+        Row {
+            implementation: "hafw (SCHED_FIFO HA thread)",
+            detection: "fast: 5 ms heartbeats, dead after 15 ms",
+            minutes,
+            state_changes: hafw_changes(&f) - f0,
+            detail: changes(&f, "HA state "),
         },
         Row {
             implementation: "keepalived 2.2 VRRPv3",

@@ -1,0 +1,262 @@
+//! HA2 wire format: state sync from the active node to the passive one. One definition, shared by
+//! the passive node's XDP ingest program and the active node's sender.
+//!
+//! # Transports
+//!
+//! The HA2 message starts right after the Ethernet header (`ethernet`, ethertype
+//! [`crate::ha::HA2_ETHERTYPE`]), after the IPv4 header (`ip`, protocol [`crate::ha::HA2_IP_PROTO`])
+//! or after the UDP header (`udp`, destination port [`crate::ha::HA2_UDP_PORT`]).
+//!
+//! # Message
+//!
+//! ```text
+//!  0                   1                   2                   3
+//!  0 1 2 3 4 5 6 7 8 9 0 1 2 3 4 5 6 7 8 9 0 1 2 3 4 5 6 7 8 9 0 1
+//! +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
+//! |      'h'      |      'a'      |      '2'      |      's'      |
+//! +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
+//! |    Version    |   Group id    |     Type      | Record count  |
+//! +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
+//! |                        Sequence number                        |
+//! +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
+//! |                         Sender epoch                          |
+//! +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
+//! |                      Sender (node id, low 32 bits)            |
+//! +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
+//! |                           Reserved                            |
+//! +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
+//! |                 Records (count x record size) ...
+//! ```
+//!
+//! Multi-byte fields are **little-endian**, in the header and in the records: both ends are hafw
+//! on little-endian hosts (x86-64, arm64), and the passive node's XDP program then stores a record
+//! into the session map without swapping a field. `Version` is [`HA2_VERSION`]; a receiver drops
+//! other versions. The sequence number counts messages per sender epoch; the epoch is random per
+//! sender start, and a new epoch resets the receiver's sequence tracking.
+//!
+//! # Types and records
+//!
+//! | type | name | record |
+//! |---|---|---|
+//! | 1 | session update | [`SessionRecord`], 80 octets: add or replace |
+//! | 2 | session delete | [`SessionRecord`] (only the key is used) |
+//! | 3 | neighbour | [`NeighbourRecord`], 32 octets |
+//! | 4 | bulk-sync start | none |
+//! | 5 | bulk-sync end | none |
+//! | 6 | keep-alive | none |
+//!
+//! The ingest program consumes session records, bulk markers (it stamps their arrival in
+//! `HA2_STATE`, so the controller reports `state sync complete` and the duration) and
+//! keep-alives (counted); neighbour records go up to the controller, which installs them.
+//!
+//! A session record carries the session's **ages** (time since the last packet, since creation)
+//! in milliseconds, never a timestamp: each node's clock is its own. Interface indexes and MACs
+//! are not synced; the node that takes over resolves the next hops from its own tables.
+//!
+//! With a 1,500-octet MTU a message carries [`MAX_SESSION_RECORDS`] session records over every
+//! transport: (1500 - 20 IPv4 - 8 UDP - 24 header) / 80 = 18.
+
+use crate::{impl_pod, session::SessionKey};
+
+/// Magic octets that open every HA2 message.
+pub const HA2_MAGIC: [u8; 4] = *b"ha2s";
+/// Version of this format.
+pub const HA2_VERSION: u8 = 1;
+/// Length of [`Ha2Header`].
+pub const HA2_HEADER_LEN: usize = 24;
+/// Session records per message (1,500-octet MTU, any transport).
+pub const MAX_SESSION_RECORDS: usize = 18;
+
+pub const HA2_SESSION_UPDATE: u8 = 1;
+pub const HA2_SESSION_DELETE: u8 = 2;
+pub const HA2_NEIGHBOUR: u8 = 3;
+pub const HA2_BULK_START: u8 = 4;
+pub const HA2_BULK_END: u8 = 5;
+pub const HA2_KEEPALIVE: u8 = 6;
+
+/// The message header (see the module docs for the layout).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Ha2Header {
+    pub magic: [u8; 4],
+    pub version: u8,
+    pub group_id: u8,
+    pub msg_type: u8,
+    pub count: u8,
+    pub sequence: u32,
+    pub epoch: u32,
+    pub sender: u32,
+    pub _reserved: u32,
+}
+impl_pod!(Ha2Header);
+
+/// One synced session: the normalized key and what the fast path needs to continue it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SessionRecord {
+    pub key: SessionKey,
+    pub rule_id: u32,
+    /// Milliseconds since the session's last packet on the sender.
+    pub idle_ms: u32,
+    /// Milliseconds since the session was created on the sender.
+    pub age_ms: u32,
+    pub state: u8,
+    /// `SESSION_F_*` bits of the sender (the receiver adds `SESSION_F_SYNCED`).
+    pub flags: u8,
+    pub ingress_zone: u8,
+    pub egress_zone: u8,
+    pub packets_orig: u32,
+    pub packets_reply: u32,
+    pub bytes_orig: u64,
+    pub bytes_reply: u64,
+}
+impl_pod!(SessionRecord);
+
+/// One ARP or IPv6 neighbour entry the active node uses, so the first packets after a failover
+/// are forwarded, not queued behind address resolution. The interface is named by its data port
+/// position in the config (1-based), which both peers share; ifindexes are not.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NeighbourRecord {
+    pub addr: [u8; 16],
+    pub mac: [u8; 6],
+    pub port: u16,
+    pub family: u8,
+    pub _pad: [u8; 7],
+}
+impl_pod!(NeighbourRecord);
+
+/// Ingest program configuration (map `HA2_CONFIG`, array of one), written by the controller.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Ha2Config {
+    /// Non-zero: accept sync messages. Zero: every HA2 message is dropped (`drop_not_receiving`).
+    pub receiving: u32,
+    /// Expected sender (the peer's node id, low 32 bits).
+    pub peer: u32,
+    pub group_id: u8,
+    pub _pad: [u8; 7],
+}
+impl_pod!(Ha2Config);
+
+/// Sequence tracking of the current sender epoch (map `HA2_STATE`, array of one), written by the
+/// ingest program, read by the controller to detect gaps.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Ha2State {
+    pub epoch: u32,
+    /// Every message up to this sequence number arrived.
+    pub contiguous: u32,
+    /// Highest sequence number seen.
+    pub highest: u32,
+    pub _pad: u32,
+    /// Bit i set: message `contiguous + 1 + i` arrived (out of order, after a gap).
+    pub window: u64,
+    /// The program's clock when the last bulk-sync start and end markers arrived (0: never).
+    pub bulk_started_ns: u64,
+    pub bulk_ended_ns: u64,
+}
+impl_pod!(Ha2State);
+
+/// Index of the single entry of `HA2_CONFIG`, `HA2_STATE` and `HA2_COUNTERS`.
+pub const HA2_INDEX: u32 = 0;
+
+/// Ingest counters (map `HA2_COUNTERS`, per-CPU array of one; pinned as `ha2_counters`).
+///
+/// Every frame the ingest program sees increments `rx_frames` and exactly one of `pass_not_ha2`,
+/// `accepted` or a `drop_*` counter; the record counters count records, not frames.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Ha2Counters {
+    pub rx_frames: u64,
+    /// Not an HA2 message (ARP, HA1, anything else): handed to the kernel.
+    pub pass_not_ha2: u64,
+    /// A valid message, processed.
+    pub accepted: u64,
+    pub session_updates: u64,
+    pub session_deletes: u64,
+    pub neighbours: u64,
+    pub bulk_starts: u64,
+    pub bulk_ends: u64,
+    pub keepalives: u64,
+    /// The session map refused a synced entry.
+    pub session_write_failed: u64,
+    /// Messages that arrived after a gap in the sequence (the gap itself is in `HA2_STATE`).
+    pub out_of_order: u64,
+    pub drop_bad_magic: u64,
+    pub drop_bad_version: u64,
+    pub drop_wrong_group: u64,
+    pub drop_wrong_peer: u64,
+    pub drop_truncated: u64,
+    pub drop_count_beyond_frame: u64,
+    /// Sequence number already seen in this epoch (replay or duplicate).
+    pub drop_old_sequence: u64,
+    pub drop_unknown_type: u64,
+    /// HA2 arrived while this node does not receive sync (active, or sync off).
+    pub drop_not_receiving: u64,
+}
+impl_pod!(Ha2Counters);
+
+/// Every field of [`Ha2Counters`], in order.
+macro_rules! for_each_ha2_counter {
+    ($m:ident) => {
+        $m!(
+            rx_frames,
+            pass_not_ha2,
+            accepted,
+            session_updates,
+            session_deletes,
+            neighbours,
+            bulk_starts,
+            bulk_ends,
+            keepalives,
+            session_write_failed,
+            out_of_order,
+            drop_bad_magic,
+            drop_bad_version,
+            drop_wrong_group,
+            drop_wrong_peer,
+            drop_truncated,
+            drop_count_beyond_frame,
+            drop_old_sequence,
+            drop_unknown_type,
+            drop_not_receiving
+        )
+    };
+}
+
+/// Number of fields in [`Ha2Counters`].
+pub const HA2_COUNTER_FIELDS: usize = core::mem::size_of::<Ha2Counters>() / 8;
+
+impl Ha2Counters {
+    /// Adds `other` into `self`, field by field (summing per-CPU values).
+    pub fn accumulate(&mut self, other: &Ha2Counters) {
+        macro_rules! add {
+            ($($f:ident),*) => { $( self.$f = self.$f.wrapping_add(other.$f); )* };
+        }
+        for_each_ha2_counter!(add);
+    }
+
+    /// `(name, value)` of every field, in struct order.
+    pub fn fields(&self) -> [(&'static str, u64); HA2_COUNTER_FIELDS] {
+        macro_rules! list {
+            ($($f:ident),*) => { [ $( (stringify!($f), self.$f) ),* ] };
+        }
+        for_each_ha2_counter!(list)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layouts_are_fixed() {
+        assert_eq!(core::mem::size_of::<Ha2Header>(), HA2_HEADER_LEN);
+        assert_eq!(core::mem::size_of::<SessionRecord>(), 80);
+        assert_eq!(core::mem::size_of::<NeighbourRecord>(), 32);
+        assert_eq!(core::mem::size_of::<Ha2State>(), 40);
+        assert!(20 + 8 + HA2_HEADER_LEN + MAX_SESSION_RECORDS * 80 <= 1500);
+        assert!(20 + 8 + HA2_HEADER_LEN + (MAX_SESSION_RECORDS + 1) * 80 > 1500);
+    }
+}
