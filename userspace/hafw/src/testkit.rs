@@ -297,6 +297,11 @@ impl Fixture {
         self.dp.set_config(self.cfg).unwrap();
     }
 
+    /// Runs one frame through the HA2 ingest program (as received on the trust port).
+    pub fn run_ha2(&self, frame: &[u8]) -> Output {
+        run_program(self.dp.ha2_program().unwrap(), frame, self.trust, 1).0
+    }
+
     /// Runs one packet through the program as if received on `ingress_ifindex`.
     pub fn run(&self, pkt: &[u8], ingress_ifindex: u32) -> Output {
         run_packet(&self.dp, pkt, ingress_ifindex, 1).0
@@ -367,11 +372,19 @@ pub fn run_packet(
     ingress_ifindex: u32,
     repeat: u32,
 ) -> (Output, std::time::Duration) {
+    run_program(dp.fast_path().unwrap(), pkt, ingress_ifindex, repeat)
+}
+
+/// Runs a packet through any program of the object `repeat` times (see [`run_packet`]).
+pub fn run_program(
+    prog: &aya::programs::Xdp,
+    pkt: &[u8],
+    ingress_ifindex: u32,
+    repeat: u32,
+) -> (Output, std::time::Duration) {
     let mut out = vec![0u8; pkt.len() + 256];
     let ctx = xdp_md(pkt.len(), ingress_ifindex);
-    let res = dp
-        .fast_path()
-        .unwrap()
+    let res = prog
         .test_run(TestRunOptions {
             data_in: Some(pkt),
             data_out: Some(&mut out),

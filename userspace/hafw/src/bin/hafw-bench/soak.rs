@@ -6,7 +6,8 @@
 //! - hafw: the lab pair at keepalived's detection time (advanced timers: 10 ms heartbeats, peer
 //!   dead after 30 ms), and a second pair on the `fast` profile (5 ms, dead after 15 ms).
 //! - keepalived: two VRRPv3 routers on the same lab topology, `advert_int 0.01` (master down after
-//!   3 adverts plus skew, about 34 ms), one floating IP on the client side.
+//!   3 adverts plus skew, about 34 ms), one floating IP on the client side, `max_auto_priority`
+//!   (real-time scheduling, as hafw's HA thread has).
 //! - Load: one spinning thread per CPU in this process (nice 0), started after both pairs settle.
 //!
 //! A false failover is any state change after the start: `HA state` log lines for hafw, `Entering
@@ -118,9 +119,12 @@ fn keepalived_side() -> Result<Side> {
     let logs = [dir.join("fw1.log"), dir.join("fw2.log")];
     let mut procs = Vec::new();
     for i in 0..2 {
-        // keepalived: the higher priority wins (fw1, as in the hafw pair).
+        // VRRP needs an address of its own on the interface, besides the floating one.
+        topo.fw[i].exec_ok(&["ip", "addr", "add", &format!("198.18.1.1{}/24", i + 1), "dev", "eth1"])?;
+        // keepalived: the higher priority wins (fw1, as in the hafw pair). `max_auto_priority`
+        // gives its VRRP process a real-time priority, as hafw's HA thread has: a fair fight.
         let conf = format!(
-            "global_defs {{\n  router_id fw{n}\n  vrrp_version 3\n  vrrp_garp_master_repeat 3\n}}\n\
+            "global_defs {{\n  router_id fw{n}\n  vrrp_version 3\n  vrrp_garp_master_repeat 3\n  max_auto_priority\n}}\n\
              vrrp_instance lab {{\n  state BACKUP\n  interface eth1\n  virtual_router_id 51\n  \
              priority {prio}\n  advert_int 0.01\n  virtual_ipaddress {{\n    198.18.1.1/24\n  }}\n}}\n",
             n = i + 1,
@@ -240,7 +244,7 @@ pub fn measure(minutes: f64) -> Result<Vec<Row>> {
             detail: changes(&f, "HA state "),
         },
         Row {
-            implementation: "keepalived 2.2 VRRPv3",
+            implementation: "keepalived 2.2 VRRPv3 (max_auto_priority)",
             detection: "advert_int 0.01: master down after ~34 ms",
             minutes,
             state_changes: ka_changes(&k) - k0,

@@ -1,0 +1,305 @@
+//! The HA2 ingest program through BPF_PROG_TEST_RUN: real frames of each transport and message
+//! type in, the session map and the counters checked. Every rejected message must be dropped,
+//! counted under its reason, and leave the session map as it was.
+
+use hafw::{
+    sync::{self, MessageWriter},
+    testkit::{self, CLIENT, Fixture, SERVER, Verdict, session_key, tcp},
+};
+use hafw_common::{
+    ha2::{
+        HA2_BULK_END, HA2_BULK_START, HA2_KEEPALIVE, HA2_SESSION_DELETE, HA2_SESSION_UPDATE,
+        Ha2Config, SessionRecord,
+    },
+    session::{SESSION_F_SYNCED, SessionKey, SessionState},
+};
+
+const GROUP: u8 = 1;
+const PEER: u32 = 0xa9fe_0101;
+const PEER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x0a, 0x01];
+const NOW: u64 = 1_000_000_000_000;
+const ACK: u8 = 0x10;
+
+fn fixture() -> Fixture {
+    let mut f = Fixture::new();
+    f.set_clock(NOW);
+    f.dp.set_ha2(Ha2Config {
+        receiving: 1,
+        peer: PEER,
+        group_id: GROUP,
+        _pad: [0; 7],
+    })
+    .unwrap();
+    f
+}
+
+/// The established session of `CLIENT:port -> SERVER:80`, as the active node would sync it.
+fn record(port: u16) -> SessionRecord {
+    SessionRecord {
+        key: session_key(&tcp(CLIENT, port, SERVER, 80, ACK, 64)),
+        rule_id: 2,
+        idle_ms: 1500,
+        age_ms: 60_000,
+        state: SessionState::Established as u8,
+        flags: 0,
+        ingress_zone: 0,
+        egress_zone: 1,
+        packets_orig: 10,
+        packets_reply: 9,
+        bytes_orig: 1000,
+        bytes_reply: 900,
+    }
+}
+
+fn writer() -> MessageWriter {
+    let mut w = MessageWriter::new(GROUP, PEER);
+    w.epoch = 7;
+    w
+}
+
+fn ethernet(msg: &[u8]) -> Vec<u8> {
+    sync::ethernet_frame([0xff; 6], PEER_MAC, msg)
+}
+
+fn ip(msg: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    etherparse::PacketBuilder::ethernet2(PEER_MAC, [0xff; 6])
+        .ipv4([169, 254, 2, 1], [169, 254, 2, 2], 64)
+        .write(&mut out, etherparse::IpNumber(99), msg)
+        .unwrap();
+    out
+}
+
+fn udp(msg: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    etherparse::PacketBuilder::ethernet2(PEER_MAC, [0xff; 6])
+        .ipv4([169, 254, 2, 1], [169, 254, 2, 2], 64)
+        .udp(40000, hafw_common::ha::HA2_UDP_PORT)
+        .write(&mut out, msg)
+        .unwrap();
+    out
+}
+
+fn counter(f: &Fixture, name: &str) -> u64 {
+    f.dp.ha2_counters()
+        .unwrap()
+        .fields()
+        .iter()
+        .find(|(n, _)| *n == name)
+        .unwrap_or_else(|| panic!("no counter {name}"))
+        .1
+}
+
+fn sessions(f: &Fixture) -> Vec<(SessionKey, hafw_common::session::SessionValue)> {
+    f.dp.sessions().unwrap()
+}
+
+#[test]
+fn session_updates_of_every_transport_write_the_map_with_local_ages() {
+    type Transport = fn(&[u8]) -> Vec<u8>;
+    let transports: [(&str, Transport); 3] = [("ethernet", ethernet), ("ip", ip), ("udp", udp)];
+    for (name, wrap) in transports {
+        let f = fixture();
+        let mut w = writer();
+        let records = [record(40001), record(40002)];
+        let out = f.run_ha2(&wrap(&w.message(HA2_SESSION_UPDATE, &records)));
+        assert_eq!(out.verdict, Verdict::Drop, "{name}: consumed by XDP");
+        let map = sessions(&f);
+        assert_eq!(map.len(), 2, "{name}");
+        for r in &records {
+            let v = f.dp.session(&r.key).expect("synced session");
+            assert_eq!(v.last_seen_ns, NOW - 1_500_000_000, "{name}: idle age");
+            assert_eq!(v.created_ns, NOW - 60_000_000_000, "{name}: age");
+            assert_eq!(v.state, SessionState::Established as u8);
+            assert_eq!(v.flags & SESSION_F_SYNCED, SESSION_F_SYNCED);
+            assert_eq!((v.rule_id, v.egress_zone, v.bytes_reply), (2, 1, 900));
+        }
+        assert_eq!(counter(&f, "session_updates"), 2, "{name}");
+        assert_eq!(counter(&f, "accepted"), 1, "{name}");
+        let st = f.dp.ha2_state().unwrap();
+        assert_eq!((st.epoch, st.contiguous, st.highest), (7, 1, 1), "{name}");
+
+        let out = f.run_ha2(&wrap(&w.message(HA2_SESSION_DELETE, &records[..1])));
+        assert_eq!(out.verdict, Verdict::Drop);
+        assert_eq!(sessions(&f).len(), 1, "{name}: deleted");
+        assert!(f.dp.session(&records[0].key).is_none());
+    }
+}
+
+#[test]
+fn markers_and_keepalives_are_counted_and_stamped() {
+    let f = fixture();
+    let mut w = writer();
+    for t in [HA2_BULK_START, HA2_KEEPALIVE, HA2_BULK_END] {
+        assert_eq!(f.run_ha2(&ethernet(&w.message(t, &[]))).verdict, Verdict::Drop);
+    }
+    assert_eq!(counter(&f, "bulk_starts"), 1);
+    assert_eq!(counter(&f, "bulk_ends"), 1);
+    assert_eq!(counter(&f, "keepalives"), 1);
+    let st = f.dp.ha2_state().unwrap();
+    assert_eq!((st.bulk_started_ns, st.bulk_ended_ns), (NOW, NOW));
+}
+
+#[test]
+fn bad_messages_are_dropped_counted_and_change_nothing() {
+    let good = |w: &mut MessageWriter| w.message(HA2_SESSION_UPDATE, &[record(40010)]);
+    type Case = (&'static str, Box<dyn Fn(&mut MessageWriter) -> Vec<u8>>, &'static str);
+    let cases: Vec<Case> = vec![
+        (
+            "wrong group id",
+            Box::new(move |w| {
+                w.group_id = 9;
+                ethernet(&good(w))
+            }),
+            "drop_wrong_group",
+        ),
+        (
+            "wrong peer",
+            Box::new(move |w| {
+                w.sender = 0xdead;
+                ethernet(&good(w))
+            }),
+            "drop_wrong_peer",
+        ),
+        (
+            "truncated header",
+            Box::new(move |w| ethernet(&good(w)[..20])),
+            "drop_truncated",
+        ),
+        (
+            "record count beyond the frame",
+            Box::new(move |w| {
+                let mut m = good(w);
+                m[7] = 5;
+                ethernet(&m)
+            }),
+            "drop_count_beyond_frame",
+        ),
+        (
+            "unknown type",
+            Box::new(move |w| {
+                let mut m = good(w);
+                m[6] = 99;
+                ethernet(&m)
+            }),
+            "drop_unknown_type",
+        ),
+        (
+            "bad magic",
+            Box::new(move |w| {
+                let mut m = good(w);
+                m[0] = b'x';
+                ethernet(&m)
+            }),
+            "drop_bad_magic",
+        ),
+        (
+            "bad version",
+            Box::new(move |w| {
+                let mut m = good(w);
+                m[4] = 2;
+                ethernet(&m)
+            }),
+            "drop_bad_version",
+        ),
+    ];
+    for (name, frame, reason) in cases {
+        let f = fixture();
+        let mut w = writer();
+        let out = f.run_ha2(&frame(&mut w));
+        assert_eq!(out.verdict, Verdict::Drop, "{name}");
+        assert_eq!(counter(&f, reason), 1, "{name}");
+        assert_eq!(counter(&f, "accepted"), 0, "{name}");
+        assert!(sessions(&f).is_empty(), "{name}: map unchanged");
+    }
+
+    // Replay: the same message twice; the second is refused (delete the entry in between to see
+    // that the replay does not write it again).
+    let mut f = fixture();
+    let mut w = writer();
+    let msg = ethernet(&good(&mut w));
+    f.run_ha2(&msg);
+    let key = sessions(&f)[0].0;
+    f.dp.remove_session(&key).unwrap();
+    assert_eq!(f.run_ha2(&msg).verdict, Verdict::Drop);
+    assert_eq!(counter(&f, "drop_old_sequence"), 1);
+    assert!(sessions(&f).is_empty(), "replay changed the map");
+
+    // Not receiving (this node is active, or sync is off).
+    f.dp.set_ha2(Ha2Config::default()).unwrap();
+    assert_eq!(
+        f.run_ha2(&ethernet(&w.message(HA2_SESSION_UPDATE, &[record(40011)])))
+            .verdict,
+        Verdict::Drop
+    );
+    assert_eq!(counter(&f, "drop_not_receiving"), 1);
+    assert!(sessions(&f).is_empty());
+}
+
+#[test]
+fn other_frames_pass_to_the_kernel() {
+    let f = fixture();
+    for frame in [
+        testkit::arp_request(CLIENT, testkit::TRUST_IP),
+        tcp(CLIENT, 40020, SERVER, 80, ACK, 64),
+        testkit::udp(CLIENT, 40020, SERVER, 53, 64),
+    ] {
+        assert_eq!(f.run_ha2(&frame).verdict, Verdict::Pass);
+    }
+    assert_eq!(counter(&f, "pass_not_ha2"), 3);
+    assert!(sessions(&f).is_empty());
+}
+
+#[test]
+fn reordered_messages_fill_the_gap_and_duplicates_are_refused() {
+    let f = fixture();
+    let mut w = writer();
+    let m1 = ethernet(&w.message(HA2_SESSION_UPDATE, &[record(40030)]));
+    let m2 = ethernet(&w.message(HA2_SESSION_UPDATE, &[record(40031)]));
+    let m3 = ethernet(&w.message(HA2_SESSION_UPDATE, &[record(40032)]));
+    f.run_ha2(&m1);
+    f.run_ha2(&m3);
+    let st = f.dp.ha2_state().unwrap();
+    assert_eq!((st.contiguous, st.highest), (1, 3), "gap at 2 is visible");
+    assert_eq!(counter(&f, "out_of_order"), 1);
+    f.run_ha2(&m2);
+    let st = f.dp.ha2_state().unwrap();
+    assert_eq!((st.contiguous, st.highest), (3, 3), "gap filled");
+    f.run_ha2(&m3);
+    assert_eq!(counter(&f, "drop_old_sequence"), 1);
+    assert_eq!(sessions(&f).len(), 3);
+    // A new sender epoch (the peer restarted) starts over at whatever sequence it sends.
+    let mut w2 = MessageWriter::new(GROUP, PEER);
+    w2.epoch = 8;
+    f.run_ha2(&ethernet(&w2.message(HA2_KEEPALIVE, &[])));
+    let st = f.dp.ha2_state().unwrap();
+    assert_eq!((st.epoch, st.contiguous), (8, 1));
+}
+
+#[test]
+fn a_synced_session_carries_mid_stream_traffic_in_the_fast_path() {
+    let mut f = fixture();
+    let mid_stream = tcp(CLIENT, 40040, SERVER, 80, ACK, 64);
+    // Without the session, strict TCP drops the segment.
+    assert_eq!(f.run(&mid_stream, f.trust).verdict, Verdict::Drop);
+    assert_eq!(f.counter("drop_tcp_no_session"), 1);
+    let mut w = writer();
+    f.run_ha2(&ethernet(&w.message(HA2_SESSION_UPDATE, &[record(40040)])));
+    f.set_role(hafw_common::config::Role::Active);
+    let out = f.run(&mid_stream, f.trust);
+    assert_eq!(out.verdict, Verdict::Redirect, "synced session forwards");
+    let reply = tcp(SERVER, 80, CLIENT, 40040, ACK, 64);
+    assert_eq!(f.run(&reply, f.untrust).verdict, Verdict::Redirect);
+}
+
+#[test]
+fn ha2_frames_on_a_data_port_are_dropped_and_counted() {
+    let f = fixture();
+    let mut w = writer();
+    let msg = w.message(HA2_SESSION_UPDATE, &[record(40050)]);
+    for frame in [ethernet(&msg), ip(&msg)] {
+        assert_eq!(f.run(&frame, f.trust).verdict, Verdict::Drop);
+    }
+    assert_eq!(f.counter("drop_ha_frame"), 2);
+    assert!(sessions(&f).is_empty(), "nobody on a data network injects sessions");
+}
