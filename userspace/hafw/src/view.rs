@@ -259,7 +259,7 @@ pub fn high_availability(data: &serde_json::Value) -> String {
             }
             let _ = writeln!(
                 out,
-                "    {name:<17} {} {} -> {}: {}{connected}; hellos {}/{} heartbeats {}/{} (sent/received); dropped malformed {} wrong-source {} stale {}",
+                "    {name:<17} {} {} -> {}: {}{connected}; hellos {}/{} heartbeats {}/{} (sent/received); dropped malformed {} wrong-source {} stale {}; longest heartbeat gap {:.1} ms",
                 s(&c["interface"]),
                 s(&c["local"]),
                 s(&c["peer"]),
@@ -271,6 +271,7 @@ pub fn high_availability(data: &serde_json::Value) -> String {
                 s(&c["dropped_malformed"]),
                 s(&c["dropped_wrong_source"]),
                 s(&c["dropped_stale"]),
+                c["max_heartbeat_gap_ms"].as_f64().unwrap_or(0.0),
             );
         }
     }

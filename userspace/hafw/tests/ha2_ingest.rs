@@ -131,7 +131,10 @@ fn markers_and_keepalives_are_counted_and_stamped() {
     let f = fixture();
     let mut w = writer();
     for t in [HA2_BULK_START, HA2_KEEPALIVE, HA2_BULK_END] {
-        assert_eq!(f.run_ha2(&ethernet(&w.message(t, &[]))).verdict, Verdict::Drop);
+        assert_eq!(
+            f.run_ha2(&ethernet(&w.message(t, &[]))).verdict,
+            Verdict::Drop
+        );
     }
     assert_eq!(counter(&f, "bulk_starts"), 1);
     assert_eq!(counter(&f, "bulk_ends"), 1);
@@ -143,7 +146,11 @@ fn markers_and_keepalives_are_counted_and_stamped() {
 #[test]
 fn bad_messages_are_dropped_counted_and_change_nothing() {
     let good = |w: &mut MessageWriter| w.message(HA2_SESSION_UPDATE, &[record(40010)]);
-    type Case = (&'static str, Box<dyn Fn(&mut MessageWriter) -> Vec<u8>>, &'static str);
+    type Case = (
+        &'static str,
+        Box<dyn Fn(&mut MessageWriter) -> Vec<u8>>,
+        &'static str,
+    );
     let cases: Vec<Case> = vec![
         (
             "wrong group id",
@@ -301,5 +308,8 @@ fn ha2_frames_on_a_data_port_are_dropped_and_counted() {
         assert_eq!(f.run(&frame, f.trust).verdict, Verdict::Drop);
     }
     assert_eq!(f.counter("drop_ha_frame"), 2);
-    assert!(sessions(&f).is_empty(), "nobody on a data network injects sessions");
+    assert!(
+        sessions(&f).is_empty(),
+        "nobody on a data network injects sessions"
+    );
 }

@@ -147,6 +147,11 @@ pub struct LinkCounters {
     /// Heartbeats of another peer boot than its last hello's, or older than the newest frame
     /// heard from the peer (delayed in a neighbour queue, trailing on a slower link, replayed).
     pub dropped_stale: u64,
+    /// Longest time between two heartbeats accepted on this link (ms): how close the link came
+    /// to the peer-dead time (scheduling stalls, softirq backlog).
+    pub max_heartbeat_gap_ms: f64,
+    #[serde(skip)]
+    pub last_heartbeat_at: Option<Instant>,
     /// Encryption on: datagrams or HA1 connections that did not prove the peer's key.
     pub refused_unauthenticated: u64,
     /// Why the last HA1 connection was refused, if it was.
@@ -281,8 +286,18 @@ fn ensure_link_addresses(plan: &HaPlan) -> Result<()> {
     Ok(())
 }
 
-/// SCHED_FIFO for the HA thread, best effort: heartbeats then preempt any ordinary load.
+/// SCHED_FIFO for the HA thread, and every page of the process locked in memory, best effort:
+/// heartbeats then preempt any ordinary load and never wait for a page fault (memory compaction
+/// or reclaim can stall a faulting thread for tens of milliseconds, longer than the `fast`
+/// profile's peer-dead time).
 fn raise_priority() {
+    // SAFETY: plain syscall; failure only leaves memory pageable.
+    if unsafe { libc::mlockall(libc::MCL_CURRENT | libc::MCL_FUTURE) } != 0 {
+        warn!(
+            "HA: cannot lock memory ({}); page faults may delay heartbeats",
+            std::io::Error::last_os_error()
+        );
+    }
     let param = libc::sched_param { sched_priority: 10 };
     // SAFETY: plain syscall on the calling thread (pid 0) with a valid parameter.
     let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) };
@@ -526,6 +541,12 @@ impl Shell {
                         return;
                     }
                     self.peer_sequence = self.peer_sequence.max(h.sequence);
+                    let at = Instant::now();
+                    let c = self.counters(via);
+                    if let Some(prev) = c.last_heartbeat_at.replace(at) {
+                        let gap = at.duration_since(prev).as_secs_f64() * 1e3;
+                        c.max_heartbeat_gap_ms = c.max_heartbeat_gap_ms.max(gap);
+                    }
                     if self.last_peer_state != Some(h.heartbeat.state) {
                         debug!("{via}: heartbeat says the peer is {}", h.heartbeat.state);
                         self.last_peer_state = Some(h.heartbeat.state);

@@ -280,7 +280,7 @@ fn report_soak(rows: &[soak::Row], full: bool) -> Result<()> {
     let mut md = format!(
         "# soak benchmark\n\nkernel {}, {} CPUs, every CPU kept busy by a spinning thread. An \
          idle, healthy pair should never change state; each change is a false failover.\n\n\
-         | implementation | failure detection | minutes | state changes | changes seen |\n|---|---|---:|---:|---|\n",
+         | implementation | failure detection | minutes | state changes | detail |\n|---|---|---:|---:|---|\n",
         kernel_release(),
         std::thread::available_parallelism()
             .map(|n| n.get())
@@ -290,11 +290,7 @@ fn report_soak(rows: &[soak::Row], full: bool) -> Result<()> {
         let _ = writeln!(
             md,
             "| {} | {} | {:.1} | {} | {} |",
-            r.implementation,
-            r.detection,
-            r.minutes,
-            r.state_changes,
-            if r.state_changes == 0 { "-" } else { &r.detail }
+            r.implementation, r.detection, r.minutes, r.state_changes, r.detail
         );
     }
     print!("{md}");

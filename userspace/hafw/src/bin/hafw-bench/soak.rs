@@ -62,6 +62,38 @@ fn count(path: &PathBuf, needle: &str) -> usize {
         .unwrap_or(0)
 }
 
+/// The longest heartbeat gap either node of a hafw pair saw on any link (ms).
+fn max_gap(hafw: &str, side: &Side) -> f64 {
+    side.instances
+        .iter()
+        .filter_map(|i| {
+            std::process::Command::new(hafw)
+                .args([
+                    "--instance",
+                    i,
+                    "--json",
+                    "show",
+                    "high-availability",
+                    "all",
+                ])
+                .output()
+                .ok()
+                .and_then(|o| serde_json::from_slice::<serde_json::Value>(&o.stdout).ok())
+        })
+        .flat_map(|v| {
+            v["shell"]["links"]
+                .as_object()
+                .map(|links| {
+                    links
+                        .values()
+                        .filter_map(|l| l["max_heartbeat_gap_ms"].as_f64())
+                        .collect::<Vec<_>>()
+                })
+                .unwrap_or_default()
+        })
+        .fold(0.0, f64::max)
+}
+
 /// The state-change lines of both logs, for the report (the logs go with the namespaces).
 fn changes(side: &Side, needle: &str) -> String {
     side.logs
@@ -120,7 +152,14 @@ fn keepalived_side() -> Result<Side> {
     let mut procs = Vec::new();
     for i in 0..2 {
         // VRRP needs an address of its own on the interface, besides the floating one.
-        topo.fw[i].exec_ok(&["ip", "addr", "add", &format!("198.18.1.1{}/24", i + 1), "dev", "eth1"])?;
+        topo.fw[i].exec_ok(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("198.18.1.1{}/24", i + 1),
+            "dev",
+            "eth1",
+        ])?;
         // keepalived: the higher priority wins (fw1, as in the hafw pair). `max_auto_priority`
         // gives its VRRP process a real-time priority, as hafw's HA thread has: a fair fight.
         let conf = format!(
@@ -234,14 +273,22 @@ pub fn measure(minutes: f64) -> Result<Vec<Row>> {
             detection: "advanced: 10 ms heartbeats, dead after 30 ms",
             minutes,
             state_changes: hafw_changes(&h) - h0,
-            detail: changes(&h, "HA state "),
+            detail: format!(
+                "longest heartbeat gap {:.1} ms; {}",
+                max_gap(&hafw, &h),
+                changes(&h, "HA state ")
+            ),
         },
         Row {
             implementation: "hafw (SCHED_FIFO HA thread)",
             detection: "fast: 5 ms heartbeats, dead after 15 ms",
             minutes,
             state_changes: hafw_changes(&f) - f0,
-            detail: changes(&f, "HA state "),
+            detail: format!(
+                "longest heartbeat gap {:.1} ms; {}",
+                max_gap(&hafw, &f),
+                changes(&f, "HA state ")
+            ),
         },
         Row {
             implementation: "keepalived 2.2 VRRPv3 (max_auto_priority)",
