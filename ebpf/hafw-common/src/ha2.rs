@@ -256,7 +256,7 @@ mod tests {
         assert_eq!(core::mem::size_of::<SessionRecord>(), 80);
         assert_eq!(core::mem::size_of::<NeighbourRecord>(), 32);
         assert_eq!(core::mem::size_of::<Ha2State>(), 40);
-        assert!(20 + 8 + HA2_HEADER_LEN + MAX_SESSION_RECORDS * 80 <= 1500);
-        assert!(20 + 8 + HA2_HEADER_LEN + (MAX_SESSION_RECORDS + 1) * 80 > 1500);
+        const { assert!(20 + 8 + HA2_HEADER_LEN + MAX_SESSION_RECORDS * 80 <= 1500) };
+        const { assert!(20 + 8 + HA2_HEADER_LEN + (MAX_SESSION_RECORDS + 1) * 80 > 1500) };
     }
 }

@@ -158,7 +158,7 @@ fn ingest(ctx: &XdpContext, c: &mut Ha2Counters, offset: usize) -> Result<u32, (
                 let Some(r) = read::<SessionRecord>(ctx, records + i * RECORD_LEN) else {
                     break;
                 };
-                let _ = SESSIONS.remove(&r.key);
+                let _ = SESSIONS.remove(r.key);
                 c.session_deletes += 1;
             }
             Ok(DROP)
@@ -273,7 +273,7 @@ fn write_session(c: &mut Ha2Counters, r: &SessionRecord, now: u64) {
         policy_slot: 0,
         _pad: [0; 7],
     };
-    if SESSIONS.insert(&r.key, &value, 0).is_ok() {
+    if SESSIONS.insert(r.key, value, 0).is_ok() {
         c.session_updates += 1;
     } else {
         c.session_write_failed += 1;

@@ -727,10 +727,10 @@ impl Shell {
         }) {
             warn!("HA: setting the dataplane passive: {e:#}");
         }
-        if was_active || self.plan.shutdown_passive {
-            if let Err(e) = host::release(&self.plan.ports, self.plan.shutdown_passive) {
-                warn!("HA: releasing virtual MACs and addresses: {e:#}");
-            }
+        if (was_active || self.plan.shutdown_passive)
+            && let Err(e) = host::release(&self.plan.ports, self.plan.shutdown_passive)
+        {
+            warn!("HA: releasing virtual MACs and addresses: {e:#}");
         }
     }
 

@@ -43,7 +43,7 @@ fn main() -> Result<()> {
         }
         "failover" => {
             let all = ["fast", "aggressive", "recommended"];
-            let profiles: Vec<&'static str> = match std::env::args().skip(2).next() {
+            let profiles: Vec<&'static str> = match std::env::args().nth(2) {
                 Some(p) => vec![
                     all.into_iter()
                         .find(|a| *a == p)
