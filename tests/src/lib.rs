@@ -6,7 +6,9 @@
 //! 169.254.0.0/16; every wait is bounded; only processes this code started are killed.
 
 pub mod netns;
+pub mod pair;
 pub mod topology;
 
 pub use netns::{LabProcess, Netns, destroy, in_netns, unique_prefix, wait_until};
+pub use pair::{PairRun, tcp_echo};
 pub use topology::{HaPair, SingleFirewall};

@@ -8,8 +8,7 @@
 
 use std::{
     io::{Read as _, Write as _},
-    net::{TcpListener, TcpStream},
-    path::PathBuf,
+    net::TcpStream,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -18,37 +17,20 @@ use std::{
 };
 
 use hafw::control::{Request, request};
-use hafw_lab::{HaPair, LabProcess, in_netns, unique_prefix, wait_until};
+use hafw_lab::{HaPair, PairRun, in_netns, unique_prefix, wait_until};
 
 const HAFW: &str = env!("CARGO_BIN_EXE_hafw");
 
 struct Pair {
-    topo: HaPair,
+    run: PairRun,
     instances: [String; 2],
-    configs: [PathBuf; 2],
-    dir: PathBuf,
-    procs: [Option<LabProcess>; 2],
     stop_echo: Arc<AtomicBool>,
 }
 
 impl Drop for Pair {
     fn drop(&mut self) {
         self.stop_echo.store(true, Ordering::Relaxed);
-        // LabProcess drops SIGKILL the controllers; their pins and state are ours to remove.
-        self.procs = [None, None];
-        for i in &self.instances {
-            let _ = std::fs::remove_dir_all(format!("/sys/fs/bpf/hafw/{i}"));
-            let _ = std::fs::remove_dir_all(format!("/run/hafw/{i}"));
-            let _ = std::fs::remove_file(hafw::control::socket_path(i));
-        }
-        let _ = std::fs::remove_dir_all(format!("/sys/fs/bpf/hafw-lab/{}", self.topo.prefix));
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-/// The lab pair's config for node `i`, passed through `edit`.
-fn config(i: usize, instance: &str, edit: &dyn Fn(usize, String) -> String) -> String {
-    edit(i, hafw_config::Config::ha_example_text(i, instance))
 }
 
 /// Switches the lab config to advanced timers: the fast profile's detection with `extra` timers.
@@ -59,43 +41,20 @@ fn advanced_timers(text: String, extra: &str) -> String {
 }
 
 impl Pair {
-    /// Builds the topology; starts no controller.
+    /// Builds the topology and an echo server on the server's port 80; starts no controller.
     fn new(edit: &dyn Fn(usize, String) -> String) -> Pair {
-        let prefix = unique_prefix();
-        let topo = HaPair::up(&prefix).expect("HA lab topology");
-        for (ns, ifname) in topo.xdp_peer_ends() {
-            let pin = format!("/sys/fs/bpf/hafw-lab/{prefix}/{}-{ifname}", ns.name);
-            ns.exec_ok(&[HAFW, "xdp-pass", "--iface", &ifname, "--pin", &pin])
-                .expect("pass program on the switch port");
-        }
-        let dir = std::env::temp_dir().join(&prefix);
-        std::fs::create_dir_all(&dir).unwrap();
-        let instances = [format!("{prefix}-1"), format!("{prefix}-2")];
-        let configs = [0, 1].map(|i| {
-            let path = dir.join(format!("fw{}.toml", i + 1));
-            std::fs::write(&path, config(i, &instances[i], edit)).unwrap();
-            path
-        });
-        let stop_echo = echo_server(&topo);
+        let run = PairRun::new(HAFW, edit).expect("HA lab");
+        let stop_echo =
+            hafw_lab::tcp_echo(&run.topo.server.name, "198.18.2.2:80".into()).expect("echo server");
         Pair {
-            topo,
-            instances,
-            configs,
-            dir,
-            procs: [None, None],
+            instances: run.instances.clone(),
+            run,
             stop_echo,
         }
     }
 
     fn start_node(&mut self, i: usize) {
-        let log = self.dir.join(format!("fw{}.log", i + 1));
-        let proc = self.topo.fw[i]
-            .spawn(
-                &[HAFW, "run", "--config", self.configs[i].to_str().unwrap()],
-                &log,
-            )
-            .expect("start hafw");
-        self.procs[i] = Some(proc);
+        self.run.start_node(i).expect("start hafw");
         let instance = self.instances[i].clone();
         let up = wait_until(Duration::from_secs(20), Duration::from_millis(50), || {
             request(&instance, &Request::ShowHighAvailability).is_ok()
@@ -117,6 +76,14 @@ impl Pair {
         pair
     }
 
+    fn signal(&self, i: usize, sig: nix::sys::signal::Signal) {
+        self.run.procs[i].as_ref().unwrap().signal(sig).unwrap();
+    }
+
+    fn logs(&self) -> String {
+        self.run.logs()
+    }
+
     fn show(&self, i: usize) -> Option<serde_json::Value> {
         request(&self.instances[i], &Request::ShowHighAvailability).ok()
     }
@@ -135,19 +102,9 @@ impl Pair {
         wait_until(timeout, Duration::from_millis(10), || self.states() == want)
     }
 
-    fn logs(&self) -> String {
-        (0..2)
-            .map(|i| {
-                let log = std::fs::read_to_string(self.dir.join(format!("fw{}.log", i + 1)))
-                    .unwrap_or_default();
-                format!("--- fw{} log ---\n{log}", i + 1)
-            })
-            .collect()
-    }
-
     /// A new TCP connection from the client to the server's echo port through the pair.
     fn connect(&self) -> std::io::Result<String> {
-        in_netns(&self.topo.client.name, || -> std::io::Result<String> {
+        in_netns(&self.run.topo.client.name, || -> std::io::Result<String> {
             let mut c = TcpStream::connect_timeout(
                 &"198.18.2.2:80".parse().unwrap(),
                 Duration::from_millis(500),
@@ -171,40 +128,11 @@ impl Pair {
 
     fn links_down(&self, i: usize, links: &[&str]) {
         for l in links {
-            self.topo.fw[i]
+            self.run.topo.fw[i]
                 .exec_ok(&["ip", "link", "set", l, "down"])
                 .unwrap();
         }
     }
-}
-
-/// TCP echo on the server's port 80 until the flag is set.
-fn echo_server(topo: &HaPair) -> Arc<AtomicBool> {
-    let stop = Arc::new(AtomicBool::new(false));
-    let listener = in_netns(&topo.server.name, || TcpListener::bind("198.18.2.2:80"))
-        .unwrap()
-        .unwrap();
-    listener.set_nonblocking(true).unwrap();
-    let s = stop.clone();
-    std::thread::spawn(move || {
-        while !s.load(Ordering::Relaxed) {
-            match listener.accept() {
-                Ok((mut c, _)) => {
-                    std::thread::spawn(move || {
-                        let _ = c.set_nonblocking(false);
-                        let mut buf = [0u8; 1024];
-                        while let Ok(n) = c.read(&mut buf) {
-                            if n == 0 || c.write_all(&buf[..n]).is_err() {
-                                break;
-                            }
-                        }
-                    });
-                }
-                Err(_) => std::thread::sleep(Duration::from_millis(5)),
-            }
-        }
-    });
-    stop
 }
 
 fn unchanged(_: usize, text: String) -> String {
@@ -217,8 +145,9 @@ fn unchanged(_: usize, text: String) -> String {
 #[test]
 fn election_follows_priority_and_the_active_announces_its_virtual_mac() {
     let mut pair = Pair::new(&unchanged);
-    let capture = pair.dir.join("swc.txt");
+    let capture = pair.run.dir.join("swc.txt");
     let _tcpdump = pair
+        .run
         .topo
         .switch
         .spawn(
@@ -264,7 +193,7 @@ fn election_follows_priority_and_the_active_announces_its_virtual_mac() {
         std::fs::read_to_string(&capture).unwrap_or_default()
     );
     // fw2 holds nothing: no virtual MAC, no floating IP.
-    let fw2 = pair.topo.fw[1]
+    let fw2 = pair.run.topo.fw[1]
         .exec_ok(&["ip", "addr", "show", "eth1"])
         .unwrap();
     assert!(
@@ -280,11 +209,7 @@ fn killing_the_active_process_hands_over() {
     let mut pair = Pair::start(&unchanged);
     assert!(pair.connects_within(Duration::from_secs(5)));
     let t = Instant::now();
-    pair.procs[0]
-        .as_ref()
-        .unwrap()
-        .signal(nix::sys::signal::Signal::SIGKILL)
-        .unwrap();
+    pair.signal(0, nix::sys::signal::Signal::SIGKILL);
     let took_over = wait_until(Duration::from_secs(5), Duration::from_millis(5), || {
         pair.state(1) == "active"
     });
@@ -297,7 +222,7 @@ fn killing_the_active_process_hands_over() {
     );
     eprintln!("takeover after SIGKILL seen by the CLI after {took:?}");
     // The dead node's XDP program is still attached (pinned) but its lease lapsed.
-    let dump = pair.topo.fw[0]
+    let dump = pair.run.topo.fw[0]
         .exec_ok(&[
             "bpftool",
             "map",
@@ -307,7 +232,7 @@ fn killing_the_active_process_hands_over() {
         ])
         .unwrap();
     assert!(dump.contains("drop_not_active"), "{dump}");
-    let _ = pair.procs[0].take();
+    let _ = pair.run.procs[0].take();
 }
 
 /// Input: every link of the active node goes down. Output: the passive node takes over at once
@@ -531,11 +456,7 @@ fn a_planned_stop_hands_over_at_once() {
         |_: usize, text: String| text.replace("timers = \"fast\"", "timers = \"recommended\"");
     let pair = Pair::start(&recommended);
     let t = Instant::now();
-    pair.procs[0]
-        .as_ref()
-        .unwrap()
-        .signal(nix::sys::signal::Signal::SIGTERM)
-        .unwrap();
+    pair.signal(0, nix::sys::signal::Signal::SIGTERM);
     assert!(
         wait_until(Duration::from_secs(1), Duration::from_millis(5), || {
             pair.state(1) == "active"
@@ -554,7 +475,7 @@ fn a_planned_stop_hands_over_at_once() {
 /// Opens `n` TCP connections from the client to the echo server through the pair and checks each
 /// echoes once.
 fn open_connections(pair: &Pair, n: usize) -> Vec<TcpStream> {
-    let conns = in_netns(&pair.topo.client.name, move || {
+    let conns = in_netns(&pair.run.topo.client.name, move || {
         (0..n)
             .map(|_| {
                 TcpStream::connect_timeout(
@@ -602,13 +523,9 @@ fn session_count(pair: &Pair, i: usize) -> usize {
 
 /// Kills the active node's controller and downs its links, as a dead box would.
 fn kill_active(pair: &mut Pair) {
-    pair.procs[0]
-        .as_ref()
-        .unwrap()
-        .signal(nix::sys::signal::Signal::SIGKILL)
-        .unwrap();
+    pair.signal(0, nix::sys::signal::Signal::SIGKILL);
     pair.links_down(0, &HaPair::FW_LINKS);
-    let _ = pair.procs[0].take();
+    let _ = pair.run.procs[0].take();
 }
 
 /// Input: 1,000 established TCP connections carrying data, UDP flows and a ping through fw1;
@@ -619,7 +536,7 @@ fn kill_active(pair: &mut Pair) {
 fn established_sessions_survive_the_failover() {
     const N: usize = 1000;
     let mut pair = Pair::start(&unchanged);
-    let udp_echo = in_netns(&pair.topo.server.name, || {
+    let udp_echo = in_netns(&pair.run.topo.server.name, || {
         std::net::UdpSocket::bind("198.18.2.2:53")
     })
     .unwrap()
@@ -636,7 +553,7 @@ fn established_sessions_survive_the_failover() {
             }
         }
     });
-    let udp: Vec<std::net::UdpSocket> = in_netns(&pair.topo.client.name, || {
+    let udp: Vec<std::net::UdpSocket> = in_netns(&pair.run.topo.client.name, || {
         (0..10)
             .map(|_| {
                 let s = std::net::UdpSocket::bind("198.18.1.2:0").unwrap();
@@ -659,6 +576,7 @@ fn established_sessions_survive_the_failover() {
     assert_eq!(udp_ok(&udp), 10);
     let conns = open_connections(&pair, N);
     let ping = pair
+        .run
         .topo
         .client
         .command(&["ping", "-i", "0.05", "-w", "8", "198.18.2.2"]);

@@ -5,7 +5,7 @@
 
 use std::{
     io::{Read as _, Write as _},
-    net::{Shutdown, TcpListener, TcpStream, UdpSocket},
+    net::{Shutdown, TcpStream, UdpSocket},
     path::PathBuf,
     sync::{
         Arc,
@@ -101,31 +101,7 @@ fn tcp_echo_server_v6(lab: &Lab, port: u16) -> Arc<AtomicBool> {
 }
 
 fn echo_server_on(lab: &Lab, addr: String) -> Arc<AtomicBool> {
-    let stop = Arc::new(AtomicBool::new(false));
-    let listener = in_netns(&lab.topo.server.name, move || TcpListener::bind(addr))
-        .unwrap()
-        .unwrap();
-    listener.set_nonblocking(true).unwrap();
-    let s = stop.clone();
-    std::thread::spawn(move || {
-        while !s.load(Ordering::Relaxed) {
-            match listener.accept() {
-                Ok((mut conn, _)) => {
-                    std::thread::spawn(move || {
-                        conn.set_nonblocking(false).unwrap();
-                        let mut buf = [0u8; 4096];
-                        while let Ok(n) = conn.read(&mut buf) {
-                            if n == 0 || conn.write_all(&buf[..n]).is_err() {
-                                break;
-                            }
-                        }
-                    });
-                }
-                Err(_) => std::thread::sleep(Duration::from_millis(5)),
-            }
-        }
-    });
-    stop
+    hafw_lab::tcp_echo(&lab.topo.server.name, addr).unwrap()
 }
 
 fn connect(lab: &Lab, port: u16) -> std::io::Result<TcpStream> {

@@ -6,8 +6,7 @@
 
 use std::{
     net::UdpSocket,
-    path::{Path, PathBuf},
-    process::Command,
+    path::Path,
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, Ordering},
@@ -16,7 +15,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
-use hafw_lab::{HaPair, LabProcess, in_netns, unique_prefix, wait_until};
+use hafw_lab::{HaPair, PairRun, in_netns, wait_until};
 use serde::Serialize;
 
 const RUNS: usize = 5;
@@ -40,99 +39,26 @@ pub struct Row {
     pub max_ms: f64,
 }
 
-struct Lab {
-    topo: HaPair,
-    instances: [String; 2],
-    dir: PathBuf,
-    procs: [Option<LabProcess>; 2],
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        self.procs = [None, None];
-        for i in &self.instances {
-            let _ = std::fs::remove_dir_all(format!("/sys/fs/bpf/hafw/{i}"));
-            let _ = std::fs::remove_dir_all(format!("/run/hafw/{i}"));
-            let _ = std::fs::remove_file(format!("/run/hafw/{i}.sock"));
-        }
-        let _ = std::fs::remove_dir_all(format!("/sys/fs/bpf/hafw-lab/{}", self.topo.prefix));
-        let _ = std::fs::remove_dir_all(&self.dir);
+/// Starts the lab pair on `profile` and waits for fw1 active, fw2 passive.
+fn start(hafw: &Path, profile: &str) -> Result<PairRun> {
+    let edit = |_: usize, text: String| {
+        text.replace("timers = \"fast\"", &format!("timers = \"{profile}\""))
+    };
+    let mut lab = PairRun::new(hafw.to_str().unwrap_or_default(), &edit)?;
+    lab.start_node(0)?;
+    lab.start_node(1)?;
+    // The recommended profile waits up to 12 s at boot for a peer.
+    let elected = wait_until(Duration::from_secs(30), Duration::from_millis(50), || {
+        lab.cli_state(0) == "active" && lab.cli_state(1) == "passive"
+    });
+    if !elected {
+        bail!("the pair did not elect fw1 active:\n{}", lab.logs());
     }
-}
-
-fn state(hafw: &Path, instance: &str) -> String {
-    Command::new(hafw)
-        .args([
-            "--instance",
-            instance,
-            "--json",
-            "show",
-            "high-availability",
-            "all",
-        ])
-        .output()
-        .ok()
-        .and_then(|o| serde_json::from_slice::<serde_json::Value>(&o.stdout).ok())
-        .and_then(|v| v["status"]["local"]["state"].as_str().map(str::to_owned))
-        .unwrap_or_else(|| "down".into())
-}
-
-impl Lab {
-    fn start(hafw: &Path, profile: &str) -> Result<Lab> {
-        let prefix = unique_prefix();
-        let topo = HaPair::up(&prefix)?;
-        for (ns, ifname) in topo.xdp_peer_ends() {
-            let pin = format!("/sys/fs/bpf/hafw-lab/{prefix}/{}-{ifname}", ns.name);
-            ns.exec_ok(&[
-                hafw.to_str().unwrap_or_default(),
-                "xdp-pass",
-                "--iface",
-                &ifname,
-                "--pin",
-                &pin,
-            ])?;
-        }
-        let dir = std::env::temp_dir().join(&prefix);
-        std::fs::create_dir_all(&dir)?;
-        let instances = [format!("{prefix}-1"), format!("{prefix}-2")];
-        let mut lab = Lab {
-            topo,
-            instances,
-            dir,
-            procs: [None, None],
-        };
-        for i in 0..2 {
-            let config = lab.dir.join(format!("fw{}.toml", i + 1));
-            let text = hafw_config::Config::ha_example_text(i, &lab.instances[i])
-                .replace("timers = \"fast\"", &format!("timers = \"{profile}\""));
-            std::fs::write(&config, text)?;
-            lab.procs[i] = Some(lab.topo.fw[i].spawn(
-                &[
-                    hafw.to_str().unwrap_or_default(),
-                    "run",
-                    "--config",
-                    config.to_str().unwrap_or_default(),
-                ],
-                &lab.dir.join(format!("fw{}.log", i + 1)),
-            )?);
-        }
-        // The recommended profile waits up to 12 s at boot for a peer.
-        let elected = wait_until(Duration::from_secs(30), Duration::from_millis(50), || {
-            state(hafw, &lab.instances[0]) == "active"
-                && state(hafw, &lab.instances[1]) == "passive"
-        });
-        if !elected {
-            bail!(
-                "the pair did not elect fw1 active; logs in {}",
-                lab.dir.display()
-            );
-        }
-        Ok(lab)
-    }
+    Ok(lab)
 }
 
 /// Sends at 1 kpps from the client and records when each reply arrives, until `stop`.
-fn traffic(lab: &Lab, stop: Arc<AtomicBool>) -> Result<Arc<Mutex<Vec<Instant>>>> {
+fn traffic(lab: &PairRun, stop: Arc<AtomicBool>) -> Result<Arc<Mutex<Vec<Instant>>>> {
     let server = in_netns(&lab.topo.server.name, || {
         UdpSocket::bind((HaPair::SERVER_IP, ECHO_PORT))
     })??;
@@ -182,7 +108,7 @@ fn traffic(lab: &Lab, stop: Arc<AtomicBool>) -> Result<Arc<Mutex<Vec<Instant>>>>
 }
 
 fn one_run(hafw: &Path, profile: &str, fault: Fault) -> Result<f64> {
-    let mut lab = Lab::start(hafw, profile)?;
+    let mut lab = start(hafw, profile)?;
     let stop = Arc::new(AtomicBool::new(false));
     let replies = traffic(&lab, stop.clone())?;
     // Warm up: sessions exist and replies flow before the fault.
@@ -216,7 +142,7 @@ fn one_run(hafw: &Path, profile: &str, fault: Fault) -> Result<f64> {
     // say the failover is over: wait for the peer to take over, then for replies through it.
     // Polled gently: each poll is a process, and CPU taken here is CPU the pair does not get.
     let took_over = wait_until(Duration::from_secs(30), Duration::from_millis(50), || {
-        state(hafw, &lab.instances[1]) == "active"
+        lab.cli_state(1) == "active"
     });
     let takeover_at = Instant::now();
     let resumed = took_over

@@ -23,7 +23,7 @@ use std::{
 };
 
 use anyhow::{Result, bail};
-use hafw_lab::{HaPair, LabProcess, unique_prefix, wait_until};
+use hafw_lab::{HaPair, LabProcess, PairRun, unique_prefix, wait_until};
 use serde::Serialize;
 
 #[derive(Serialize)]
@@ -35,23 +35,17 @@ pub struct Row {
     pub detail: String,
 }
 
-struct Side {
-    topo: HaPair,
+/// The keepalived pair: the lab topology with two keepalived processes.
+/// Fields drop in order: the processes die before their namespaces go.
+struct Keepalived {
+    _procs: Vec<LabProcess>,
+    _topo: HaPair,
     dir: PathBuf,
-    instances: [String; 2],
-    procs: Vec<LabProcess>,
     logs: [PathBuf; 2],
 }
 
-impl Drop for Side {
+impl Drop for Keepalived {
     fn drop(&mut self) {
-        self.procs.clear();
-        for i in &self.instances {
-            let _ = std::fs::remove_dir_all(format!("/sys/fs/bpf/hafw/{i}"));
-            let _ = std::fs::remove_dir_all(format!("/run/hafw/{i}"));
-            let _ = std::fs::remove_file(format!("/run/hafw/{i}.sock"));
-        }
-        let _ = std::fs::remove_dir_all(format!("/sys/fs/bpf/hafw-lab/{}", self.topo.prefix));
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
@@ -63,7 +57,7 @@ fn count(path: &PathBuf, needle: &str) -> usize {
 }
 
 /// The longest heartbeat gap either node of a hafw pair saw on any link (ms).
-fn max_gap(hafw: &str, side: &Side) -> f64 {
+fn max_gap(hafw: &str, side: &PairRun) -> f64 {
     side.instances
         .iter()
         .filter_map(|i| {
@@ -95,9 +89,8 @@ fn max_gap(hafw: &str, side: &Side) -> f64 {
 }
 
 /// The state-change lines of both logs, for the report (the logs go with the namespaces).
-fn changes(side: &Side, needle: &str) -> String {
-    side.logs
-        .iter()
+fn changes(logs: &[PathBuf; 2], needle: &str) -> String {
+    logs.iter()
         .enumerate()
         .flat_map(|(i, p)| {
             std::fs::read_to_string(p)
@@ -111,39 +104,14 @@ fn changes(side: &Side, needle: &str) -> String {
         .join("; ")
 }
 
-fn hafw_side(hafw: &str, edit: &dyn Fn(String) -> String) -> Result<Side> {
-    let prefix = unique_prefix();
-    let topo = HaPair::up(&prefix)?;
-    for (ns, ifname) in topo.xdp_peer_ends() {
-        let pin = format!("/sys/fs/bpf/hafw-lab/{prefix}/{}-{ifname}", ns.name);
-        ns.exec_ok(&[hafw, "xdp-pass", "--iface", &ifname, "--pin", &pin])?;
-    }
-    let dir = std::env::temp_dir().join(&prefix);
-    std::fs::create_dir_all(&dir)?;
-    let instances = [format!("{prefix}-1"), format!("{prefix}-2")];
-    let logs = [dir.join("fw1.log"), dir.join("fw2.log")];
-    let mut procs = Vec::new();
-    for i in 0..2 {
-        let config = dir.join(format!("fw{}.toml", i + 1));
-        std::fs::write(
-            &config,
-            edit(hafw_config::Config::ha_example_text(i, &instances[i])),
-        )?;
-        procs.push(topo.fw[i].spawn(
-            &[hafw, "run", "--config", config.to_str().unwrap_or_default()],
-            &logs[i],
-        )?);
-    }
-    Ok(Side {
-        topo,
-        dir,
-        instances,
-        procs,
-        logs,
-    })
+fn hafw_side(hafw: &str, edit: &dyn Fn(String) -> String) -> Result<PairRun> {
+    let mut run = PairRun::new(hafw, &|_, text| edit(text))?;
+    run.start_node(0)?;
+    run.start_node(1)?;
+    Ok(run)
 }
 
-fn keepalived_side() -> Result<Side> {
+fn keepalived_side() -> Result<Keepalived> {
     let prefix = unique_prefix();
     let topo = HaPair::up(&prefix)?;
     let dir = std::env::temp_dir().join(&prefix);
@@ -195,11 +163,10 @@ fn keepalived_side() -> Result<Side> {
             &logs[i],
         )?);
     }
-    Ok(Side {
-        topo,
+    Ok(Keepalived {
+        _procs: procs,
+        _topo: topo,
         dir,
-        instances: [String::new(), String::new()],
-        procs,
         logs,
     })
 }
@@ -215,20 +182,22 @@ pub fn measure(minutes: f64) -> Result<Vec<Row>> {
     })?;
     let f = hafw_side(&hafw, &|t| t)?;
     let k = keepalived_side()?;
-    let hafw_changes = |s: &Side| count(&s.logs[0], "HA state ") + count(&s.logs[1], "HA state ");
-    let ka_changes = |s: &Side| count(&s.logs[0], "Entering ") + count(&s.logs[1], "Entering ");
+    let logs = |s: &PairRun| [s.log(0), s.log(1)];
+    let hafw_changes = |s: &PairRun| count(&s.log(0), "HA state ") + count(&s.log(1), "HA state ");
+    let ka_changes =
+        |s: &Keepalived| count(&s.logs[0], "Entering ") + count(&s.logs[1], "Entering ");
     // Settle: each pair elected, one master/active each.
     let settled = wait_until(Duration::from_secs(30), Duration::from_millis(100), || {
         [&h, &f]
             .iter()
-            .all(|s| count(&s.logs[0], "-> active") == 1 && count(&s.logs[1], "-> passive") == 1)
+            .all(|s| count(&s.log(0), "-> active") == 1 && count(&s.log(1), "-> passive") == 1)
             && count(&k.logs[0], "Entering MASTER STATE") == 1
     });
     if !settled {
         bail!(
             "pairs did not settle: hafw {}, {}; keepalived {}, {}",
-            h.logs[0].display(),
-            h.logs[1].display(),
+            h.log(0).display(),
+            h.log(1).display(),
             k.logs[0].display(),
             k.logs[1].display()
         );
@@ -276,7 +245,7 @@ pub fn measure(minutes: f64) -> Result<Vec<Row>> {
             detail: format!(
                 "longest heartbeat gap {:.1} ms; {}",
                 max_gap(&hafw, &h),
-                changes(&h, "HA state ")
+                changes(&logs(&h), "HA state ")
             ),
         },
         Row {
@@ -287,7 +256,7 @@ pub fn measure(minutes: f64) -> Result<Vec<Row>> {
             detail: format!(
                 "longest heartbeat gap {:.1} ms; {}",
                 max_gap(&hafw, &f),
-                changes(&f, "HA state ")
+                changes(&logs(&f), "HA state ")
             ),
         },
         Row {
@@ -295,7 +264,7 @@ pub fn measure(minutes: f64) -> Result<Vec<Row>> {
             detection: "advert_int 0.01: master down after ~34 ms",
             minutes,
             state_changes: ka_changes(&k) - k0,
-            detail: changes(&k, "Entering "),
+            detail: changes(&k.logs, "Entering "),
         },
     ])
 }
