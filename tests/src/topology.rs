@@ -189,7 +189,7 @@ impl HaPair {
             f.exec_ok(&["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
             f.exec_ok(&["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"])?;
         }
-        for link in ["ha1", "ha2"] {
+        for link in ["ha1", "ha2", "ha1b"] {
             fw[0].exec_ok(&[
                 "ip",
                 "link",
@@ -225,7 +225,7 @@ impl HaPair {
     }
 
     /// Every link of firewall `i` (0 or 1), for "down all its links".
-    pub const FW_LINKS: [&str; 5] = ["eth1", "eth2", "ha1", "ha2", "mgmt"];
+    pub const FW_LINKS: [&str; 6] = ["eth1", "eth2", "ha1", "ha2", "ha1b", "mgmt"];
 
     pub fn persist(&mut self) {
         self.client.persist();

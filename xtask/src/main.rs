@@ -42,10 +42,10 @@ enum Cmd {
     },
     /// rustfmt check and clippy with -D warnings on every crate, the BPF crate included.
     Clippy,
-    /// Benchmarks: `fastpath`, `failover [PROFILE]`, `soak [MINUTES]`. Prints a table and writes
-    /// bench/results/.
+    /// Benchmarks: `fastpath`, `failover [PROFILE]`, `soak [MINUTES]`, `sync`. Prints a table and
+    /// writes bench/results/.
     Bench {
-        #[arg(value_parser = ["fastpath", "failover", "soak"])]
+        #[arg(value_parser = ["fastpath", "failover", "soak", "sync"])]
         which: String,
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,

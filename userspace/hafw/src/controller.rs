@@ -457,6 +457,7 @@ fn ha_plan(config: &Config, compiled: &CompiledPolicy) -> Result<Option<ha::HaPl
         interface: l.interface.clone(),
         local: l.local(),
         peer: l.peer_addr(),
+        gateway: l.gateway.as_ref().and_then(|g| g.parse().ok()),
     };
     let mut ports = Vec::new();
     for (name, _) in &compiled.interfaces {

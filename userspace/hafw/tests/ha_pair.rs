@@ -647,3 +647,155 @@ fn established_sessions_survive_the_failover() {
         "without sync, established connections must die on the new active node"
     );
 }
+
+/// The fast path's session map of instance `instance`, opened through its pin.
+fn pinned_sessions(
+    instance: &str,
+) -> aya::maps::HashMap<
+    aya::maps::MapData,
+    hafw_common::session::SessionKey,
+    hafw_common::session::SessionValue,
+> {
+    let data =
+        aya::maps::MapData::from_pin(format!("/sys/fs/bpf/hafw/{instance}/v1/sessions")).unwrap();
+    aya::maps::HashMap::try_from(aya::maps::Map::from_map_data(data).unwrap()).unwrap()
+}
+
+/// Input: 100,000 established sessions in the active node's table, then the passive node starts.
+/// Output: the passive node reports `state sync complete` after one bulk sync, with its duration,
+/// and holds every session.
+#[test]
+fn a_late_passive_gets_the_whole_table_by_bulk_sync() {
+    use hafw_common::session::{FAMILY_IPV4, PROTO_TCP, SessionKey, SessionState, SessionValue};
+    const N: u32 = 100_000;
+    let mut pair = Pair::new(&unchanged);
+    pair.start_node(0);
+    assert!(
+        wait_until(Duration::from_secs(5), Duration::from_millis(20), || {
+            pair.state(0) == "active"
+        }),
+        "{}",
+        pair.logs()
+    );
+    let mut map = pinned_sessions(&pair.instances[0]);
+    let now = hafw::aging::monotonic_now_ns();
+    let t = Instant::now();
+    for i in 0..N {
+        let key = SessionKey {
+            addr_lo: [u32::from_ne_bytes([198, 18, 1, 2]), 0, 0, 0],
+            addr_hi: [u32::from_ne_bytes([198, 18, 2, 2]), 0, 0, 0],
+            port_lo: 10_000 + (i % 50_000) as u16,
+            port_hi: 80 + (i / 50_000) as u16,
+            proto: PROTO_TCP,
+            family: FAMILY_IPV4,
+            _pad: [0; 2],
+        };
+        let value = SessionValue {
+            created_ns: now,
+            last_seen_ns: now,
+            state: SessionState::Established as u8,
+            rule_id: 2,
+            egress_zone: 1,
+            ..Default::default()
+        };
+        map.insert(key, value, 0).unwrap();
+    }
+    eprintln!("{N} sessions written in {:?}", t.elapsed());
+    pair.start_node(1);
+    let complete = wait_until(Duration::from_secs(30), Duration::from_millis(100), || {
+        request(&pair.instances[1], &Request::ShowStateSync)
+            .is_ok_and(|v| v["status"] == "state sync complete")
+    });
+    let sync = request(&pair.instances[1], &Request::ShowStateSync).unwrap();
+    assert!(complete, "{sync:#}\n{}", pair.logs());
+    let bulk_ms = sync["last_bulk_sync_received_ms"].as_f64().unwrap();
+    let held = pinned_sessions(&pair.instances[1]).keys().count();
+    eprintln!("bulk sync of {N} sessions: {bulk_ms:.1} ms; passive holds {held}");
+    assert!(held >= N as usize, "passive holds {held} of {N}: {sync:#}");
+    assert_eq!(sync["sequence"]["missing"], 0, "{sync:#}");
+}
+
+/// Input: passive link state `shutdown`. Output: the passive node's data links are down while it
+/// is passive, come up when it takes over, and carry the traffic then.
+#[test]
+fn passive_link_state_shutdown_keeps_the_passive_data_links_down() {
+    let shutdown = |_: usize, text: String| {
+        text.replace(
+            "passive_link_state = \"auto\"",
+            "passive_link_state = \"shutdown\"",
+        )
+    };
+    let mut pair = Pair::start(&shutdown);
+    let admin_up = |pair: &Pair, i: usize, link: &str| {
+        let out = pair.run.topo.fw[i]
+            .exec_ok(&["ip", "-o", "link", "show", link])
+            .unwrap();
+        let flags = out
+            .split('<')
+            .nth(1)
+            .unwrap_or("")
+            .split('>')
+            .next()
+            .unwrap_or("");
+        flags.split(',').any(|f| f == "UP")
+    };
+    for link in ["eth1", "eth2"] {
+        assert!(admin_up(&pair, 0, link), "active fw1 {link} up");
+        assert!(!admin_up(&pair, 1, link), "passive fw2 {link} down");
+    }
+    assert!(pair.connects_within(Duration::from_secs(5)));
+    kill_active(&mut pair);
+    assert!(wait_until(
+        Duration::from_secs(5),
+        Duration::from_millis(10),
+        || { pair.state(1) == "active" }
+    ));
+    for link in ["eth1", "eth2"] {
+        assert!(admin_up(&pair, 1, link), "new active fw2 {link} up");
+    }
+    assert!(
+        pair.connects_within(Duration::from_secs(5)),
+        "{}",
+        pair.logs()
+    );
+}
+
+/// Input: an HA1 backup link and no heartbeat backup; HA1 is cut. Output: hellos and heartbeats
+/// continue over the HA1 backup, so neither node changes state (the control without any backup
+/// is in `cutting_only_ha1_with_heartbeat_backup_keeps_one_active`: there both become active).
+#[test]
+fn the_ha1_backup_carries_the_pair_when_ha1_is_cut() {
+    let with_backup = |i: usize, text: String| {
+        let start = text.find("[high_availability.heartbeat_backup]").unwrap();
+        let end = text.find("[high_availability.ha2]").unwrap();
+        let backup = format!(
+            "[high_availability.ha1_backup]\ninterface = \"ha1b\"\naddress = \"169.254.4.{}/30\"\npeer = \"169.254.4.{}\"\n\n",
+            i + 1,
+            2 - i
+        );
+        format!("{}{backup}{}", &text[..start], &text[end..])
+    };
+    let pair = Pair::start(&with_backup);
+    let hellos = |pair: &Pair| {
+        pair.show(1).unwrap()["shell"]["links"]["ha1-backup"]["hellos_received"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    assert!(
+        wait_until(Duration::from_secs(5), Duration::from_millis(50), || {
+            pair.show(1)
+                .is_some_and(|v| v["shell"]["links"]["ha1-backup"]["connected"] == true)
+        }),
+        "HA1 backup connected: {}",
+        pair.show(1).unwrap()["shell"]["links"]
+    );
+    let before = hellos(&pair);
+    pair.links_down(0, &["ha1"]);
+    assert!(
+        !both_active_during(&pair, Duration::from_secs(3)),
+        "{}",
+        pair.logs()
+    );
+    assert_eq!(pair.states(), ["active", "passive"]);
+    assert!(hellos(&pair) > before, "hellos go on over the HA1 backup");
+}

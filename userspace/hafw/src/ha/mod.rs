@@ -62,6 +62,8 @@ pub struct LinkPlan {
     /// Local address and prefix (added to the interface if missing).
     pub local: IpNet,
     pub peer: IpAddr,
+    /// Next hop to the peer when it is on another subnet (a host route is added).
+    pub gateway: Option<IpAddr>,
 }
 
 /// Everything the shell needs, resolved from the config and the host.
@@ -266,21 +268,39 @@ pub fn spawn(plan: HaPlan, dataplane: ConfigHandle) -> Result<HaHandle> {
     Ok(handle)
 }
 
-/// Adds each HA link's local address to its interface when missing (HA addressing is part of the
-/// per-device HA config, as on commercial pairs).
+/// Adds each HA link's local address to its interface when missing, and a host route to the
+/// peer through the link's gateway when it has one (HA addressing is part of the per-device HA
+/// config, as on commercial pairs).
 fn ensure_link_addresses(plan: &HaPlan) -> Result<()> {
     for (_, l) in plan.links() {
-        let out = std::process::Command::new("ip")
-            .args(["addr", "replace", &l.local.to_string(), "dev", &l.interface])
-            .output()
-            .context("running ip")?;
-        if !out.status.success() {
-            anyhow::bail!(
-                "HA link {}: cannot set {}: {}",
-                l.interface,
-                l.local,
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
+        let local = l.local.to_string();
+        let peer = IpNet::from(l.peer).to_string();
+        let mut commands = vec![vec!["addr", "replace", &local, "dev", &l.interface]];
+        let gateway = l.gateway.map(|g| g.to_string());
+        if let Some(g) = &gateway {
+            commands.push(vec![
+                "route",
+                "replace",
+                &peer,
+                "via",
+                g,
+                "dev",
+                &l.interface,
+            ]);
+        }
+        for args in commands {
+            let out = std::process::Command::new("ip")
+                .args(&args)
+                .output()
+                .context("running ip")?;
+            if !out.status.success() {
+                anyhow::bail!(
+                    "HA link {}: ip {} failed: {}",
+                    l.interface,
+                    args.join(" "),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
+            }
         }
     }
     Ok(())

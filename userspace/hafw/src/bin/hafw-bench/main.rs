@@ -62,7 +62,18 @@ fn main() -> Result<()> {
             let rows = soak::measure(minutes)?;
             report_soak(&rows, minutes >= 10.0)
         }
-        other => bail!("unknown benchmark {other:?} (expected: fastpath, failover, soak)"),
+        "sync" => {
+            // The ingest fixture moves its thread into a private network namespace.
+            let ingest = std::thread::spawn(sync::ingest)
+                .join()
+                .map_err(|_| anyhow::anyhow!("benchmark thread panicked"))??;
+            let mut rows = vec![ingest];
+            for n in [100_000, 1_000_000] {
+                rows.push(sync::bulk(n)?);
+            }
+            report_sync(&rows)
+        }
+        other => bail!("unknown benchmark {other:?} (expected: fastpath, failover, soak, sync)"),
     }
 }
 
@@ -274,6 +285,32 @@ fn report(name: &str, rows: &[Row], fwd: &[forwarding::FwdRow], ratio: f64) -> R
 mod failover;
 mod forwarding;
 mod soak;
+mod sync;
+
+/// Prints the HA2 sync table and writes bench/results/sync.*.
+fn report_sync(rows: &[sync::Row]) -> Result<()> {
+    let mut md = format!(
+        "# sync benchmark\n\nkernel {}, {} CPUs.\n\n| case | value | unit | target | note |\n|---|---:|---|---|---|\n",
+        kernel_release(),
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0),
+    );
+    for r in rows {
+        let _ = writeln!(
+            md,
+            "| {} | {:.2} | {} | {} | {} |",
+            r.case, r.value, r.unit, r.target, r.note
+        );
+    }
+    print!("{md}");
+    let dir = std::path::Path::new("bench/results");
+    std::fs::create_dir_all(dir)?;
+    std::fs::write(dir.join("sync.md"), &md)?;
+    std::fs::write(dir.join("sync.json"), serde_json::to_string_pretty(rows)?)?;
+    println!("\nwritten: bench/results/sync.md, bench/results/sync.json");
+    Ok(())
+}
 
 /// Prints the soak table; writes bench/results/soak.* only for a run of 10 minutes or more.
 fn report_soak(rows: &[soak::Row], full: bool) -> Result<()> {
