@@ -214,6 +214,12 @@ pub fn high_availability(data: &serde_json::Value) -> String {
     );
     let _ = writeln!(out, "    State sync:          {}", s(&st["session_sync"]));
     let _ = writeln!(out, "    Flaps:               {}", s(&st["flaps"]));
+    let _ = writeln!(
+        out,
+        "    HA thread pauses:    {} (longest {:.1} ms)",
+        s(&sh["pauses"]),
+        sh["longest_pause_ms"].as_f64().unwrap_or(0.0)
+    );
     if let Some(macs) = sh["virtual_macs"].as_object() {
         for (port, mac) in macs {
             let _ = writeln!(out, "    Virtual MAC {port:<8} {}", s(mac));

@@ -176,6 +176,9 @@ pub struct ShellView {
     pub links: BTreeMap<&'static str, LinkCounters>,
     pub announcements_sent: u64,
     pub session_sync: &'static str,
+    /// Times this node's HA thread noticed it had not been running (see pause detection).
+    pub pauses: u64,
+    pub longest_pause_ms: f64,
 }
 
 /// The shared picture of the HA state, refreshed by the shell after every input.
@@ -350,6 +353,10 @@ struct Shell {
     tcp_out: BTreeMap<Link, mpsc::Sender<Vec<u8>>>,
     udp: BTreeMap<Link, (Arc<UdpSocket>, SocketAddr)>,
     sealer: Option<DatagramSealer>,
+    /// Pauses taken out of the core's clock (see `account_for_pause`).
+    paused: Duration,
+    pause_threshold: Duration,
+    heartbeat_sockets: Vec<HeartbeatSocket>,
     /// One packet socket per data port (same order as `plan.ports`), opened at start.
     announce_sockets: Vec<Option<host::FrameSocket>>,
     carrier: BTreeMap<Link, bool>,
@@ -408,6 +415,10 @@ impl Shell {
             tcp_out: BTreeMap::new(),
             udp: BTreeMap::new(),
             sealer: None,
+            paused: Duration::ZERO,
+            // Tokio's timers are millisecond-grained: a wake-up up to a few ms late is normal.
+            pause_threshold: (timers.heartbeat_interval).max(Duration::from_millis(4)),
+            heartbeat_sockets: Vec::new(),
             announce_sockets: Vec::new(),
             carrier: BTreeMap::new(),
             last_peer_state: None,
@@ -452,6 +463,10 @@ impl Shell {
                 },
                 _ = lease_tick.tick(), if shell.active => shell.refresh_lease(),
                 _ = tokio::time::sleep_until(deadline.into()) => {
+                    shell.account_for_pause(deadline);
+                    // After a pause the peer's heartbeats may be waiting in the sockets: read
+                    // them before any timer can declare the peer dead.
+                    shell.drain_pending(&mut rx);
                     let now = shell.now();
                     shell.core.handle_timeout(now);
                 }
@@ -460,8 +475,46 @@ impl Shell {
         }
     }
 
+    /// Feeds every heartbeat already received (in a socket or in the input queue).
+    fn drain_pending(&mut self, rx: &mut mpsc::UnboundedReceiver<Input>) {
+        let mut buf = [0u8; 2048];
+        for hb in self.heartbeat_sockets.clone() {
+            while let Ok((len, from)) = hb.sock.try_recv_from(&mut buf) {
+                let input = heartbeat_input(hb.via, from, &buf[..len], hb.peer, hb.opener.as_deref());
+                self.on_input(input);
+            }
+        }
+        while let Ok(input) = rx.try_recv() {
+            match input {
+                // Control requests wait for the loop; only traffic is drained here.
+                Input::Operator(..) | Input::Shutdown(_) => {
+                    let _ = self.tx.send(input);
+                    break;
+                }
+                input => self.on_input(input),
+            }
+        }
+    }
+
+    /// The core's clock: monotonic time minus the pauses this thread has noticed.
     fn now(&self) -> Timestamp {
-        Timestamp::ZERO + self.start.elapsed()
+        Timestamp::ZERO + self.start.elapsed().saturating_sub(self.paused)
+    }
+
+    /// Pause detection, as corosync does it: when this thread wakes up well after the deadline it
+    /// asked for, it was not running (host preemption of the virtual CPU, a stalled kernel), and
+    /// neither the peer's heartbeats nor its own could be processed meanwhile. That time is taken
+    /// out of the core's clock, so a pause of this node is never mistaken for the death of the
+    /// peer. A real peer failure during the pause is detected that much later.
+    fn account_for_pause(&mut self, deadline: Instant) {
+        let late = Instant::now().saturating_duration_since(deadline);
+        if late > self.pause_threshold {
+            self.paused += late;
+            self.shell_view.pauses += 1;
+            let ms = late.as_secs_f64() * 1e3;
+            self.shell_view.longest_pause_ms = self.shell_view.longest_pause_ms.max(ms);
+            warn!("HA: this thread was paused for {ms:.1} ms; not counted against the peer");
+        }
     }
 
     /// Binds the heartbeat sockets and starts the HA1 TCP link tasks.
@@ -487,16 +540,16 @@ impl Shell {
                     SocketAddr::new(lp.peer, HA1_HEARTBEAT_UDP_PORT),
                 ),
             );
-            let opener = secure
-                .as_ref()
-                .map(|k| DatagramOpener::new(&k.0.local, &k.0.peer, k.1));
-            tokio::spawn(receive_heartbeats(
-                link,
+            let hb = HeartbeatSocket {
+                via: link,
                 sock,
-                lp.peer,
-                opener,
-                self.tx.clone(),
-            ));
+                peer: lp.peer,
+                opener: secure
+                    .as_ref()
+                    .map(|k| Arc::new(DatagramOpener::new(&k.0.local, &k.0.peer, k.1))),
+            };
+            self.heartbeat_sockets.push(hb.clone());
+            tokio::spawn(receive_heartbeats(hb, self.tx.clone()));
             let counters = LinkCounters {
                 interface: lp.interface.clone(),
                 local: lp.local.to_string(),
@@ -824,41 +877,55 @@ async fn bind_udp(addr: SocketAddr) -> Result<UdpSocket> {
         .unwrap_or_else(|| anyhow!("bind")))
 }
 
-async fn receive_heartbeats(
+/// One received heartbeat datagram as the shell's input: checked source, opened when encryption
+/// is on, decoded.
+fn heartbeat_input(
+    via: Link,
+    from: SocketAddr,
+    datagram: &[u8],
+    peer: IpAddr,
+    opener: Option<&DatagramOpener>,
+) -> Input {
+    if from.ip() != peer {
+        return Input::WrongSource { via };
+    }
+    let plain = match opener {
+        None => Ok(datagram.to_vec()),
+        Some(o) => o.open(datagram),
+    };
+    match plain {
+        Err(e) => Input::Refused {
+            via,
+            reason: format!("heartbeat from {from}: {e}"),
+        },
+        Ok(plain) => match Frame::parse(&plain) {
+            Ok((frame, _)) => Input::Frame { via, frame },
+            Err(_) => Input::Malformed { via },
+        },
+    }
+}
+
+/// A heartbeat socket and what is needed to read it.
+#[derive(Clone)]
+struct HeartbeatSocket {
     via: Link,
     sock: Arc<UdpSocket>,
     peer: IpAddr,
-    opener: Option<DatagramOpener>,
-    tx: mpsc::UnboundedSender<Input>,
-) {
+    opener: Option<Arc<DatagramOpener>>,
+}
+
+async fn receive_heartbeats(hb: HeartbeatSocket, tx: mpsc::UnboundedSender<Input>) {
     let mut buf = vec![0u8; 2048];
     loop {
-        let (len, from) = match sock.recv_from(&mut buf).await {
+        let (len, from) = match hb.sock.recv_from(&mut buf).await {
             Ok(r) => r,
             Err(e) => {
-                warn!("{via}: heartbeat socket: {e}");
+                warn!("{}: heartbeat socket: {e}", hb.via);
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
         };
-        let plain: Result<Vec<u8>, SecureError> = match &opener {
-            None => Ok(buf[..len].to_vec()),
-            Some(o) => o.open(&buf[..len]),
-        };
-        let input = if from.ip() != peer {
-            Input::WrongSource { via }
-        } else {
-            match plain {
-                Err(e) => Input::Refused {
-                    via,
-                    reason: format!("heartbeat from {from}: {e}"),
-                },
-                Ok(plain) => match Frame::parse(&plain) {
-                    Ok((frame, _)) => Input::Frame { via, frame },
-                    Err(_) => Input::Malformed { via },
-                },
-            }
-        };
+        let input = heartbeat_input(hb.via, from, &buf[..len], hb.peer, hb.opener.as_deref());
         if tx.send(input).is_err() {
             return;
         }

@@ -56,24 +56,22 @@ fn count(path: &PathBuf, needle: &str) -> usize {
         .unwrap_or(0)
 }
 
-/// The longest heartbeat gap either node of a hafw pair saw on any link (ms).
-fn max_gap(hafw: &str, side: &PairRun) -> f64 {
-    side.instances
+/// The longest heartbeat gap either node of a hafw pair saw on any link, and the pauses its HA
+/// threads noticed.
+fn max_gap(hafw: &str, side: &PairRun) -> String {
+    let shows: Vec<serde_json::Value> = side
+        .instances
         .iter()
         .filter_map(|i| {
             std::process::Command::new(hafw)
-                .args([
-                    "--instance",
-                    i,
-                    "--json",
-                    "show",
-                    "high-availability",
-                    "all",
-                ])
+                .args(["--instance", i, "--json", "show", "high-availability", "all"])
                 .output()
                 .ok()
-                .and_then(|o| serde_json::from_slice::<serde_json::Value>(&o.stdout).ok())
+                .and_then(|o| serde_json::from_slice(&o.stdout).ok())
         })
+        .collect();
+    let gap = shows
+        .iter()
         .flat_map(|v| {
             v["shell"]["links"]
                 .as_object()
@@ -85,7 +83,15 @@ fn max_gap(hafw: &str, side: &PairRun) -> f64 {
                 })
                 .unwrap_or_default()
         })
-        .fold(0.0, f64::max)
+        .fold(0.0, f64::max);
+    let pauses: u64 = shows.iter().filter_map(|v| v["shell"]["pauses"].as_u64()).sum();
+    let longest = shows
+        .iter()
+        .filter_map(|v| v["shell"]["longest_pause_ms"].as_f64())
+        .fold(0.0, f64::max);
+    format!(
+        "longest heartbeat gap {gap:.1} ms; HA thread pauses noticed {pauses} (longest {longest:.1} ms)"
+    )
 }
 
 /// The state-change lines of both logs, for the report (the logs go with the namespaces).
@@ -243,7 +249,7 @@ pub fn measure(minutes: f64) -> Result<Vec<Row>> {
             minutes,
             state_changes: hafw_changes(&h) - h0,
             detail: format!(
-                "longest heartbeat gap {:.1} ms; {}",
+                "{}; {}",
                 max_gap(&hafw, &h),
                 changes(&logs(&h), "HA state ")
             ),
@@ -254,7 +260,7 @@ pub fn measure(minutes: f64) -> Result<Vec<Row>> {
             minutes,
             state_changes: hafw_changes(&f) - f0,
             detail: format!(
-                "longest heartbeat gap {:.1} ms; {}",
+                "{}; {}",
                 max_gap(&hafw, &f),
                 changes(&logs(&f), "HA state ")
             ),
