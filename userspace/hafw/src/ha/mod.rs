@@ -445,11 +445,12 @@ impl Shell {
         loop {
             shell.perform_actions();
             shell.publish();
+            let sleep_from = Instant::now();
             let deadline = shell
                 .core
                 .poll_timeout()
-                .map(|t| shell.start + Duration::from_nanos(t.as_nanos()))
-                .unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
+                .map(|t| shell.instant_of(t))
+                .unwrap_or_else(|| sleep_from + Duration::from_secs(1));
             tokio::select! {
                 biased;
                 input = rx.recv() => match input {
@@ -463,7 +464,9 @@ impl Shell {
                 },
                 _ = lease_tick.tick(), if shell.active => shell.refresh_lease(),
                 _ = tokio::time::sleep_until(deadline.into()) => {
-                    shell.account_for_pause(deadline);
+                    // A deadline already past when the sleep began fires at once: only the
+                    // time beyond both counts as lateness.
+                    shell.account_for_pause(deadline.max(sleep_from));
                     // After a pause the peer's heartbeats may be waiting in the sockets: read
                     // them before any timer can declare the peer dead.
                     shell.drain_pending(&mut rx);
@@ -480,7 +483,8 @@ impl Shell {
         let mut buf = [0u8; 2048];
         for hb in self.heartbeat_sockets.clone() {
             while let Ok((len, from)) = hb.sock.try_recv_from(&mut buf) {
-                let input = heartbeat_input(hb.via, from, &buf[..len], hb.peer, hb.opener.as_deref());
+                let input =
+                    heartbeat_input(hb.via, from, &buf[..len], hb.peer, hb.opener.as_deref());
                 self.on_input(input);
             }
         }
@@ -499,6 +503,11 @@ impl Shell {
     /// The core's clock: monotonic time minus the pauses this thread has noticed.
     fn now(&self) -> Timestamp {
         Timestamp::ZERO + self.start.elapsed().saturating_sub(self.paused)
+    }
+
+    /// The monotonic instant at which the core's clock reads `t` (the inverse of [`Self::now`]).
+    fn instant_of(&self, t: Timestamp) -> Instant {
+        self.start + self.paused + Duration::from_nanos(t.as_nanos())
     }
 
     /// Pause detection, as corosync does it: when this thread wakes up well after the deadline it

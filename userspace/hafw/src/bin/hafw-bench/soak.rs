@@ -64,7 +64,14 @@ fn max_gap(hafw: &str, side: &PairRun) -> String {
         .iter()
         .filter_map(|i| {
             std::process::Command::new(hafw)
-                .args(["--instance", i, "--json", "show", "high-availability", "all"])
+                .args([
+                    "--instance",
+                    i,
+                    "--json",
+                    "show",
+                    "high-availability",
+                    "all",
+                ])
                 .output()
                 .ok()
                 .and_then(|o| serde_json::from_slice(&o.stdout).ok())
@@ -84,7 +91,10 @@ fn max_gap(hafw: &str, side: &PairRun) -> String {
                 .unwrap_or_default()
         })
         .fold(0.0, f64::max);
-    let pauses: u64 = shows.iter().filter_map(|v| v["shell"]["pauses"].as_u64()).sum();
+    let pauses: u64 = shows
+        .iter()
+        .filter_map(|v| v["shell"]["pauses"].as_u64())
+        .sum();
     let longest = shows
         .iter()
         .filter_map(|v| v["shell"]["longest_pause_ms"].as_f64())
