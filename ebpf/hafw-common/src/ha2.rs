@@ -44,10 +44,26 @@
 //! | 4 | bulk-sync start | none |
 //! | 5 | bulk-sync end | none |
 //! | 6 | keep-alive | none |
+//! | 7 | retransmit request | [`RetransmitRange`], 8 octets |
+//! | 8 | resync request | none |
 //!
 //! The ingest program consumes session records, bulk markers (it stamps their arrival in
 //! `HA2_STATE`, so the controller reports `state sync complete` and the duration) and
 //! keep-alives (counted); neighbour records go up to the controller, which installs them.
+//!
+//! # Reliability
+//!
+//! Types 1 to 6 are sequenced: the sender numbers them 1, 2, ... in its epoch. The receiver
+//! marks each arrival in a window of [`SEQ_WINDOW`] sequence numbers above the highest
+//! contiguous one (`HA2_STATE`); its controller reads the window, and a number still missing one
+//! poll later is asked for again with a **retransmit request** (type 7, sent back on the HA2
+//! link, `sequence` 0, `epoch` = the epoch asked about, records = ranges of sequence numbers).
+//! The sender keeps a bounded buffer of what it sent and sends those messages again, unchanged
+//! (same sequence number). When the receiver lost more than its window holds, or the sender no
+//! longer has a message asked for, the remedy is a **resync**: the receiver sends a resync
+//! request (type 8), or the sender decides on its own, and a bulk sync of the whole table
+//! follows. A loss at the end of a burst is revealed by the keep-alive the sender sends shortly
+//! after every burst (a tail probe).
 //!
 //! A session record carries the session's **ages** (time since the last packet, since creation)
 //! in milliseconds, never a timestamp: each node's clock is its own. Interface indexes and MACs
@@ -73,6 +89,15 @@ pub const HA2_NEIGHBOUR: u8 = 3;
 pub const HA2_BULK_START: u8 = 4;
 pub const HA2_BULK_END: u8 = 5;
 pub const HA2_KEEPALIVE: u8 = 6;
+pub const HA2_RETRANSMIT_REQUEST: u8 = 7;
+pub const HA2_RESYNC_REQUEST: u8 = 8;
+
+/// Ranges per retransmit request (fits any transport's 1,500-octet MTU).
+pub const MAX_RETRANSMIT_RANGES: usize = 128;
+/// Sequence numbers the receiver can track above the highest contiguous one.
+pub const SEQ_WINDOW: u32 = SEQ_WINDOW_WORDS as u32 * 64;
+/// 64-bit words of the window bitmap in [`Ha2State`].
+pub const SEQ_WINDOW_WORDS: usize = 1024;
 
 /// The message header (see the module docs for the layout).
 #[repr(C)]
@@ -126,6 +151,15 @@ pub struct NeighbourRecord {
 }
 impl_pod!(NeighbourRecord);
 
+/// One run of sequence numbers asked for again: `first`, `first + 1`, ... (`count` of them).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RetransmitRange {
+    pub first: u32,
+    pub count: u32,
+}
+impl_pod!(RetransmitRange);
+
 /// Ingest program configuration (map `HA2_CONFIG`, array of one), written by the controller.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -141,22 +175,63 @@ impl_pod!(Ha2Config);
 
 /// Sequence tracking of the current sender epoch (map `HA2_STATE`, array of one), written by the
 /// ingest program, read by the controller to detect gaps.
+///
+/// The window is a ring bitmap indexed by sequence number modulo [`SEQ_WINDOW`]: a set bit is a
+/// message above `contiguous` that arrived. Bits are cleared as `contiguous` passes them, so
+/// every set bit stands for exactly one number in `contiguous + 1 ..= contiguous + SEQ_WINDOW`.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Ha2State {
     pub epoch: u32,
-    /// Every message up to this sequence number arrived.
+    /// Every message up to this sequence number arrived (or was given up, see `skipped`).
     pub contiguous: u32,
     /// Highest sequence number seen.
     pub highest: u32,
+    /// Messages given up because one arrived beyond the window: only a resync recovers them.
+    pub skipped: u32,
+    /// Sequence number of the last bulk-sync end marker: the bulk sync is complete once
+    /// `contiguous` reaches it.
+    pub bulk_end_sequence: u32,
     pub _pad: u32,
-    /// Bit i set: message `contiguous + 1 + i` arrived (out of order, after a gap).
-    pub window: u64,
     /// The program's clock when the last bulk-sync start and end markers arrived (0: never).
     pub bulk_started_ns: u64,
     pub bulk_ended_ns: u64,
+    pub seen: [u64; SEQ_WINDOW_WORDS],
 }
 impl_pod!(Ha2State);
+
+impl Default for Ha2State {
+    fn default() -> Self {
+        Self {
+            epoch: 0,
+            contiguous: 0,
+            highest: 0,
+            skipped: 0,
+            bulk_end_sequence: 0,
+            _pad: 0,
+            bulk_started_ns: 0,
+            bulk_ended_ns: 0,
+            seen: [0; SEQ_WINDOW_WORDS],
+        }
+    }
+}
+
+impl Ha2State {
+    /// Word and bit of sequence number `seq` in `seen`.
+    #[inline(always)]
+    pub const fn slot(seq: u32) -> (usize, u64) {
+        (
+            (seq as usize / 64) & (SEQ_WINDOW_WORDS - 1),
+            1u64 << (seq % 64),
+        )
+    }
+
+    /// Whether message `seq` (above `contiguous`) arrived.
+    pub const fn has(&self, seq: u32) -> bool {
+        let (word, bit) = Self::slot(seq);
+        self.seen[word] & bit != 0
+    }
+}
 
 /// Index of the single entry of `HA2_CONFIG`, `HA2_STATE` and `HA2_COUNTERS`.
 pub const HA2_INDEX: u32 = 0;
@@ -194,6 +269,8 @@ pub struct Ha2Counters {
     pub drop_unknown_type: u64,
     /// HA2 arrived while this node does not receive sync (active, or sync off).
     pub drop_not_receiving: u64,
+    /// Retransmit and resync requests (from the passive peer), passed to the controller.
+    pub requests_passed: u64,
 }
 impl_pod!(Ha2Counters);
 
@@ -220,7 +297,8 @@ macro_rules! for_each_ha2_counter {
             drop_count_beyond_frame,
             drop_old_sequence,
             drop_unknown_type,
-            drop_not_receiving
+            drop_not_receiving,
+            requests_passed
         )
     };
 }
@@ -255,7 +333,9 @@ mod tests {
         assert_eq!(core::mem::size_of::<Ha2Header>(), HA2_HEADER_LEN);
         assert_eq!(core::mem::size_of::<SessionRecord>(), 80);
         assert_eq!(core::mem::size_of::<NeighbourRecord>(), 32);
-        assert_eq!(core::mem::size_of::<Ha2State>(), 40);
+        assert_eq!(core::mem::size_of::<Ha2State>(), 40 + 8 * SEQ_WINDOW_WORDS);
+        assert!(SEQ_WINDOW_WORDS.is_power_of_two());
+        const { assert!(HA2_HEADER_LEN + MAX_RETRANSMIT_RANGES * 8 <= 1500 - 28) };
         const { assert!(20 + 8 + HA2_HEADER_LEN + MAX_SESSION_RECORDS * 80 <= 1500) };
         const { assert!(20 + 8 + HA2_HEADER_LEN + (MAX_SESSION_RECORDS + 1) * 80 > 1500) };
     }

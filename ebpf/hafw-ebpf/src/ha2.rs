@@ -2,8 +2,9 @@
 //! (see `hafw_common::ha2` for the format), checks them, and writes session records straight into
 //! the session map, with no userspace hop.
 //!
-//! Verdicts: anything that is not HA2 passes to the kernel (HA1 may share the link in lite mode);
-//! session records, bulk-sync markers (stamped in `HA2_STATE`) and keep-alives (counted) are
+//! Verdicts: anything that is not HA2 passes to the kernel (HA1 may share the link in lite mode),
+//! and so do retransmit and resync requests, which travel the other way and are the active
+//! controller's to check and serve; session records, bulk-sync markers (stamped in `HA2_STATE`) and keep-alives (counted) are
 //! consumed here; neighbour entries are passed to the kernel, where the controller installs them.
 //! Every rejected message is dropped and counted by reason, and leaves the session map as it was.
 
@@ -12,8 +13,9 @@ use hafw_common::{
     ha,
     ha2::{
         HA2_BULK_END, HA2_BULK_START, HA2_HEADER_LEN, HA2_KEEPALIVE, HA2_MAGIC, HA2_NEIGHBOUR,
-        HA2_SESSION_DELETE, HA2_SESSION_UPDATE, HA2_VERSION, Ha2Counters, Ha2Header, Ha2State,
-        MAX_SESSION_RECORDS, SessionRecord,
+        HA2_RESYNC_REQUEST, HA2_RETRANSMIT_REQUEST, HA2_SESSION_DELETE, HA2_SESSION_UPDATE,
+        HA2_VERSION, Ha2Counters, Ha2Header, Ha2State, MAX_SESSION_RECORDS, SEQ_WINDOW,
+        SEQ_WINDOW_WORDS, SessionRecord,
     },
     session::{SESSION_F_SYNCED, SessionValue},
 };
@@ -87,6 +89,13 @@ pub fn run(ctx: &XdpContext) -> u32 {
 /// Checks one message and applies it. `Err` means dropped (the reason is already counted).
 #[inline(always)]
 fn ingest(ctx: &XdpContext, c: &mut Ha2Counters, offset: usize) -> Result<u32, ()> {
+    if let Some(h) = read::<Ha2Header>(ctx, offset)
+        && h.magic == HA2_MAGIC
+        && matches!(h.msg_type, HA2_RETRANSMIT_REQUEST | HA2_RESYNC_REQUEST)
+    {
+        c.requests_passed += 1;
+        return Ok(PASS);
+    }
     let Some(cfg) = HA2_CONFIG.get(0) else {
         c.drop_not_receiving += 1;
         return Err(());
@@ -133,7 +142,8 @@ fn ingest(ctx: &XdpContext, c: &mut Ha2Counters, offset: usize) -> Result<u32, (
         c.drop_count_beyond_frame += 1;
         return Err(());
     }
-    accept_sequence(c, u32::from_le(h.epoch), u32::from_le(h.sequence))?;
+    let sequence = u32::from_le(h.sequence);
+    accept_sequence(c, u32::from_le(h.epoch), sequence)?;
     match h.msg_type {
         HA2_SESSION_UPDATE => {
             let now = CONFIG.get(0).map(now_ns).unwrap_or(0);
@@ -169,12 +179,12 @@ fn ingest(ctx: &XdpContext, c: &mut Ha2Counters, offset: usize) -> Result<u32, (
         }
         HA2_BULK_START => {
             c.bulk_starts += 1;
-            stamp(true);
+            stamp(true, sequence);
             Ok(DROP)
         }
         HA2_BULK_END => {
             c.bulk_ends += 1;
-            stamp(false);
+            stamp(false, sequence);
             Ok(DROP)
         }
         _ => {
@@ -186,66 +196,79 @@ fn ingest(ctx: &XdpContext, c: &mut Ha2Counters, offset: usize) -> Result<u32, (
 
 /// Records when a bulk sync started or ended, on the program's clock.
 #[inline(always)]
-fn stamp(start: bool) {
+fn stamp(start: bool, sequence: u32) {
     let now = CONFIG.get(0).map(now_ns).unwrap_or(0);
     if let Some(st) = HA2_STATE.get_ptr_mut(0) {
         // SAFETY: array entry, see `accept_sequence`.
         let st = unsafe { &mut *st };
         if start {
+            // A start marker retransmitted after its end marker must not reopen that bulk sync.
+            if sequence < st.bulk_end_sequence {
+                return;
+            }
             st.bulk_started_ns = now;
             st.bulk_ended_ns = 0;
         } else {
             st.bulk_ended_ns = now;
+            st.bulk_end_sequence = sequence;
         }
     }
 }
 
-/// Sequence tracking per sender epoch: a 64-message window above the highest contiguous number,
-/// so retransmitted or reordered messages fill gaps and duplicates are refused.
+/// Sequence tracking per sender epoch, in the ring-bitmap window of [`Ha2State`]: retransmitted
+/// or reordered messages fill gaps, duplicates are refused, and the controller reads which numbers
+/// are still missing.
 #[inline(always)]
 fn accept_sequence(c: &mut Ha2Counters, epoch: u32, seq: u32) -> Result<(), ()> {
     let Some(st) = HA2_STATE.get_ptr_mut(0) else {
         return Ok(());
     };
     // SAFETY: array entry; concurrent writers only exist with multi-queue HA2 NICs, where a lost
-    // update costs at most a spurious gap report.
+    // update costs at most a spurious retransmit request.
     let st: &mut Ha2State = unsafe { &mut *st };
     if epoch != st.epoch {
         // A new sender epoch (senders never use 0, the map's initial value): whatever it sends
-        // first starts the sequence.
-        *st = Ha2State {
-            epoch,
-            contiguous: seq.wrapping_sub(1),
-            highest: seq.wrapping_sub(1),
-            ..Ha2State::default()
-        };
+        // first starts the sequence. Field by field: the state is 8 KiB, far beyond the stack.
+        st.epoch = epoch;
+        st.contiguous = seq.wrapping_sub(1);
+        st.highest = seq.wrapping_sub(1);
+        st.skipped = 0;
+        st.bulk_end_sequence = 0;
+        st.bulk_started_ns = 0;
+        st.bulk_ended_ns = 0;
+        clear_window(st);
     }
     if seq <= st.contiguous {
         c.drop_old_sequence += 1;
         return Err(());
     }
     let ahead = seq - st.contiguous - 1;
-    if ahead >= 64 {
-        // Too far ahead for the window: what lies between is lost for good (the controller sees
-        // the jump in `contiguous` and asks for a resync).
+    if ahead >= SEQ_WINDOW {
+        // Too far ahead for the window: what lies between is given up (the controller sees
+        // `skipped` grow and asks for a resync).
+        st.skipped = st.skipped.wrapping_add(ahead);
         st.contiguous = seq;
-        st.window = 0;
+        clear_window(st);
         c.out_of_order += 1;
     } else {
-        let bit = 1u64 << ahead;
-        if st.window & bit != 0 {
+        let (word, bit) = Ha2State::slot(seq);
+        if st.seen[word] & bit != 0 {
             c.drop_old_sequence += 1;
             return Err(());
         }
-        st.window |= bit;
+        st.seen[word] |= bit;
         if ahead > 0 {
             c.out_of_order += 1;
         }
+        // Consume arrived numbers above `contiguous`, clearing their bits for reuse. At most 64
+        // per message keeps the verifier's walk short; after a long gap is filled the backlog is
+        // consumed by the following messages, 64 at a time.
         for _ in 0..64 {
-            if st.window & 1 == 0 {
+            let (word, bit) = Ha2State::slot(st.contiguous.wrapping_add(1));
+            if st.seen[word] & bit == 0 {
                 break;
             }
-            st.window >>= 1;
+            st.seen[word] &= !bit;
             st.contiguous = st.contiguous.wrapping_add(1);
         }
     }
@@ -253,6 +276,16 @@ fn accept_sequence(c: &mut Ha2Counters, epoch: u32, seq: u32) -> Result<(), ()> 
         st.highest = seq;
     }
     Ok(())
+}
+
+/// Empties the window bitmap.
+#[inline(always)]
+fn clear_window(st: &mut Ha2State) {
+    for word in 0..SEQ_WINDOW_WORDS {
+        // Volatile, so LLVM keeps a bounded loop instead of a memset call BPF cannot make.
+        // SAFETY: in-bounds pointer into the map value.
+        unsafe { core::ptr::write_volatile(&mut st.seen[word], 0) };
+    }
 }
 
 /// Stores one synced session, converting its ages to this node's clock.

@@ -60,9 +60,29 @@ struct SyncState {
     plan: Option<Ha2Plan>,
     /// Open while this node is the active one sending to a passive peer.
     sender: Option<sync::Sender>,
+    /// Stops the thread that receives the passive peer's requests for `sender`.
+    listener_stop: Option<Arc<std::sync::atomic::AtomicBool>>,
+    /// Open while this node is the passive one receiving: asks for what is missing.
+    requester: Option<sync::Requester>,
     receiving: bool,
-    /// Sent totals survive the sender (it is reopened for each peer).
+    /// Totals survive the sender and the requester (each is reopened for each peer).
     sent: sync::SyncStats,
+    gaps: sync::GapStats,
+}
+
+impl SyncState {
+    /// Closes the sender and the requester, keeping their totals.
+    fn close(&mut self) {
+        if let Some(old) = self.sender.take() {
+            add_stats(&mut self.sent, &old.stats);
+        }
+        if let Some(stop) = self.listener_stop.take() {
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        if let Some(old) = self.requester.take() {
+            add_gap_stats(&mut self.gaps, &old.tracker.stats);
+        }
+    }
 }
 
 /// The HA2 link from the config.
@@ -573,54 +593,124 @@ fn ha2_plan(config: &Config) -> Option<Ha2Plan> {
     })
 }
 
-/// Carries out the election's HA2 hooks and sends keep-alives while sending.
+/// How often the passive node reads the ingest program's sequence window.
+const GAP_POLL: Duration = Duration::from_millis(5);
+/// How soon after a burst the active node sends a tail-loss probe.
+const TAIL_PROBE: Duration = Duration::from_millis(10);
+
+/// Carries out the election's HA2 hooks; while sending, keep-alives, tail probes and the
+/// passive peer's requests; while receiving, the watch for gaps.
 async fn run_sync(node: Shared, mut commands: tokio::sync::mpsc::UnboundedReceiver<SyncCommand>) {
     let keepalive = node
         .lock()
         .ok()
         .and_then(|n| n.sync.plan.as_ref().map(|p| p.keepalive))
         .unwrap_or(Duration::from_secs(1));
-    let mut tick = tokio::time::interval(keepalive);
+    let mut keepalive_tick = tokio::time::interval(keepalive);
+    let mut probe_tick = tokio::time::interval(TAIL_PROBE);
+    let mut gap_tick = tokio::time::interval(GAP_POLL);
+    for tick in [&mut keepalive_tick, &mut probe_tick, &mut gap_tick] {
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    }
+    let (request_tx, mut requests) = tokio::sync::mpsc::unbounded_channel();
     loop {
         tokio::select! {
             command = commands.recv() => {
                 let Some(command) = command else { return };
-                let node = node.clone();
-                let res = tokio::task::spawn_blocking(move || sync_command(&node, command)).await;
+                let (node, request_tx) = (node.clone(), request_tx.clone());
+                let res = tokio::task::spawn_blocking(move || sync_command(&node, command, request_tx)).await;
                 match res {
                     Ok(Err(e)) => error!("HA2 session sync: {e:#}"),
                     Err(e) => error!("HA2 session sync task: {e}"),
                     Ok(Ok(())) => {}
                 }
             }
-            _ = tick.tick() => {
+            Some(request) = requests.recv() => {
+                let node = node.clone();
+                let res = tokio::task::spawn_blocking(move || serve_request(&node, &request)).await;
+                match res {
+                    Ok(Err(e)) => error!("HA2 request: {e:#}"),
+                    Err(e) => error!("HA2 request task: {e}"),
+                    Ok(Ok(())) => {}
+                }
+            }
+            _ = keepalive_tick.tick() => {
                 if let Ok(mut n) = node.lock()
                     && let Some(sender) = n.sync.sender.as_mut()
                 {
                     sender.keepalive();
                 }
             }
+            _ = probe_tick.tick() => {
+                if let Ok(mut n) = node.lock()
+                    && let Some(sender) = n.sync.sender.as_mut()
+                {
+                    sender.probe_tail();
+                }
+            }
+            _ = gap_tick.tick() => {
+                if let Ok(mut n) = node.lock()
+                    && n.sync.requester.is_some()
+                    && let Ok(st) = n.dp.ha2_state()
+                    && let Some(requester) = n.sync.requester.as_mut()
+                {
+                    requester.poll(&st, std::time::Instant::now());
+                }
+            }
         }
     }
 }
 
-fn sync_command(node: &Shared, command: SyncCommand) -> Result<()> {
+/// Serves one request of the passive peer: retransmission from the buffer, else a resync.
+fn serve_request(node: &Shared, request: &sync::PeerRequest) -> Result<()> {
+    let mut n = node.lock().map_err(|_| anyhow!("node lock poisoned"))?;
+    let Some(sender) = n.sync.sender.as_mut() else {
+        return Ok(());
+    };
+    if sender.serve(request) == sync::Served::NeedsResync {
+        let sessions = n.dp.sessions()?;
+        let Some(sender) = n.sync.sender.as_mut() else {
+            return Ok(());
+        };
+        sender.bulk(&sessions, aging::monotonic_now_ns());
+        sender.stats.resyncs_sent += 1;
+        info!(
+            "HA2: resync of {} sessions sent in {:.1} ms ({request:?} could not be served from the resend buffer)",
+            sessions.len(),
+            sender.stats.last_bulk_sent_ms.unwrap_or(0.0)
+        );
+    }
+    Ok(())
+}
+
+fn sync_command(
+    node: &Shared,
+    command: SyncCommand,
+    requests: tokio::sync::mpsc::UnboundedSender<sync::PeerRequest>,
+) -> Result<()> {
     let mut n = node.lock().map_err(|_| anyhow!("node lock poisoned"))?;
     let Some(plan) = n.sync.plan.clone() else {
         return Ok(());
     };
+    n.sync.close();
+    let link = || sync::Link::open(&plan.interface, plan.transport, plan.local, plan.peer);
     match command {
-        SyncCommand::Send => {
+        SyncCommand::Send { peer_node_id } => {
             n.dp.set_ha2(Ha2Config::default())?;
             n.sync.receiving = false;
-            let writer = sync::MessageWriter::new(plan.group_id, plan.node_id as u32);
-            let mut sender = sync::Sender::open(
+            let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            sync::spawn_request_listener(
                 &plan.interface,
                 plan.transport,
                 plan.local,
-                plan.peer,
-                writer,
+                plan.group_id,
+                peer_node_id as u32,
+                stop.clone(),
+                requests,
             )?;
+            n.sync.listener_stop = Some(stop);
+            let writer = sync::MessageWriter::new(plan.group_id, plan.node_id as u32);
+            let mut sender = sync::Sender::new(link()?, writer);
             let sessions = n.dp.sessions()?;
             sender.bulk(&sessions, aging::monotonic_now_ns());
             info!(
@@ -628,14 +718,9 @@ fn sync_command(node: &Shared, command: SyncCommand) -> Result<()> {
                 sessions.len(),
                 sender.stats.last_bulk_sent_ms.unwrap_or(0.0)
             );
-            if let Some(old) = n.sync.sender.replace(sender) {
-                add_stats(&mut n.sync.sent, &old.stats);
-            }
+            n.sync.sender = Some(sender);
         }
         SyncCommand::Receive { peer_node_id } => {
-            if let Some(old) = n.sync.sender.take() {
-                add_stats(&mut n.sync.sent, &old.stats);
-            }
             n.dp.set_ha2(Ha2Config {
                 receiving: 1,
                 peer: peer_node_id as u32,
@@ -643,17 +728,24 @@ fn sync_command(node: &Shared, command: SyncCommand) -> Result<()> {
                 _pad: [0; 7],
             })?;
             n.sync.receiving = true;
+            let writer = sync::MessageWriter::new(plan.group_id, plan.node_id as u32);
+            n.sync.requester = Some(sync::Requester::new(link()?, writer));
             info!("HA2: receiving session sync from the peer");
         }
         SyncCommand::Stop => {
-            if let Some(old) = n.sync.sender.take() {
-                add_stats(&mut n.sync.sent, &old.stats);
-            }
             n.dp.set_ha2(Ha2Config::default())?;
             n.sync.receiving = false;
         }
     }
     Ok(())
+}
+
+fn add_gap_stats(total: &mut sync::GapStats, s: &sync::GapStats) {
+    total.gaps_detected += s.gaps_detected;
+    total.retransmit_requests_sent += s.retransmit_requests_sent;
+    total.messages_requested += s.messages_requested;
+    total.resync_requests_sent += s.resync_requests_sent;
+    total.messages_skipped += s.messages_skipped;
 }
 
 fn add_stats(total: &mut sync::SyncStats, s: &sync::SyncStats) {
@@ -663,6 +755,9 @@ fn add_stats(total: &mut sync::SyncStats, s: &sync::SyncStats) {
     total.bulk_syncs_sent += s.bulk_syncs_sent;
     total.keepalives_sent += s.keepalives_sent;
     total.send_errors += s.send_errors;
+    total.retransmit_requests_received += s.retransmit_requests_received;
+    total.messages_retransmitted += s.messages_retransmitted;
+    total.resyncs_sent += s.resyncs_sent;
     total.last_bulk_sent_ms = s.last_bulk_sent_ms.or(total.last_bulk_sent_ms);
     total.last_bulk_sent_sessions = s.last_bulk_sent_sessions.or(total.last_bulk_sent_sessions);
 }
@@ -685,12 +780,23 @@ fn state_sync_view(n: &Node) -> Result<serde_json::Value> {
     } else {
         "idle"
     };
+    // Complete once the end marker arrived and nothing before it is still missing.
     let status = match (st.bulk_started_ns, st.bulk_ended_ns) {
         (0, _) if n.sync.receiving => "waiting for bulk sync",
         (_, 0) if n.sync.receiving => "bulk sync in progress",
+        (s, e) if e >= s && s != 0 && st.contiguous < st.bulk_end_sequence => {
+            "bulk sync recovering losses"
+        }
         (s, e) if e >= s && s != 0 => "state sync complete",
         _ => "-",
     };
+    let missing = (st.contiguous.saturating_add(1)..=st.highest)
+        .filter(|&seq| !st.has(seq))
+        .count();
+    let mut gaps = n.sync.gaps.clone();
+    if let Some(r) = &n.sync.requester {
+        add_gap_stats(&mut gaps, &r.tracker.stats);
+    }
     let bulk_ms = (st.bulk_ended_ns >= st.bulk_started_ns && st.bulk_started_ns != 0)
         .then(|| (st.bulk_ended_ns - st.bulk_started_ns) as f64 / 1e6);
     Ok(serde_json::json!({
@@ -705,7 +811,9 @@ fn state_sync_view(n: &Node) -> Result<serde_json::Value> {
             "epoch": st.epoch,
             "contiguous": st.contiguous,
             "highest": st.highest,
-            "missing": st.highest.saturating_sub(st.contiguous),
+            "missing": missing,
+            "skipped": st.skipped,
         },
+        "recovery": gaps,
     }))
 }

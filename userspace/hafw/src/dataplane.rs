@@ -171,6 +171,22 @@ macro_rules! take {
     };
 }
 
+/// Loads `prog`, retrying when the verifier was interrupted: it gives up with EAGAIN when a
+/// signal is pending for the loading thread (as libbpf does, a few attempts).
+fn load_retrying(prog: &mut Xdp) -> Result<(), aya::programs::ProgramError> {
+    let mut attempts = 0;
+    loop {
+        match prog.load() {
+            Err(aya::programs::ProgramError::LoadError { io_error, .. })
+                if io_error.raw_os_error() == Some(libc::EAGAIN) && attempts < 5 =>
+            {
+                attempts += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
 impl Dataplane {
     /// Loads the object and its maps; attaches nothing.
     pub fn load(opts: &LoadOptions) -> Result<Dataplane> {
@@ -187,8 +203,7 @@ impl Dataplane {
                 .program_mut(name)
                 .ok_or_else(|| anyhow!("program {name} missing from the XDP object"))?
                 .try_into()?;
-            prog.load()
-                .with_context(|| format!("loading program {name} (verifier)"))?;
+            load_retrying(prog).with_context(|| format!("loading program {name} (verifier)"))?;
         }
         let mut dp = Dataplane {
             config: ConfigHandle(Arc::new(Mutex::new(ConfigCell {

@@ -1,10 +1,13 @@
 //! HA2 session sync, userspace half: the active node turns the fast path's session events into HA2
 //! messages (see `hafw_common::ha2` for the format) and sends them on the HA2 link; a peer that
 //! joins or rejoins gets a bulk sync of the whole table. The passive node's half is the XDP ingest
-//! program; its controller only switches it on and off and watches the markers it passes up
-//! (bulk start and end: `state sync complete`).
+//! program; its controller switches it on and off, watches the markers it stamps (bulk start and
+//! end: `state sync complete`) and its sequence window, and asks the active node to send again
+//! what is missing ([`GapTracker`]); the active node serves those requests from its resend buffer
+//! or with a resync ([`Sender::serve`]).
 
 use std::{
+    collections::{BTreeMap, VecDeque},
     net::{IpAddr, SocketAddr, UdpSocket},
     time::{Duration, Instant},
 };
@@ -13,8 +16,10 @@ use anyhow::{Context as _, Result};
 use hafw_common::{
     ha::{HA2_ETHERTYPE, HA2_IP_PROTO, HA2_UDP_PORT},
     ha2::{
-        HA2_BULK_END, HA2_BULK_START, HA2_HEADER_LEN, HA2_KEEPALIVE, HA2_MAGIC, HA2_SESSION_DELETE,
-        HA2_SESSION_UPDATE, HA2_VERSION, Ha2Header, MAX_SESSION_RECORDS, SessionRecord,
+        HA2_BULK_END, HA2_BULK_START, HA2_HEADER_LEN, HA2_KEEPALIVE, HA2_MAGIC, HA2_RESYNC_REQUEST,
+        HA2_RETRANSMIT_REQUEST, HA2_SESSION_DELETE, HA2_SESSION_UPDATE, HA2_VERSION, Ha2Header,
+        Ha2State, MAX_RETRANSMIT_RANGES, MAX_SESSION_RECORDS, RetransmitRange, SEQ_WINDOW,
+        SessionRecord,
     },
     session::{SESSION_F_SYNCED, SessionKey, SessionValue},
 };
@@ -69,27 +74,40 @@ impl MessageWriter {
         }
     }
 
-    /// One message; the sequence advances.
+    /// One sequenced message; the sequence advances.
     pub fn message(&mut self, msg_type: u8, records: &[SessionRecord]) -> Vec<u8> {
         self.sequence = self.sequence.wrapping_add(1);
-        let header = Ha2Header {
+        encode(self.header(msg_type, self.sequence, self.epoch), records)
+    }
+
+    /// A request about the peer's epoch `epoch` (not sequenced: requests are idempotent).
+    pub fn request(&self, msg_type: u8, epoch: u32, ranges: &[RetransmitRange]) -> Vec<u8> {
+        encode(self.header(msg_type, 0, epoch), ranges)
+    }
+
+    fn header(&self, msg_type: u8, sequence: u32, epoch: u32) -> Ha2Header {
+        Ha2Header {
             magic: HA2_MAGIC,
             version: HA2_VERSION,
             group_id: self.group_id,
             msg_type,
-            count: records.len() as u8,
-            sequence: self.sequence.to_le(),
-            epoch: self.epoch.to_le(),
+            count: 0,
+            sequence: sequence.to_le(),
+            epoch: epoch.to_le(),
             sender: self.sender.to_le(),
             _reserved: 0,
-        };
-        let mut out = Vec::with_capacity(HA2_HEADER_LEN + records.len() * 80);
-        out.extend_from_slice(bytes_of(&header));
-        for r in records {
-            out.extend_from_slice(bytes_of(r));
         }
-        out
     }
+}
+
+fn encode<T: Copy>(mut header: Ha2Header, records: &[T]) -> Vec<u8> {
+    header.count = records.len() as u8;
+    let mut out = Vec::with_capacity(HA2_HEADER_LEN + size_of_val(records));
+    out.extend_from_slice(bytes_of(&header));
+    for r in records {
+        out.extend_from_slice(bytes_of(r));
+    }
+    out
 }
 
 /// Parses a message header (little-endian fields converted).
@@ -118,8 +136,12 @@ pub fn ethernet_frame(dst: [u8; 6], src: [u8; 6], msg: &[u8]) -> Vec<u8> {
     f
 }
 
-/// Where messages go.
-enum Link {
+/// Where messages go: the HA2 link, for either direction.
+pub struct Link {
+    out: Out,
+}
+
+enum Out {
     Ethernet(crate::ha::host::FrameSocket),
     Udp {
         socket: UdpSocket,
@@ -129,6 +151,179 @@ enum Link {
         socket: socket2::Socket,
         peer: socket2::SockAddr,
     },
+    /// Unit tests of the buffering logic: what would have been sent.
+    #[cfg(test)]
+    Recorded(Vec<Vec<u8>>),
+}
+
+impl Link {
+    /// Opens the HA2 link for `transport` (`local` and `peer` needed for `ip` and `udp`).
+    pub fn open(
+        interface: &str,
+        transport: Ha2Transport,
+        local: Option<IpAddr>,
+        peer: Option<IpAddr>,
+    ) -> Result<Link> {
+        let out = match transport {
+            Ha2Transport::Ethernet => Out::Ethernet(crate::ha::host::FrameSocket::open(interface)?),
+            Ha2Transport::Udp => {
+                let peer = peer.context("HA2 udp transport needs the peer address")?;
+                let local = local.context("HA2 udp transport needs a local address")?;
+                Out::Udp {
+                    socket: UdpSocket::bind((local, 0))?,
+                    peer: SocketAddr::new(peer, HA2_UDP_PORT),
+                }
+            }
+            Ha2Transport::Ip => {
+                let peer = peer.context("HA2 ip transport needs the peer address")?;
+                Out::Ip {
+                    socket: raw_ip_socket()?,
+                    peer: SocketAddr::new(peer, 0).into(),
+                }
+            }
+        };
+        Ok(Link { out })
+    }
+
+    /// Sends one message; false when the kernel refused it.
+    pub fn send(&mut self, msg: &[u8]) -> bool {
+        match &mut self.out {
+            Out::Ethernet(socket) => {
+                // The HA2 link is point to point: broadcast reaches the peer without knowing its
+                // MAC (MACs are per host and never configured).
+                let frame = ethernet_frame([0xff; 6], socket.mac, msg);
+                socket.send(&frame).is_ok()
+            }
+            Out::Udp { socket, peer } => socket.send_to(msg, *peer).is_ok(),
+            Out::Ip { socket, peer } => socket.send_to(msg, peer).is_ok(),
+            #[cfg(test)]
+            Out::Recorded(sent) => {
+                sent.push(msg.to_vec());
+                true
+            }
+        }
+    }
+
+    #[cfg(test)]
+    fn recorded() -> Link {
+        Link {
+            out: Out::Recorded(Vec::new()),
+        }
+    }
+
+    #[cfg(test)]
+    fn sent(&self) -> Vec<u32> {
+        match &self.out {
+            Out::Recorded(sent) => sent
+                .iter()
+                .map(|m| parse_header(m).unwrap().sequence)
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+}
+
+fn raw_ip_socket() -> Result<socket2::Socket> {
+    socket2::Socket::new(
+        socket2::Domain::IPV4,
+        socket2::Type::RAW,
+        Some(socket2::Protocol::from(i32::from(HA2_IP_PROTO))),
+    )
+    .context("raw IP socket for HA2 (protocol 99)")
+}
+
+/// What the passive peer asks of the active node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PeerRequest {
+    Retransmit {
+        epoch: u32,
+        ranges: Vec<RetransmitRange>,
+    },
+    Resync {
+        epoch: u32,
+    },
+}
+
+/// Parses a request message from `peer` in group `group_id`; anything else is `None`.
+pub fn parse_request(msg: &[u8], group_id: u8, peer: u32) -> Option<PeerRequest> {
+    let h = parse_header(msg)?;
+    if h.version != HA2_VERSION || h.group_id != group_id || h.sender != peer {
+        return None;
+    }
+    match h.msg_type {
+        HA2_RESYNC_REQUEST => Some(PeerRequest::Resync { epoch: h.epoch }),
+        HA2_RETRANSMIT_REQUEST => {
+            let count = usize::from(h.count);
+            let body = msg.get(HA2_HEADER_LEN..HA2_HEADER_LEN + count * 8)?;
+            let ranges = body
+                .chunks_exact(8)
+                .map(|c| RetransmitRange {
+                    first: u32::from_le_bytes([c[0], c[1], c[2], c[3]]),
+                    count: u32::from_le_bytes([c[4], c[5], c[6], c[7]]),
+                })
+                .collect();
+            Some(PeerRequest::Retransmit {
+                epoch: h.epoch,
+                ranges,
+            })
+        }
+        _ => None,
+    }
+}
+
+/// Receives the passive peer's requests on the HA2 link (the ingest program passes them up) in a
+/// thread of its own, until `stop` is set.
+pub fn spawn_request_listener(
+    interface: &str,
+    transport: Ha2Transport,
+    local: Option<IpAddr>,
+    group_id: u8,
+    peer: u32,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    requests: tokio::sync::mpsc::UnboundedSender<PeerRequest>,
+) -> Result<()> {
+    use std::sync::atomic::Ordering;
+    // Each socket hands over what arrives and where the HA2 message starts in it.
+    let (socket, offset): (socket2::Socket, fn(&[u8]) -> usize) = match transport {
+        Ha2Transport::Ethernet => (
+            crate::ha::host::FrameSocket::open_protocol(interface, HA2_ETHERTYPE)?
+                .into_socket()
+                .context("HA2 request socket")?,
+            |_| 14,
+        ),
+        Ha2Transport::Udp => {
+            let local = local.context("HA2 udp transport needs a local address")?;
+            let socket = UdpSocket::bind((local, HA2_UDP_PORT))
+                .with_context(|| format!("binding {local}:{HA2_UDP_PORT} for HA2 requests"))?;
+            (socket2::Socket::from(socket), |_| 0)
+        }
+        // Raw IPv4 sockets deliver the IP header too.
+        Ha2Transport::Ip => (raw_ip_socket()?, |p| usize::from(p[0] & 0x0f) * 4),
+    };
+    socket.set_read_timeout(Some(Duration::from_millis(100)))?;
+    let socket = std::net::UdpSocket::from(std::os::fd::OwnedFd::from(socket));
+    std::thread::Builder::new()
+        .name("ha2-requests".into())
+        .spawn(move || {
+            let mut buf = [0u8; 2048];
+            while !stop.load(Ordering::Relaxed) {
+                // recv(2) through the std wrapper: any socket type, with the read timeout above.
+                let Ok(len) = socket.recv(&mut buf) else {
+                    continue;
+                };
+                let packet = &buf[..len];
+                if packet.is_empty() {
+                    continue;
+                }
+                let at = offset(packet).min(len);
+                if let Some(req) = parse_request(&packet[at..], group_id, peer)
+                    && requests.send(req).is_err()
+                {
+                    return;
+                }
+            }
+        })?;
+    Ok(())
 }
 
 /// Sent and received HA2 traffic, for `show high-availability state-synchronization`.
@@ -140,10 +335,19 @@ pub struct SyncStats {
     pub bulk_syncs_sent: u64,
     pub keepalives_sent: u64,
     pub send_errors: u64,
+    /// Requests from the passive peer, and what they cost.
+    pub retransmit_requests_received: u64,
+    pub messages_retransmitted: u64,
+    /// Bulk syncs sent because a lost message was no longer in the resend buffer, or the peer
+    /// asked for one.
+    pub resyncs_sent: u64,
     /// Duration of the last bulk sync this node sent, and how many sessions it carried.
     pub last_bulk_sent_ms: Option<f64>,
     pub last_bulk_sent_sessions: Option<u64>,
 }
+
+/// Messages the active node keeps for retransmission (about 12 MiB at most).
+pub const RESEND_BUFFER: usize = 8192;
 
 /// The active node's HA2 sender.
 pub struct Sender {
@@ -151,68 +355,91 @@ pub struct Sender {
     writer: MessageWriter,
     updates: Vec<SessionRecord>,
     deletes: Vec<SessionRecord>,
+    /// The last [`RESEND_BUFFER`] sequenced messages, oldest first, numbers contiguous.
+    resend: VecDeque<(u32, Vec<u8>)>,
+    /// Data went out since the last keep-alive (see [`Sender::probe_tail`]).
+    unprobed: bool,
     pub stats: SyncStats,
 }
 
+/// What serving a request takes.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Served {
+    Done,
+    /// A message asked for is no longer buffered (or the peer asked for it): send the table.
+    NeedsResync,
+}
+
 impl Sender {
-    /// Opens the HA2 link for `transport` (`peer` needed for `ip` and `udp`).
-    pub fn open(
-        interface: &str,
-        transport: Ha2Transport,
-        local: Option<IpAddr>,
-        peer: Option<IpAddr>,
-        writer: MessageWriter,
-    ) -> Result<Sender> {
-        let link = match transport {
-            Ha2Transport::Ethernet => {
-                Link::Ethernet(crate::ha::host::FrameSocket::open(interface)?)
-            }
-            Ha2Transport::Udp => {
-                let peer = peer.context("HA2 udp transport needs the peer address")?;
-                let local = local.context("HA2 udp transport needs a local address")?;
-                Link::Udp {
-                    socket: UdpSocket::bind((local, 0))?,
-                    peer: SocketAddr::new(peer, HA2_UDP_PORT),
-                }
-            }
-            Ha2Transport::Ip => {
-                let peer = peer.context("HA2 ip transport needs the peer address")?;
-                Link::Ip {
-                    socket: socket2::Socket::new(
-                        socket2::Domain::IPV4,
-                        socket2::Type::RAW,
-                        Some(socket2::Protocol::from(i32::from(HA2_IP_PROTO))),
-                    )
-                    .context("raw IP socket for HA2 (protocol 99)")?,
-                    peer: SocketAddr::new(peer, 0).into(),
-                }
-            }
-        };
-        Ok(Sender {
+    pub fn new(link: Link, writer: MessageWriter) -> Sender {
+        Sender {
             link,
             writer,
             updates: Vec::with_capacity(MAX_SESSION_RECORDS),
             deletes: Vec::with_capacity(MAX_SESSION_RECORDS),
+            resend: VecDeque::with_capacity(1024),
+            unprobed: false,
             stats: SyncStats::default(),
-        })
+        }
+    }
+
+    pub fn epoch(&self) -> u32 {
+        self.writer.epoch
     }
 
     fn send(&mut self, msg_type: u8, records: &[SessionRecord]) {
         let msg = self.writer.message(msg_type, records);
-        let ok = match &mut self.link {
-            Link::Ethernet(socket) => {
-                // The HA2 link is point to point: broadcast reaches the peer without knowing its
-                // MAC (MACs are per host and never configured).
-                let frame = ethernet_frame([0xff; 6], socket.mac, &msg);
-                socket.send(&frame).is_ok()
-            }
-            Link::Udp { socket, peer } => socket.send_to(&msg, *peer).is_ok(),
-            Link::Ip { socket, peer } => socket.send_to(&msg, peer).is_ok(),
-        };
-        if ok {
+        if self.link.send(&msg) {
             self.stats.messages_sent += 1;
         } else {
             self.stats.send_errors += 1;
+        }
+        if self.resend.len() == RESEND_BUFFER {
+            self.resend.pop_front();
+        }
+        self.resend.push_back((self.writer.sequence, msg));
+        self.unprobed = msg_type != HA2_KEEPALIVE;
+    }
+
+    /// Answers a request of the passive peer. Requests about another epoch (an earlier sender)
+    /// are stale and ignored.
+    pub fn serve(&mut self, request: &PeerRequest) -> Served {
+        match request {
+            PeerRequest::Resync { epoch } if *epoch == self.writer.epoch => Served::NeedsResync,
+            PeerRequest::Retransmit { epoch, ranges } if *epoch == self.writer.epoch => {
+                self.stats.retransmit_requests_received += 1;
+                let Some(&(oldest, _)) = self.resend.front() else {
+                    return Served::NeedsResync;
+                };
+                for r in ranges {
+                    for seq in r.first..r.first.saturating_add(r.count.min(SEQ_WINDOW)) {
+                        if seq > self.writer.sequence {
+                            break;
+                        }
+                        let Some((_, msg)) = seq
+                            .checked_sub(oldest)
+                            .and_then(|i| self.resend.get(i as usize))
+                        else {
+                            return Served::NeedsResync;
+                        };
+                        if self.link.send(msg) {
+                            self.stats.messages_retransmitted += 1;
+                        } else {
+                            self.stats.send_errors += 1;
+                        }
+                    }
+                }
+                Served::Done
+            }
+            _ => Served::Done,
+        }
+    }
+
+    /// Sends a keep-alive when data went out since the last one: a loss at the end of a burst
+    /// shows up at the receiver as a gap below the keep-alive's number (a tail-loss probe).
+    pub fn probe_tail(&mut self) {
+        if self.unprobed {
+            self.keepalive();
         }
     }
 
@@ -282,40 +509,156 @@ impl Sender {
     }
 }
 
-/// What the passive node saw of the peer's bulk syncs (from the markers XDP passes up).
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct ReceiveStatus {
-    /// `state sync complete` once a bulk sync ended in this role.
-    pub state: &'static str,
-    pub bulk_started: Option<String>,
-    pub last_bulk_ms: Option<f64>,
-    pub keepalives_received: u64,
-    #[serde(skip)]
-    pub bulk_started_at: Option<Instant>,
+/// How long a number may be missing before it is asked for: one poll of the window, so a message
+/// merely reordered on the way is not requested.
+pub const REORDER_GRACE: Duration = Duration::from_millis(2);
+/// How long a request may go unanswered before the same number is asked for again.
+pub const RETRANSMIT_TIMEOUT: Duration = Duration::from_millis(20);
+/// Least time between two resync requests (a bulk sync takes time to arrive).
+pub const RESYNC_HOLDOFF: Duration = Duration::from_secs(1);
+/// Missing numbers tracked at once; more are asked for once these arrive.
+const MAX_TRACKED: usize = 4096;
+
+/// The passive node's side of HA2 reliability, as pure logic: fed snapshots of the ingest
+/// program's sequence window and the time, it says what to ask the active node for.
+#[derive(Debug, Default)]
+pub struct GapTracker {
+    epoch: u32,
+    skipped: u32,
+    /// Missing numbers: when first seen missing, and when last asked for.
+    missing: BTreeMap<u32, (Instant, Option<Instant>)>,
+    last_resync: Option<Instant>,
+    /// Messages were given up and no resync was asked for yet (hold-off).
+    resync_wanted: bool,
+    pub stats: GapStats,
 }
 
-impl ReceiveStatus {
-    /// Feeds one marker message.
-    pub fn on_marker(&mut self, h: &Ha2Header) {
-        match h.msg_type {
-            HA2_BULK_START => {
-                self.state = "bulk sync in progress";
-                self.bulk_started_at = Some(Instant::now());
-            }
-            HA2_BULK_END => {
-                self.state = "state sync complete";
-                self.last_bulk_ms = self
-                    .bulk_started_at
-                    .map(|t| t.elapsed().as_secs_f64() * 1e3);
-            }
-            HA2_KEEPALIVE => self.keepalives_received += 1,
-            _ => {}
+/// The passive node's reliability counters.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct GapStats {
+    /// Sequence numbers found missing (each counted once).
+    pub gaps_detected: u64,
+    pub retransmit_requests_sent: u64,
+    /// Numbers asked for, including repeated asks.
+    pub messages_requested: u64,
+    pub resync_requests_sent: u64,
+    /// Messages given up by the window (only a resync recovers them).
+    pub messages_skipped: u64,
+}
+
+impl GapTracker {
+    /// Looks at the window `st` at `now`; returns the request to send, if any.
+    pub fn poll(&mut self, st: &Ha2State, now: Instant) -> Option<PeerRequest> {
+        if st.epoch != self.epoch {
+            // A new sender: everything before it is moot.
+            self.epoch = st.epoch;
+            self.skipped = 0;
+            self.resync_wanted = false;
+            self.missing.clear();
         }
+        if st.epoch == 0 {
+            return None;
+        }
+        if st.skipped != self.skipped {
+            self.stats.messages_skipped += u64::from(st.skipped.wrapping_sub(self.skipped));
+            self.skipped = st.skipped;
+            self.resync_wanted = true;
+        }
+        if self.resync_wanted
+            && self
+                .last_resync
+                .is_none_or(|t| now.duration_since(t) >= RESYNC_HOLDOFF)
+        {
+            self.resync_wanted = false;
+            self.last_resync = Some(now);
+            self.stats.resync_requests_sent += 1;
+            self.missing.clear();
+            return Some(PeerRequest::Resync { epoch: st.epoch });
+        }
+        // What is missing now; numbers that arrived meanwhile drop out.
+        let mut still = BTreeMap::new();
+        let mut seq = st.contiguous.wrapping_add(1);
+        while seq <= st.highest && still.len() < MAX_TRACKED {
+            if !st.has(seq) {
+                let entry = self.missing.get(&seq).copied().unwrap_or_else(|| {
+                    self.stats.gaps_detected += 1;
+                    (now, None)
+                });
+                still.insert(seq, entry);
+            }
+            seq = seq.wrapping_add(1);
+        }
+        self.missing = still;
+        let mut ranges: Vec<RetransmitRange> = Vec::new();
+        for (&seq, (first_missing, asked)) in self.missing.iter_mut() {
+            let due = match asked {
+                None => now.duration_since(*first_missing) >= REORDER_GRACE,
+                Some(t) => now.duration_since(*t) >= RETRANSMIT_TIMEOUT,
+            };
+            if !due {
+                continue;
+            }
+            let extends_last = ranges.last().is_some_and(|r| r.first + r.count == seq);
+            if extends_last {
+                if let Some(r) = ranges.last_mut() {
+                    r.count += 1;
+                }
+            } else if ranges.len() == MAX_RETRANSMIT_RANGES {
+                break;
+            } else {
+                ranges.push(RetransmitRange {
+                    first: seq,
+                    count: 1,
+                });
+            }
+            *asked = Some(now);
+            self.stats.messages_requested += 1;
+        }
+        if ranges.is_empty() {
+            return None;
+        }
+        self.stats.retransmit_requests_sent += 1;
+        Some(PeerRequest::Retransmit {
+            epoch: st.epoch,
+            ranges,
+        })
     }
 }
 
-/// Bounded wait helper for callers polling the ingest state.
-pub const SYNC_POLL: Duration = Duration::from_millis(100);
+/// The passive node's request sender: the HA2 link back to the active node.
+pub struct Requester {
+    link: Link,
+    writer: MessageWriter,
+    pub tracker: GapTracker,
+    pub send_errors: u64,
+}
+
+impl Requester {
+    pub fn new(link: Link, writer: MessageWriter) -> Requester {
+        Requester {
+            link,
+            writer,
+            tracker: GapTracker::default(),
+            send_errors: 0,
+        }
+    }
+
+    /// Polls the tracker with `st` and sends what it asks for.
+    pub fn poll(&mut self, st: &Ha2State, now: Instant) {
+        let msg = match self.tracker.poll(st, now) {
+            Some(PeerRequest::Retransmit { epoch, ranges }) => {
+                self.writer.request(HA2_RETRANSMIT_REQUEST, epoch, &ranges)
+            }
+            Some(PeerRequest::Resync { epoch }) => {
+                self.writer.request(HA2_RESYNC_REQUEST, epoch, &[])
+            }
+            None => return,
+        };
+        if !self.link.send(&msg) {
+            self.send_errors += 1;
+        }
+    }
+}
 
 #[cfg(test)]
 mod tests {
@@ -350,5 +693,148 @@ mod tests {
         };
         let r = record(&SessionKey::default(), &v, 10_000_000_000);
         assert_eq!((r.age_ms, r.idle_ms, r.flags), (9000, 1000, 1));
+    }
+
+    fn state(epoch: u32, contiguous: u32, arrived: &[u32]) -> Ha2State {
+        let mut st = Ha2State {
+            epoch,
+            contiguous,
+            highest: contiguous,
+            ..Default::default()
+        };
+        for &seq in arrived {
+            let (word, bit) = Ha2State::slot(seq);
+            st.seen[word] |= bit;
+            st.highest = st.highest.max(seq);
+        }
+        st
+    }
+
+    fn ranges(req: Option<PeerRequest>) -> Vec<(u32, u32)> {
+        match req {
+            Some(PeerRequest::Retransmit { ranges, .. }) => {
+                ranges.iter().map(|r| (r.first, r.count)).collect()
+            }
+            other => panic!("expected a retransmit request, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn gaps_are_asked_for_after_the_grace_and_again_after_the_timeout() {
+        let t0 = Instant::now();
+        let mut g = GapTracker::default();
+        // 11 and 12 are missing, 13 and 15 arrived, 14 is missing.
+        let st = state(3, 10, &[13, 15]);
+        assert_eq!(g.poll(&st, t0), None, "reordering grace");
+        assert_eq!(ranges(g.poll(&st, t0 + REORDER_GRACE)), [(11, 2), (14, 1)]);
+        assert_eq!(
+            g.poll(&st, t0 + REORDER_GRACE * 2),
+            None,
+            "request outstanding"
+        );
+        // 11 arrives; 12 and 14 are asked for again after the timeout.
+        let st = state(3, 11, &[13, 15]);
+        let again = t0 + REORDER_GRACE + RETRANSMIT_TIMEOUT;
+        assert_eq!(ranges(g.poll(&st, again)), [(12, 1), (14, 1)]);
+        // Everything arrived: nothing to ask.
+        assert_eq!(g.poll(&state(3, 15, &[]), again + RETRANSMIT_TIMEOUT), None);
+        assert_eq!(g.stats.gaps_detected, 3);
+        assert_eq!(g.stats.messages_requested, 5);
+        assert_eq!(g.stats.retransmit_requests_sent, 2);
+    }
+
+    #[test]
+    fn a_new_epoch_forgets_the_old_gaps_and_skips_ask_for_a_resync() {
+        let t0 = Instant::now();
+        let mut g = GapTracker::default();
+        g.poll(&state(3, 10, &[12]), t0);
+        assert_eq!(g.poll(&state(4, 0, &[]), t0 + REORDER_GRACE), None);
+        let mut st = state(4, 70_000, &[]);
+        st.skipped = 65_600;
+        assert_eq!(
+            g.poll(&st, t0 + REORDER_GRACE),
+            Some(PeerRequest::Resync { epoch: 4 })
+        );
+        st.skipped += 5;
+        assert_eq!(g.poll(&st, t0 + REORDER_GRACE * 2), None, "resync hold-off");
+        assert_eq!(
+            g.poll(&st, t0 + RESYNC_HOLDOFF * 2),
+            Some(PeerRequest::Resync { epoch: 4 })
+        );
+        assert_eq!(g.stats.messages_skipped, 65_605);
+    }
+
+    #[test]
+    fn requests_round_trip_and_foreign_ones_are_ignored() {
+        let w = MessageWriter::new(7, 42);
+        let ranges = [
+            RetransmitRange { first: 5, count: 2 },
+            RetransmitRange { first: 9, count: 1 },
+        ];
+        let msg = w.request(HA2_RETRANSMIT_REQUEST, 77, &ranges);
+        assert_eq!(
+            parse_request(&msg, 7, 42),
+            Some(PeerRequest::Retransmit {
+                epoch: 77,
+                ranges: ranges.to_vec()
+            })
+        );
+        assert_eq!(parse_request(&msg, 8, 42), None, "other group");
+        assert_eq!(parse_request(&msg, 7, 43), None, "other sender");
+        assert_eq!(
+            parse_request(&msg[..msg.len() - 1], 7, 42),
+            None,
+            "truncated"
+        );
+        let resync = w.request(HA2_RESYNC_REQUEST, 77, &[]);
+        assert_eq!(
+            parse_request(&resync, 7, 42),
+            Some(PeerRequest::Resync { epoch: 77 })
+        );
+        let mut data = MessageWriter::new(7, 42);
+        assert_eq!(
+            parse_request(&data.message(HA2_KEEPALIVE, &[]), 7, 42),
+            None
+        );
+    }
+
+    #[test]
+    fn the_sender_resends_from_its_buffer_and_resyncs_beyond_it() {
+        let mut s = Sender::new(Link::recorded(), MessageWriter::new(1, 1));
+        for _ in 0..RESEND_BUFFER + 10 {
+            s.keepalive();
+        }
+        let epoch = s.epoch();
+        let newest = (RESEND_BUFFER + 10) as u32;
+        let ask = |first, count| PeerRequest::Retransmit {
+            epoch,
+            ranges: vec![RetransmitRange { first, count }],
+        };
+        let before = s.link.sent().len();
+        assert_eq!(s.serve(&ask(newest - 2, 2)), Served::Done);
+        assert_eq!(s.link.sent()[before..], [newest - 2, newest - 1]);
+        assert_eq!(s.serve(&ask(5, 1)), Served::NeedsResync, "evicted");
+        assert_eq!(
+            s.serve(&PeerRequest::Retransmit {
+                epoch: epoch + 1,
+                ranges: vec![RetransmitRange { first: 5, count: 1 }]
+            }),
+            Served::Done,
+            "another epoch's request is stale"
+        );
+        assert_eq!(s.serve(&PeerRequest::Resync { epoch }), Served::NeedsResync);
+        assert_eq!(s.stats.messages_retransmitted, 2);
+    }
+
+    #[test]
+    fn a_tail_probe_follows_data_only() {
+        let mut s = Sender::new(Link::recorded(), MessageWriter::new(1, 1));
+        s.probe_tail();
+        assert_eq!(s.stats.keepalives_sent, 0);
+        s.update(SessionRecord::default());
+        s.flush();
+        s.probe_tail();
+        s.probe_tail();
+        assert_eq!(s.stats.keepalives_sent, 1);
     }
 }

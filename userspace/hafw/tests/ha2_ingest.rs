@@ -8,8 +8,9 @@ use hafw::{
 };
 use hafw_common::{
     ha2::{
-        HA2_BULK_END, HA2_BULK_START, HA2_KEEPALIVE, HA2_SESSION_DELETE, HA2_SESSION_UPDATE,
-        Ha2Config, SessionRecord,
+        HA2_BULK_END, HA2_BULK_START, HA2_KEEPALIVE, HA2_RESYNC_REQUEST, HA2_RETRANSMIT_REQUEST,
+        HA2_SESSION_DELETE, HA2_SESSION_UPDATE, Ha2Config, RetransmitRange, SEQ_WINDOW,
+        SessionRecord,
     },
     session::{SESSION_F_SYNCED, SessionKey, SessionState},
 };
@@ -312,4 +313,88 @@ fn ha2_frames_on_a_data_port_are_dropped_and_counted() {
         sessions(&f).is_empty(),
         "nobody on a data network injects sessions"
     );
+}
+
+/// Input: a sender whose messages 2 to 999 are lost, then arrive late (in reverse). Output: the
+/// window holds the gap far beyond 64 messages: the missing numbers are visible to the
+/// controller while they are missing, each late message is accepted once, and `contiguous`
+/// catches up.
+#[test]
+fn the_window_tracks_gaps_of_a_thousand_messages() {
+    let f = fixture();
+    let mut w = writer();
+    let msgs: Vec<Vec<u8>> = (0..1000)
+        .map(|_| ethernet(&w.message(HA2_KEEPALIVE, &[])))
+        .collect();
+    f.run_ha2(&msgs[0]);
+    f.run_ha2(&msgs[999]);
+    let st = f.dp.ha2_state().unwrap();
+    assert_eq!((st.contiguous, st.highest, st.skipped), (1, 1000, 0));
+    assert!(st.has(1000) && !st.has(2) && !st.has(999));
+    for m in msgs[1..999].iter().rev() {
+        assert_eq!(f.run_ha2(m).verdict, Verdict::Drop);
+    }
+    // The last fill consumed up to 64 numbers; the next message consumes the rest, 64 a time.
+    for _ in 0..20 {
+        f.run_ha2(&ethernet(&w.message(HA2_KEEPALIVE, &[])));
+    }
+    let st = f.dp.ha2_state().unwrap();
+    assert_eq!((st.contiguous, st.highest), (1020, 1020));
+    assert!(
+        st.seen.iter().all(|&word| word == 0),
+        "consumed bits are cleared"
+    );
+    assert_eq!(counter(&f, "keepalives"), 1020);
+    assert_eq!(counter(&f, "drop_old_sequence"), 0);
+    f.run_ha2(&msgs[500]);
+    assert_eq!(
+        counter(&f, "drop_old_sequence"),
+        1,
+        "a replay below the window"
+    );
+}
+
+/// Input: a message further ahead than the window. Output: the numbers in between are given up
+/// (counted in `skipped`, which makes the controller ask for a resync), and tracking goes on.
+#[test]
+fn a_jump_beyond_the_window_is_given_up_and_counted() {
+    let f = fixture();
+    let mut w = writer();
+    f.run_ha2(&ethernet(&w.message(HA2_KEEPALIVE, &[])));
+    w.sequence = SEQ_WINDOW + 10;
+    f.run_ha2(&ethernet(&w.message(HA2_KEEPALIVE, &[])));
+    let st = f.dp.ha2_state().unwrap();
+    assert_eq!(st.skipped, SEQ_WINDOW + 9);
+    assert_eq!(
+        (st.contiguous, st.highest),
+        (SEQ_WINDOW + 11, SEQ_WINDOW + 11)
+    );
+    f.run_ha2(&ethernet(&w.message(HA2_KEEPALIVE, &[])));
+    assert_eq!(f.dp.ha2_state().unwrap().contiguous, SEQ_WINDOW + 12);
+}
+
+/// Input: retransmit and resync requests (which flow from the passive node to the active one).
+/// Output: passed to the kernel for the controller, on a receiving node or not; the map and the
+/// sequence window untouched.
+#[test]
+fn requests_pass_to_the_controller() {
+    let mut f = fixture();
+    let w = writer();
+    let retransmit = w.request(
+        HA2_RETRANSMIT_REQUEST,
+        9,
+        &[RetransmitRange { first: 3, count: 4 }],
+    );
+    let resync = w.request(HA2_RESYNC_REQUEST, 9, &[]);
+    assert_eq!(f.run_ha2(&ethernet(&retransmit)).verdict, Verdict::Pass);
+    assert_eq!(f.run_ha2(&udp(&resync)).verdict, Verdict::Pass);
+    f.dp.set_ha2(Ha2Config::default()).unwrap();
+    assert_eq!(
+        f.run_ha2(&ip(&retransmit)).verdict,
+        Verdict::Pass,
+        "on the active node"
+    );
+    assert_eq!(counter(&f, "requests_passed"), 3);
+    assert_eq!(f.dp.ha2_state().unwrap().epoch, 0, "no sequence tracking");
+    assert!(sessions(&f).is_empty());
 }

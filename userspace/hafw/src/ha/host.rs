@@ -180,11 +180,24 @@ pub struct FrameSocket {
 }
 
 impl FrameSocket {
+    /// A socket that sends frames on `interface` and receives none.
     pub fn open(interface: &str) -> Result<FrameSocket> {
+        Self::open_protocol(interface, 0)
+    }
+
+    /// A socket on `interface` that also receives the frames of `ethertype` (0: none).
+    pub fn open_protocol(interface: &str, ethertype: u16) -> Result<FrameSocket> {
         use std::os::fd::FromRawFd as _;
         let ifindex = crate::dataplane::ifindex(interface)?;
+        let protocol = i32::from(ethertype.to_be());
         // SAFETY: plain socket(2).
-        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
+        let fd = unsafe {
+            libc::socket(
+                libc::AF_PACKET,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                protocol,
+            )
+        };
         if fd < 0 {
             return Err(std::io::Error::last_os_error())
                 .with_context(|| format!("packet socket for {interface}"));
@@ -193,6 +206,7 @@ impl FrameSocket {
         let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
         let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
         addr.sll_family = libc::AF_PACKET as u16;
+        addr.sll_protocol = ethertype.to_be();
         addr.sll_ifindex = ifindex as i32;
         use std::os::fd::AsRawFd as _;
         // SAFETY: bind with a valid sockaddr_ll of the right length.
@@ -207,11 +221,31 @@ impl FrameSocket {
             return Err(std::io::Error::last_os_error())
                 .with_context(|| format!("binding a packet socket to {interface}"));
         }
+        if ethertype != 0 {
+            // A packet tap sees this host's own transmissions too; this socket wants only what
+            // arrives (and the HA2 sender's own frames would cost a copy each).
+            let on: libc::c_int = 1;
+            // SAFETY: setsockopt(2) with a valid int option on an owned socket.
+            unsafe {
+                libc::setsockopt(
+                    fd.as_raw_fd(),
+                    libc::SOL_PACKET,
+                    libc::PACKET_IGNORE_OUTGOING,
+                    (&on as *const libc::c_int).cast(),
+                    size_of::<libc::c_int>() as u32,
+                )
+            };
+        }
         Ok(FrameSocket {
             fd: std::sync::Arc::new(fd),
             interface: interface.to_owned(),
             mac: current_mac(interface)?,
         })
+    }
+
+    /// The socket itself, for a receiver (`None` while a clone of it is alive).
+    pub fn into_socket(self) -> Option<socket2::Socket> {
+        std::sync::Arc::into_inner(self.fd).map(socket2::Socket::from)
     }
 
     /// Sends one whole Ethernet frame.

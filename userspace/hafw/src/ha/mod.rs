@@ -85,8 +85,9 @@ pub struct HaPlan {
 /// What the election asks of HA2 session sync.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SyncCommand {
-    /// Active with a passive peer: bulk-sync the table, then stream changes.
-    Send,
+    /// Active with a passive peer (node id given): bulk-sync the table, then stream changes and
+    /// serve the peer's retransmit requests.
+    Send { peer_node_id: u64 },
     /// Passive with an active peer (node id given): accept its sync.
     Receive { peer_node_id: u64 },
     /// Neither.
@@ -750,7 +751,8 @@ impl Shell {
                 Action::AnnounceAgain => self.announce(),
                 Action::StartSessionSync => {
                     self.shell_view.session_sync = "sender";
-                    self.sync(SyncCommand::Send);
+                    let peer_node_id = self.core.status().peer.node_id.unwrap_or(0);
+                    self.sync(SyncCommand::Send { peer_node_id });
                 }
                 Action::RequestBulkSync => {
                     self.shell_view.session_sync = "receiver";

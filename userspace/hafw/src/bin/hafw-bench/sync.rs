@@ -125,7 +125,7 @@ pub fn bulk(n: u32) -> Result<Row> {
     }) {
         bail!("fw1 did not become active:\n{}", run.logs());
     }
-    let pin = format!("/sys/fs/bpf/hafw/{}/v1/sessions", run.instances[0]);
+    let pin = format!("/sys/fs/bpf/hafw/{}/v2/sessions", run.instances[0]);
     let data = aya::maps::MapData::from_pin(&pin)?;
     let mut map: aya::maps::HashMap<_, SessionKey, SessionValue> =
         aya::maps::HashMap::try_from(aya::maps::Map::from_map_data(data)?)?;
