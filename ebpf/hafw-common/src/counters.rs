@@ -58,6 +58,9 @@ pub struct Counters {
     pub vlan_packets: u64,
     /// Session events lost because the ring buffer was full.
     pub event_ringbuf_full: u64,
+    /// Frames the host itself sent on a data port, dropped (tc egress) because this node's active
+    /// lease lapsed: they would carry the virtual MAC the peer now owns.
+    pub drop_host_tx_not_active: u64,
 }
 impl_pod!(Counters);
 
@@ -91,7 +94,8 @@ macro_rules! for_each_counter {
             policy_deny,
             ipv6_packets,
             vlan_packets,
-            event_ringbuf_full
+            event_ringbuf_full,
+            drop_host_tx_not_active
         )
     };
 }

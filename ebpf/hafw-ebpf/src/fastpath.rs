@@ -64,7 +64,7 @@ pub fn run(ctx: &XdpContext) -> u32 {
 
 /// An active node whose lease lapsed.
 #[inline(always)]
-fn orphaned(cfg: &DataplaneConfig) -> bool {
+pub fn orphaned(cfg: &DataplaneConfig) -> bool {
     Role::from_u32(cfg.role) == Role::Active
         && cfg.active_lease_expires_ns != 0
         && now_ns(cfg) >= cfg.active_lease_expires_ns

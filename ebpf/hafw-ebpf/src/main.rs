@@ -3,6 +3,8 @@
 //! - `hafw_fw`: the stateful firewall fast path on data ports (see [`fastpath`]).
 //! - `hafw_ha2`: on the HA2 interface, writes the peer's session sync into the session map (see
 //!   [`ha2`]).
+//! - `hafw_egress`: tc egress on data ports; silences the host when this active node's lease
+//!   lapsed (see [`egress`]).
 //! - `hafw_pass`: passes everything; attached to the far end of a veth that `hafw_fw` redirects
 //!   into, because XDP_REDIRECT into a veth delivers nothing unless its peer runs XDP.
 //!
@@ -12,6 +14,7 @@
 #![no_main]
 
 mod counters;
+mod egress;
 mod fastpath;
 mod forward;
 mod ha2;
@@ -20,7 +23,11 @@ mod parse;
 mod policy;
 mod session;
 
-use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+use aya_ebpf::{
+    bindings::xdp_action,
+    macros::{classifier, xdp},
+    programs::{TcContext, XdpContext},
+};
 
 #[xdp]
 pub fn hafw_fw(ctx: XdpContext) -> u32 {
@@ -30,6 +37,11 @@ pub fn hafw_fw(ctx: XdpContext) -> u32 {
 #[xdp]
 pub fn hafw_ha2(ctx: XdpContext) -> u32 {
     ha2::run(&ctx)
+}
+
+#[classifier]
+pub fn hafw_egress(_ctx: TcContext) -> i32 {
+    egress::run()
 }
 
 #[xdp]

@@ -16,7 +16,7 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, DevMapHash, HashMap, LpmTrie, MapData, PerCpuArray, RingBuf, lpm_trie::Key},
     programs::{
-        Xdp, XdpMode,
+        ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode,
         links::{FdLink, PinnedLink},
         xdp::{XdpLink, XdpLinkId},
     },
@@ -45,6 +45,8 @@ pub const FAST_PATH_PROGRAM: &str = "hafw_fw";
 pub const PASS_PROGRAM: &str = "hafw_pass";
 /// Name of the HA2 ingest program in the object.
 pub const HA2_PROGRAM: &str = "hafw_ha2";
+/// Name of the data ports' tc egress program in the object.
+pub const EGRESS_PROGRAM: &str = "hafw_egress";
 
 /// Where an instance pins its maps: `/sys/fs/bpf/hafw/<instance>/v<LAYOUT_VERSION>/`.
 pub fn pin_dir(instance: &str) -> PathBuf {
@@ -152,6 +154,8 @@ pub struct Dataplane {
     ha2_counters: PerCpuArray<MapData, Ha2Counters>,
     shadows: [SlotShadow; 2],
     links: BTreeMap<String, (PortLink, AttachMode)>,
+    /// tc egress attachments of the data ports, pinned (unpinned ones belong to the program).
+    egress_links: Vec<PinnedLink>,
 }
 
 /// The attachment of the fast path to one port: owned by the process, or pinned so that it
@@ -171,13 +175,13 @@ macro_rules! take {
     };
 }
 
-/// Loads `prog`, retrying when the verifier was interrupted: it gives up with EAGAIN when a
-/// signal is pending for the loading thread (as libbpf does, a few attempts).
-fn load_retrying(prog: &mut Xdp) -> Result<(), aya::programs::ProgramError> {
+/// Runs `load`, retrying when the verifier was interrupted: it gives up with EAGAIN when a signal
+/// is pending for the loading thread (as libbpf does, a few attempts).
+fn load_retrying(mut load: impl FnMut() -> Result<(), ProgramError>) -> Result<(), ProgramError> {
     let mut attempts = 0;
     loop {
-        match prog.load() {
-            Err(aya::programs::ProgramError::LoadError { io_error, .. })
+        match load() {
+            Err(ProgramError::LoadError { io_error, .. })
                 if io_error.raw_os_error() == Some(libc::EAGAIN) && attempts < 5 =>
             {
                 attempts += 1;
@@ -203,8 +207,15 @@ impl Dataplane {
                 .program_mut(name)
                 .ok_or_else(|| anyhow!("program {name} missing from the XDP object"))?
                 .try_into()?;
-            load_retrying(prog).with_context(|| format!("loading program {name} (verifier)"))?;
+            load_retrying(|| prog.load())
+                .with_context(|| format!("loading program {name} (verifier)"))?;
         }
+        let egress: &mut SchedClassifier = ebpf
+            .program_mut(EGRESS_PROGRAM)
+            .ok_or_else(|| anyhow!("program {EGRESS_PROGRAM} missing from the XDP object"))?
+            .try_into()?;
+        load_retrying(|| egress.load())
+            .with_context(|| format!("loading program {EGRESS_PROGRAM} (verifier)"))?;
         let mut dp = Dataplane {
             config: ConfigHandle(Arc::new(Mutex::new(ConfigCell {
                 map: take!(ebpf, "CONFIG"),
@@ -229,6 +240,7 @@ impl Dataplane {
             ebpf,
             shadows: [SlotShadow::default(), SlotShadow::default()],
             links: BTreeMap::new(),
+            egress_links: Vec::new(),
         };
         // Slot 0 is live (and empty: it denies) until the first commit writes slot 1 and flips.
         dp.shadows[0].retired_at = None;
@@ -264,11 +276,52 @@ impl Dataplane {
     /// with an atomic program replacement: the port is never without a program.
     pub fn attach(&mut self, ifname: &str) -> Result<AttachMode> {
         let mode = self.attach_program(FAST_PATH_PROGRAM, ifname)?;
+        self.attach_egress(ifname)?;
         let ifindex = ifindex(ifname)?;
         self.register_port(ifindex)
             .with_context(|| format!("adding {ifname} to the devmap"))?;
         info!("{ifname} (ifindex {ifindex}): fast path attached, {mode:?} mode");
         Ok(mode)
+    }
+
+    /// Attaches the egress program to a data port (tc), pinned at `<pin_dir>/links/egress/<ifname>`
+    /// so that it outlives this process: it is what silences the host once the lease lapses.
+    /// A link pinned by a previous run is detached first; the moment without it is harmless, as
+    /// the starting controller renews the lease anyway.
+    fn attach_egress(&mut self, ifname: &str) -> Result<()> {
+        let pin = self
+            .pin_dir
+            .as_ref()
+            .map(|d| d.join("links").join("egress").join(ifname));
+        if let Some(old) = pin
+            .as_ref()
+            .filter(|p| p.exists())
+            .and_then(|p| PinnedLink::from_pin(p).ok())
+        {
+            // Unpinned and dropped: the last reference, so the kernel detaches it.
+            drop(old.unpin());
+        }
+        // Only kernels before 6.6 (netlink tc, no TCX) need the clsact qdisc; it may exist.
+        let _ = aya::programs::tc::qdisc_add_clsact(ifname);
+        let prog: &mut SchedClassifier = self
+            .ebpf
+            .program_mut(EGRESS_PROGRAM)
+            .ok_or_else(|| anyhow!("no program {EGRESS_PROGRAM}"))?
+            .try_into()?;
+        let id = prog
+            .attach(ifname, TcAttachType::Egress)
+            .with_context(|| format!("attaching tc egress to {ifname}"))?;
+        if let Some(path) = pin {
+            std::fs::create_dir_all(path.parent().expect("egress links dir"))?;
+            let fd_link = FdLink::try_from(prog.take_link(id)?)
+                .context("tc egress link is not a bpf_link (kernel older than 6.6?)")?;
+            self.egress_links.push(
+                fd_link
+                    .pin(&path)
+                    .with_context(|| format!("pinning the tc link at {}", path.display()))?,
+            );
+        }
+        Ok(())
     }
 
     /// Attaches the HA2 ingest program to the HA2 interface (pinned like the data ports).

@@ -232,7 +232,36 @@ fn killing_the_active_process_hands_over() {
         ])
         .unwrap();
     assert!(dump.contains("drop_not_active"), "{dump}");
+    // The dead node's kernel still holds the virtual MACs and addresses; what it sends from them
+    // would pull the switch back to it. Its tc egress program drops it.
+    let ping = pair.run.topo.fw[0]
+        .exec(&["ping", "-c", "2", "-i", "0.2", "-W", "1", HaPair::CLIENT_IP])
+        .unwrap();
+    assert!(
+        !ping.status.success(),
+        "the orphaned node's host reached the client"
+    );
+    let silenced = pinned_counter(&pair.instances[0], "drop_host_tx_not_active");
+    assert!(silenced > 0, "host frames dropped at egress: {silenced}");
     let _ = pair.run.procs[0].take();
+}
+
+/// Counter `name` of instance `instance`, summed over CPUs, through its pin.
+fn pinned_counter(instance: &str, name: &str) -> u64 {
+    let data =
+        aya::maps::MapData::from_pin(format!("/sys/fs/bpf/hafw/{instance}/v2/counters")).unwrap();
+    let map: aya::maps::PerCpuArray<_, hafw_common::counters::Counters> =
+        aya::maps::PerCpuArray::try_from(aya::maps::Map::from_map_data(data).unwrap()).unwrap();
+    let mut total = hafw_common::counters::Counters::default();
+    for per_cpu in map.get(&0, 0).unwrap().iter() {
+        total.accumulate(per_cpu);
+    }
+    total
+        .fields()
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, v)| *v)
+        .unwrap_or_else(|| panic!("no counter {name}"))
 }
 
 /// Input: every link of the active node goes down. Output: the passive node takes over at once

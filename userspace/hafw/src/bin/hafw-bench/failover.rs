@@ -158,13 +158,22 @@ fn one_run(hafw: &Path, profile: &str, fault: Fault) -> Result<f64> {
         bail!("traffic did not resume after the {fault:?}");
     }
     let r = replies.lock().map_err(|_| anyhow::anyhow!("lock"))?;
-    let window = r
+    let (gap_start, window) = r
         .windows(2)
         .filter(|w| w[1] > fault_at)
-        .map(|w| w[1].duration_since(w[0]))
-        .max()
-        .unwrap_or_default();
+        .map(|w| (w[0], w[1].duration_since(w[0])))
+        .max_by_key(|(_, gap)| *gap)
+        .unwrap_or((fault_at, Duration::ZERO));
     drop(r);
+    if std::env::var_os("HAFW_BENCH_VERBOSE").is_some() {
+        let offset = gap_start.saturating_duration_since(fault_at).as_secs_f64() * 1e3;
+        let log = std::fs::read_to_string(lab.log(1)).unwrap_or_default();
+        let takeover: Vec<&str> = log.lines().filter(|l| l.contains("HA")).collect();
+        eprintln!(
+            "  gap starts {offset:.1} ms after the fault; fw2: {}",
+            takeover[takeover.len().saturating_sub(3)..].join(" | ")
+        );
+    }
     let _ = lab.procs[0].take();
     Ok(window.as_secs_f64() * 1e3)
 }
