@@ -10,5 +10,5 @@ pub mod pair;
 pub mod topology;
 
 pub use netns::{LabProcess, Netns, destroy, in_netns, unique_prefix, wait_until};
-pub use pair::{PairRun, tcp_echo};
+pub use pair::{ConfigEdit, PairRun, tcp_echo};
 pub use topology::{HaPair, SingleFirewall};

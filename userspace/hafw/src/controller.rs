@@ -95,6 +95,7 @@ struct Ha2Plan {
     group_id: u8,
     node_id: u64,
     keepalive: Duration,
+    keepalive_threshold: Duration,
 }
 
 type Shared = Arc<Mutex<Node>>;
@@ -590,6 +591,7 @@ fn ha2_plan(config: &Config) -> Option<Ha2Plan> {
         group_id: *ha.group_id.get_ref() as u8,
         node_id: ha.node_id(),
         keepalive: Duration::from_millis(link.keepalive_interval_ms),
+        keepalive_threshold: Duration::from_millis(link.keepalive_threshold_ms),
     })
 }
 
@@ -649,15 +651,41 @@ async fn run_sync(node: Shared, mut commands: tokio::sync::mpsc::UnboundedReceiv
                 }
             }
             _ = gap_tick.tick() => {
-                if let Ok(mut n) = node.lock()
-                    && n.sync.requester.is_some()
-                    && let Ok(st) = n.dp.ha2_state()
-                    && let Some(requester) = n.sync.requester.as_mut()
-                {
-                    requester.poll(&st, std::time::Instant::now());
+                if let Ok(mut n) = node.lock() {
+                    watch_receiving(&mut n);
                 }
             }
         }
+    }
+}
+
+/// The passive node's periodic look at HA2: gaps to ask for, keep-alive silence to log.
+fn watch_receiving(n: &mut Node) {
+    if n.sync.requester.is_none() {
+        return;
+    }
+    let (Ok(st), Ok(counters)) = (n.dp.ha2_state(), n.dp.ha2_counters()) else {
+        return;
+    };
+    let Some(requester) = n.sync.requester.as_mut() else {
+        return;
+    };
+    let now = std::time::Instant::now();
+    requester.poll(&st, now);
+    match requester.keepalive.poll(counters.accepted, now) {
+        Some(sync::KeepaliveEvent::Lost { silent }) => warn!(
+            "HA2 keep-alive: nothing from the peer for {} ms (threshold {} ms); session sync \
+             is not reaching this node",
+            silent.as_millis(),
+            n.sync
+                .plan
+                .as_ref()
+                .map_or(0, |p| p.keepalive_threshold.as_millis())
+        ),
+        Some(sync::KeepaliveEvent::Restored) => {
+            info!("HA2 keep-alive: the peer's session sync arrives again")
+        }
+        None => {}
     }
 }
 
@@ -729,7 +757,11 @@ fn sync_command(
             })?;
             n.sync.receiving = true;
             let writer = sync::MessageWriter::new(plan.group_id, plan.node_id as u32);
-            n.sync.requester = Some(sync::Requester::new(link()?, writer));
+            n.sync.requester = Some(sync::Requester::new(
+                link()?,
+                writer,
+                plan.keepalive_threshold,
+            ));
             info!("HA2: receiving session sync from the peer");
         }
         SyncCommand::Stop => {
@@ -815,5 +847,9 @@ fn state_sync_view(n: &Node) -> Result<serde_json::Value> {
             "skipped": st.skipped,
         },
         "recovery": gaps,
+        "keepalive": n.sync.requester.as_ref().map(|r| serde_json::json!({
+            "status": if r.keepalive.down { "down" } else { "up" },
+            "threshold_failures": r.keepalive.failures,
+        })),
     }))
 }

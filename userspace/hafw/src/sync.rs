@@ -625,20 +625,74 @@ impl GapTracker {
     }
 }
 
+/// HA2 keep-alive monitoring on the passive node (PAN-OS "HA2 Keep-alive", action log): the
+/// active node sends at least a keep-alive every interval, so silence longer than the threshold
+/// means the HA2 link or the peer's sender failed; it is logged once, and so is the recovery.
+#[derive(Debug)]
+pub struct KeepaliveWatch {
+    threshold: Duration,
+    accepted: u64,
+    last_heard: Instant,
+    pub down: bool,
+    /// Times the threshold was crossed.
+    pub failures: u64,
+}
+
+/// A change of the HA2 keep-alive status.
+#[derive(Debug, PartialEq, Eq)]
+pub enum KeepaliveEvent {
+    Lost { silent: Duration },
+    Restored,
+}
+
+impl KeepaliveWatch {
+    pub fn new(threshold: Duration, now: Instant) -> Self {
+        Self {
+            threshold,
+            accepted: 0,
+            last_heard: now,
+            down: false,
+            failures: 0,
+        }
+    }
+
+    /// Feeds the ingest program's count of accepted messages at `now`.
+    pub fn poll(&mut self, accepted: u64, now: Instant) -> Option<KeepaliveEvent> {
+        if accepted != self.accepted {
+            self.accepted = accepted;
+            self.last_heard = now;
+            if self.down {
+                self.down = false;
+                return Some(KeepaliveEvent::Restored);
+            }
+            return None;
+        }
+        let silent = now.duration_since(self.last_heard);
+        if !self.down && silent > self.threshold {
+            self.down = true;
+            self.failures += 1;
+            return Some(KeepaliveEvent::Lost { silent });
+        }
+        None
+    }
+}
+
 /// The passive node's request sender: the HA2 link back to the active node.
 pub struct Requester {
     link: Link,
     writer: MessageWriter,
     pub tracker: GapTracker,
+    pub keepalive: KeepaliveWatch,
     pub send_errors: u64,
 }
 
 impl Requester {
-    pub fn new(link: Link, writer: MessageWriter) -> Requester {
+    pub fn new(link: Link, writer: MessageWriter, keepalive_threshold: Duration) -> Requester {
         Requester {
             link,
             writer,
             tracker: GapTracker::default(),
+            keepalive: KeepaliveWatch::new(keepalive_threshold, Instant::now()),
             send_errors: 0,
         }
     }
@@ -824,6 +878,26 @@ mod tests {
         );
         assert_eq!(s.serve(&PeerRequest::Resync { epoch }), Served::NeedsResync);
         assert_eq!(s.stats.messages_retransmitted, 2);
+    }
+
+    #[test]
+    fn keepalive_silence_beyond_the_threshold_is_reported_once_and_so_is_recovery() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut k = KeepaliveWatch::new(ms(300), t0);
+        assert_eq!(k.poll(1, t0 + ms(100)), None);
+        assert_eq!(
+            k.poll(1, t0 + ms(400)),
+            None,
+            "300 ms silent: at the threshold"
+        );
+        assert_eq!(
+            k.poll(1, t0 + ms(401)),
+            Some(KeepaliveEvent::Lost { silent: ms(301) })
+        );
+        assert_eq!(k.poll(1, t0 + ms(900)), None, "reported once");
+        assert_eq!(k.poll(2, t0 + ms(901)), Some(KeepaliveEvent::Restored));
+        assert_eq!(k.failures, 1);
     }
 
     #[test]

@@ -633,3 +633,75 @@ pub fn pass_program_ns(f: &Fixture, total: u64) -> anyhow::Result<f64> {
     }
     Ok(sum.as_nanos() as f64 / runs as f64)
 }
+
+/// The lab's new UDP flow number `i`: one datagram to the server's port 53 (allowed by the lab
+/// policy) from its own source, 198.18.1.2 + `i / 50,000`, port 10,000 + `i % 50,000`, addressed
+/// to the pair's virtual MAC on the client side. With `src_mac` the client's MAC.
+pub fn lab_udp_flow(src_mac: [u8; 6], i: u32) -> Vec<u8> {
+    let source = [198, 18, 1, 2 + (i / 50_000) as u8];
+    let mut frame = Vec::with_capacity(64);
+    PacketBuilder::ethernet2(src_mac, hafw_config::virtual_mac(1, 1))
+        .ipv4(source, [198, 18, 2, 2], 64)
+        .udp(10_000 + (i % 50_000) as u16, 53)
+        .write(&mut frame, b"q")
+        .expect("UDP frame");
+    frame
+}
+
+/// Sends the lab's new UDP flows `first..first + count` (see [`lab_udp_flow`]) from the client
+/// namespace `client_ns`, as fast as one packet socket sends, calling `after_each` after every
+/// frame (return false to stop). Returns the sending time.
+pub fn send_lab_udp_flows(
+    client_ns: &str,
+    first: u32,
+    count: u32,
+    mut after_each: impl FnMut(u32, &[u8]) -> bool + Send + 'static,
+) -> anyhow::Result<std::time::Duration> {
+    hafw_lab::in_netns(client_ns, move || -> anyhow::Result<std::time::Duration> {
+        let socket = crate::ha::host::FrameSocket::open("eth0")?;
+        let started = std::time::Instant::now();
+        for i in first..first + count {
+            let frame = lab_udp_flow(socket.mac, i);
+            // A full socket buffer: wait for the veth to drain it.
+            while socket.send(&frame).is_err() {
+                std::thread::sleep(std::time::Duration::from_micros(50));
+            }
+            if !after_each(i, &frame) {
+                break;
+            }
+        }
+        Ok(started.elapsed())
+    })?
+}
+
+/// The session map of a running instance, opened through its pin.
+pub fn pinned_sessions(
+    instance: &str,
+) -> anyhow::Result<
+    aya::maps::HashMap<aya::maps::MapData, SessionKey, hafw_common::session::SessionValue>,
+> {
+    let pin = crate::dataplane::pin_dir(instance).join("sessions");
+    let data = aya::maps::MapData::from_pin(&pin)?;
+    Ok(aya::maps::HashMap::try_from(
+        aya::maps::Map::from_map_data(data)?,
+    )?)
+}
+
+/// Fast path counter `name` of a running instance, summed over CPUs, through its pin.
+pub fn pinned_counter(instance: &str, name: &str) -> anyhow::Result<u64> {
+    use hafw_common::counters::Counters;
+    let pin = crate::dataplane::pin_dir(instance).join("counters");
+    let data = aya::maps::MapData::from_pin(&pin)?;
+    let map: aya::maps::PerCpuArray<_, Counters> =
+        aya::maps::PerCpuArray::try_from(aya::maps::Map::from_map_data(data)?)?;
+    let mut total = Counters::default();
+    for per_cpu in map.get(&0, 0)?.iter() {
+        total.accumulate(per_cpu);
+    }
+    total
+        .fields()
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, v)| *v)
+        .ok_or_else(|| anyhow::anyhow!("no counter {name}"))
+}

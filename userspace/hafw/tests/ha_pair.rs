@@ -241,27 +241,10 @@ fn killing_the_active_process_hands_over() {
         !ping.status.success(),
         "the orphaned node's host reached the client"
     );
-    let silenced = pinned_counter(&pair.instances[0], "drop_host_tx_not_active");
+    let silenced =
+        hafw::testkit::pinned_counter(&pair.instances[0], "drop_host_tx_not_active").unwrap();
     assert!(silenced > 0, "host frames dropped at egress: {silenced}");
     let _ = pair.run.procs[0].take();
-}
-
-/// Counter `name` of instance `instance`, summed over CPUs, through its pin.
-fn pinned_counter(instance: &str, name: &str) -> u64 {
-    let data =
-        aya::maps::MapData::from_pin(format!("/sys/fs/bpf/hafw/{instance}/v2/counters")).unwrap();
-    let map: aya::maps::PerCpuArray<_, hafw_common::counters::Counters> =
-        aya::maps::PerCpuArray::try_from(aya::maps::Map::from_map_data(data).unwrap()).unwrap();
-    let mut total = hafw_common::counters::Counters::default();
-    for per_cpu in map.get(&0, 0).unwrap().iter() {
-        total.accumulate(per_cpu);
-    }
-    total
-        .fields()
-        .iter()
-        .find(|(n, _)| *n == name)
-        .map(|(_, v)| *v)
-        .unwrap_or_else(|| panic!("no counter {name}"))
 }
 
 /// Input: every link of the active node goes down. Output: the passive node takes over at once
@@ -677,19 +660,6 @@ fn established_sessions_survive_the_failover() {
     );
 }
 
-/// The fast path's session map of instance `instance`, opened through its pin.
-fn pinned_sessions(
-    instance: &str,
-) -> aya::maps::HashMap<
-    aya::maps::MapData,
-    hafw_common::session::SessionKey,
-    hafw_common::session::SessionValue,
-> {
-    let data =
-        aya::maps::MapData::from_pin(format!("/sys/fs/bpf/hafw/{instance}/v2/sessions")).unwrap();
-    aya::maps::HashMap::try_from(aya::maps::Map::from_map_data(data).unwrap()).unwrap()
-}
-
 /// Input: 100,000 established sessions in the active node's table, then the passive node starts.
 /// Output: the passive node reports `state sync complete` after one bulk sync, with its duration,
 /// and holds every session.
@@ -706,7 +676,7 @@ fn a_late_passive_gets_the_whole_table_by_bulk_sync() {
         "{}",
         pair.logs()
     );
-    let mut map = pinned_sessions(&pair.instances[0]);
+    let mut map = hafw::testkit::pinned_sessions(&pair.instances[0]).unwrap();
     let now = hafw::aging::monotonic_now_ns();
     let t = Instant::now();
     for i in 0..N {
@@ -738,7 +708,10 @@ fn a_late_passive_gets_the_whole_table_by_bulk_sync() {
     let sync = request(&pair.instances[1], &Request::ShowStateSync).unwrap();
     assert!(complete, "{sync:#}\n{}", pair.logs());
     let bulk_ms = sync["last_bulk_sync_received_ms"].as_f64().unwrap();
-    let held = pinned_sessions(&pair.instances[1]).keys().count();
+    let held = hafw::testkit::pinned_sessions(&pair.instances[1])
+        .unwrap()
+        .keys()
+        .count();
     eprintln!("bulk sync of {N} sessions: {bulk_ms:.1} ms; passive holds {held}");
     assert!(held >= N as usize, "passive holds {held} of {N}: {sync:#}");
     assert_eq!(sync["sequence"]["missing"], 0, "{sync:#}");
@@ -829,36 +802,13 @@ fn the_ha1_backup_carries_the_pair_when_ha1_is_cut() {
     assert!(hellos(&pair) > before, "hellos go on over the HA1 backup");
 }
 
-/// Sends `count` UDP datagrams to the server's port 53 from the client side, each from its own
-/// source (198.18.1.2-3, ports 10000-59999): `count` new sessions through the active node, at
-/// the rate one packet socket can send.
-fn new_udp_flows(pair: &Pair, count: u32) {
-    in_netns(&pair.run.topo.client.name, move || {
-        let socket = hafw::ha::host::FrameSocket::open("eth0").unwrap();
-        let gateway = hafw_config::virtual_mac(1, 1);
-        for i in 0..count {
-            let source = [198, 18, 1, 2 + (i / 50_000) as u8];
-            let mut frame = Vec::with_capacity(64);
-            etherparse::PacketBuilder::ethernet2(socket.mac, gateway)
-                .ipv4(source, [198, 18, 2, 2], 64)
-                .udp(10_000 + (i % 50_000) as u16, 53)
-                .write(&mut frame, b"q")
-                .unwrap();
-            // A full socket buffer: wait for the veth to drain it.
-            while socket.send(&frame).is_err() {
-                std::thread::sleep(Duration::from_micros(50));
-            }
-        }
-    })
-    .unwrap();
-}
-
 /// The session keys fw `i` holds.
 fn session_keys(
     pair: &Pair,
     i: usize,
 ) -> std::collections::HashSet<hafw_common::session::SessionKey> {
-    pinned_sessions(&pair.instances[i])
+    hafw::testkit::pinned_sessions(&pair.instances[i])
+        .unwrap()
         .keys()
         .filter_map(Result::ok)
         .collect()
@@ -887,7 +837,7 @@ fn sessions_converge_under_ha2_loss_and_survive_a_failover() {
         .unwrap();
     assert!(nft.wait().unwrap().success(), "nft ruleset");
     let t = Instant::now();
-    new_udp_flows(&pair, FLOWS);
+    hafw::testkit::send_lab_udp_flows(&pair.run.topo.client.name, 0, FLOWS, |_, _| true).unwrap();
     eprintln!("{FLOWS} new flows sent in {:?}", t.elapsed());
     let mut missing = usize::MAX;
     let converged = wait_until(Duration::from_secs(30), Duration::from_millis(250), || {

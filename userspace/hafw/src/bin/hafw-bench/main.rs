@@ -68,6 +68,8 @@ fn main() -> Result<()> {
                 .join()
                 .map_err(|_| anyhow::anyhow!("benchmark thread panicked"))??;
             let mut rows = vec![ingest];
+            rows.extend(sync::lag(2_000)?);
+            rows.extend(sync::sessions_per_second(200_000)?);
             for n in [100_000, 1_000_000] {
                 rows.push(sync::bulk(n)?);
             }

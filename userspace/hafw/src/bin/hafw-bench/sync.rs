@@ -2,7 +2,10 @@
 //! the kernel's own timing of BPF_PROG_TEST_RUN on full frames of 18 session records, each frame
 //! a new sequence number so every record is really written), and the bulk sync of a table of
 //! 100k and 1M sessions through the lab pair (active table filled through its pinned map, then
-//! the passive node starts; the time is the passive's, from bulk start to bulk end).
+//! the passive node starts; the time is the passive's, from bulk start to bulk end). Sync lag:
+//! new flows one at a time through the active node, each timed from its first packet until its
+//! session is in the passive node's map. Sessions/s through the pair with sync on and off: new
+//! UDP flows as fast as a packet socket sends them, sessions created per second on the active.
 
 use std::time::{Duration, Instant};
 
@@ -10,6 +13,7 @@ use anyhow::{Context as _, Result, bail};
 use hafw::{
     sync::{self, MessageWriter},
     testkit::{Fixture, Verdict, run_program},
+    testkit::{pinned_counter, pinned_sessions},
 };
 use hafw_common::{
     ha2::{HA2_SESSION_UPDATE, Ha2Config, MAX_SESSION_RECORDS, SessionRecord},
@@ -107,10 +111,7 @@ pub fn ingest() -> Result<Row> {
 
 /// Bulk sync of `n` sessions through the lab pair.
 pub fn bulk(n: u32) -> Result<Row> {
-    let hafw = std::env::current_exe()?
-        .parent()
-        .context("bench binary directory")?
-        .join("hafw");
+    let hafw = hafw_binary()?;
     let size = (n * 2).next_power_of_two().max(262_144);
     let edit = |_: usize, text: String| {
         text.replace(
@@ -125,10 +126,7 @@ pub fn bulk(n: u32) -> Result<Row> {
     }) {
         bail!("fw1 did not become active:\n{}", run.logs());
     }
-    let pin = format!("/sys/fs/bpf/hafw/{}/v2/sessions", run.instances[0]);
-    let data = aya::maps::MapData::from_pin(&pin)?;
-    let mut map: aya::maps::HashMap<_, SessionKey, SessionValue> =
-        aya::maps::HashMap::try_from(aya::maps::Map::from_map_data(data)?)?;
+    let mut map = pinned_sessions(&run.instances[0])?;
     let now = hafw::aging::monotonic_now_ns();
     let value = SessionValue {
         created_ns: now,
@@ -173,4 +171,149 @@ pub fn bulk(n: u32) -> Result<Row> {
             started.elapsed().as_secs_f64()
         ),
     })
+}
+
+fn hafw_binary() -> Result<std::path::PathBuf> {
+    Ok(std::env::current_exe()?
+        .parent()
+        .context("bench binary directory")?
+        .join("hafw"))
+}
+
+/// The lab pair on its default config passed through `edit`, fw1 active and fw2 passive.
+fn start_pair(edit: hafw_lab::ConfigEdit) -> Result<PairRun> {
+    let hafw = hafw_binary()?;
+    let mut run = PairRun::new(hafw.to_str().unwrap_or_default(), edit)?;
+    run.start_node(0)?;
+    run.start_node(1)?;
+    if !wait_until(Duration::from_secs(10), Duration::from_millis(20), || {
+        run.cli_state(0) == "active" && run.cli_state(1) == "passive"
+    }) {
+        bail!("the pair did not elect fw1 active:\n{}", run.logs());
+    }
+    Ok(run)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+/// Sync lag over `flows` new flows, one every millisecond: p50 and p99 rows.
+pub fn lag(flows: u32) -> Result<Vec<Row>> {
+    const GIVE_UP: Duration = Duration::from_millis(100);
+    let run = start_pair(&|_, text| text)?;
+    let passive = pinned_sessions(&run.instances[1])?;
+    let lags = std::sync::Arc::new(std::sync::Mutex::new(Vec::with_capacity(flows as usize)));
+    let record = lags.clone();
+    hafw::testkit::send_lab_udp_flows(&run.topo.client.name, 0, flows, move |_, frame| {
+        let key = hafw::testkit::session_key(frame);
+        let sent = Instant::now();
+        while passive.get(&key, 0).is_err() && sent.elapsed() < GIVE_UP {
+            std::hint::spin_loop();
+        }
+        if let Ok(mut l) = record.lock() {
+            l.push(sent.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(1));
+        true
+    })?;
+    let mut lags = lags.lock().map_err(|_| anyhow::anyhow!("lock"))?.clone();
+    lags.sort();
+    let lost = lags.iter().filter(|l| **l >= GIVE_UP).count();
+    let (p50, p99) = (percentile(&lags, 0.5), percentile(&lags, 0.99));
+    let us = |d: Duration| d.as_secs_f64() * 1e6;
+    let note = format!(
+        "{} flows, one per ms; from the first packet sent by the client to the session in the \
+         passive map (polled); max {:.0} µs; {lost} not synced within {} ms",
+        lags.len(),
+        us(lags[lags.len() - 1]),
+        GIVE_UP.as_millis()
+    );
+    Ok(vec![
+        Row {
+            case: "sync lag p50, lab pair over veth".into(),
+            value: us(p50),
+            unit: "µs",
+            target: "-".into(),
+            note: note.clone(),
+        },
+        Row {
+            case: "sync lag p99, lab pair over veth".into(),
+            value: us(p99),
+            unit: "µs",
+            target: format!(
+                "≤ 1000 ({})",
+                if p99 <= Duration::from_millis(1) {
+                    "met"
+                } else {
+                    "MISSED"
+                }
+            ),
+            note,
+        },
+    ])
+}
+
+/// New sessions per second through the pair, with session sync on and off.
+pub fn sessions_per_second(flows: u32) -> Result<Vec<Row>> {
+    let mut rates = Vec::new();
+    for sync_on in [true, false] {
+        let off = |_: usize, text: String| {
+            text.replace(
+                "interface = \"ha2\"\n",
+                "interface = \"ha2\"\nsession_sync = false\n",
+            )
+        };
+        let run = if sync_on {
+            start_pair(&|_, text| text)?
+        } else {
+            start_pair(&off)?
+        };
+        let before = pinned_counter(&run.instances[0], "session_created")?;
+        let took = hafw::testkit::send_lab_udp_flows(&run.topo.client.name, 0, flows, |_, _| true)?;
+        std::thread::sleep(Duration::from_millis(300));
+        let created = pinned_counter(&run.instances[0], "session_created")? - before;
+        let synced = if sync_on {
+            let passive = pinned_sessions(&run.instances[1])?;
+            let mut held = 0;
+            wait_until(Duration::from_secs(20), Duration::from_millis(200), || {
+                held = passive.keys().count();
+                held >= created as usize
+            });
+            format!("; passive holds {held}")
+        } else {
+            String::new()
+        };
+        let rate = created as f64 / took.as_secs_f64();
+        rates.push(rate);
+        eprintln!(
+            "sync {}: {created} sessions in {:.2} s{synced}",
+            if sync_on { "on" } else { "off" },
+            took.as_secs_f64()
+        );
+    }
+    let ratio = rates[0] / rates[1];
+    Ok(vec![
+        Row {
+            case: "new sessions/s through the pair, sync on".into(),
+            value: rates[0],
+            unit: "sessions/s",
+            target: format!(
+                "≥ 80% of sync off: {:.0}% ({})",
+                ratio * 100.0,
+                if ratio >= 0.8 { "met" } else { "MISSED" }
+            ),
+            note: format!(
+                "{flows} new UDP flows from one packet socket in the client namespace; the \
+                 sender, XDP and the controller share the 2 CPUs"
+            ),
+        },
+        Row {
+            case: "new sessions/s through the pair, sync off".into(),
+            value: rates[1],
+            unit: "sessions/s",
+            target: "-".into(),
+            note: "same, session_sync = false".into(),
+        },
+    ])
 }
