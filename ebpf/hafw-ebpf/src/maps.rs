@@ -31,9 +31,11 @@ pub static COUNTERS: PerCpuArray<Counters, 1> = PerCpuArray::new();
 #[btf_map]
 pub static SESSIONS: LruHashMap<SessionKey, SessionValue, 262_144> = LruHashMap::new();
 
-/// Session created / state changed / closed events for userspace (HA2 sync). 4 MiB.
+/// Session created / state changed / closed events for userspace (HA2 sync). 16 MiB: about
+/// 150,000 events, three seconds of new sessions at the fast path's lab rate; events lost to a
+/// full buffer are counted and make the active node resync.
 #[btf_map]
-pub static SESSION_EVENTS: RingBuf<SessionEvent, { 4 << 20 }> = RingBuf::new();
+pub static SESSION_EVENTS: RingBuf<SessionEvent, { 16 << 20 }> = RingBuf::new();
 
 /// Egress data ports by ifindex, for `bpf_redirect_map`.
 #[btf_map]

@@ -60,8 +60,15 @@ struct SyncState {
     plan: Option<Ha2Plan>,
     /// Open while this node is the active one sending to a passive peer.
     sender: Option<sync::Sender>,
-    /// Stops the thread that receives the passive peer's requests for `sender`.
+    /// Stops the thread that receives what the peer's ingest program passes up (requests on
+    /// the active node, neighbour entries on the passive one).
     listener_stop: Option<Arc<std::sync::atomic::AtomicBool>>,
+    /// Neighbour entries sent to the current peer (port, family, address) -> MAC.
+    neighbours_sent: std::collections::HashMap<(u16, u8, [u8; 16]), [u8; 6]>,
+    /// Neighbour entries of the peer installed in this node's kernel.
+    neighbours_installed: u64,
+    /// The fast path's count of session events lost to a full ring buffer, last seen.
+    events_lost: u64,
     /// Open while this node is the passive one receiving: asks for what is missing.
     requester: Option<sync::Requester>,
     receiving: bool,
@@ -599,6 +606,8 @@ fn ha2_plan(config: &Config) -> Option<Ha2Plan> {
 const GAP_POLL: Duration = Duration::from_millis(5);
 /// How soon after a burst the active node sends a tail-loss probe.
 const TAIL_PROBE: Duration = Duration::from_millis(10);
+/// How often the active node looks at its neighbour table and at lost session events.
+const HOUSEKEEPING: Duration = Duration::from_secs(1);
 
 /// Carries out the election's HA2 hooks; while sending, keep-alives, tail probes and the
 /// passive peer's requests; while receiving, the watch for gaps.
@@ -611,10 +620,16 @@ async fn run_sync(node: Shared, mut commands: tokio::sync::mpsc::UnboundedReceiv
     let mut keepalive_tick = tokio::time::interval(keepalive);
     let mut probe_tick = tokio::time::interval(TAIL_PROBE);
     let mut gap_tick = tokio::time::interval(GAP_POLL);
-    for tick in [&mut keepalive_tick, &mut probe_tick, &mut gap_tick] {
+    let mut housekeeping_tick = tokio::time::interval(HOUSEKEEPING);
+    for tick in [
+        &mut keepalive_tick,
+        &mut probe_tick,
+        &mut gap_tick,
+        &mut housekeeping_tick,
+    ] {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     }
-    let (request_tx, mut requests) = tokio::sync::mpsc::unbounded_channel();
+    let (request_tx, mut inbound) = tokio::sync::mpsc::unbounded_channel();
     loop {
         tokio::select! {
             command = commands.recv() => {
@@ -627,12 +642,24 @@ async fn run_sync(node: Shared, mut commands: tokio::sync::mpsc::UnboundedReceiv
                     Ok(Ok(())) => {}
                 }
             }
-            Some(request) = requests.recv() => {
+            Some(msg) = inbound.recv() => {
                 let node = node.clone();
-                let res = tokio::task::spawn_blocking(move || serve_request(&node, &request)).await;
+                let res = tokio::task::spawn_blocking(move || match msg {
+                    sync::Inbound::Request(request) => serve_request(&node, &request),
+                    sync::Inbound::Neighbours(records) => install_neighbours(&node, &records),
+                }).await;
                 match res {
-                    Ok(Err(e)) => error!("HA2 request: {e:#}"),
-                    Err(e) => error!("HA2 request task: {e}"),
+                    Ok(Err(e)) => error!("HA2 from the peer: {e:#}"),
+                    Err(e) => error!("HA2 inbound task: {e}"),
+                    Ok(Ok(())) => {}
+                }
+            }
+            _ = housekeeping_tick.tick() => {
+                let node = node.clone();
+                let res = tokio::task::spawn_blocking(move || housekeeping(&node)).await;
+                match res {
+                    Ok(Err(e)) => error!("HA2 housekeeping: {e:#}"),
+                    Err(e) => error!("HA2 housekeeping task: {e}"),
                     Ok(Ok(())) => {}
                 }
             }
@@ -696,17 +723,90 @@ fn serve_request(node: &Shared, request: &sync::PeerRequest) -> Result<()> {
         return Ok(());
     };
     if sender.serve(request) == sync::Served::NeedsResync {
-        let sessions = n.dp.sessions()?;
-        let Some(sender) = n.sync.sender.as_mut() else {
+        resync(
+            &mut n,
+            &format!("{request:?} could not be served from the resend buffer"),
+        )?;
+    }
+    Ok(())
+}
+
+/// Sends the whole table again to the passive peer.
+fn resync(n: &mut Node, why: &str) -> Result<()> {
+    let sessions = n.dp.sessions()?;
+    let Some(sender) = n.sync.sender.as_mut() else {
+        return Ok(());
+    };
+    sender.bulk(&sessions, aging::monotonic_now_ns());
+    sender.stats.resyncs_sent += 1;
+    info!(
+        "HA2: resync of {} sessions sent in {:.1} ms ({why})",
+        sessions.len(),
+        sender.stats.last_bulk_sent_ms.unwrap_or(0.0)
+    );
+    Ok(())
+}
+
+/// Data ports by config position (1-based, as neighbour records name them) and name.
+fn data_ports(config: &Config) -> Vec<(u16, String)> {
+    config
+        .interfaces
+        .iter()
+        .enumerate()
+        .map(|(i, iface)| (i as u16 + 1, iface.name.get_ref().clone()))
+        .collect()
+}
+
+/// The active node's periodic HA2 chores: neighbour entries that are new or changed go to the
+/// peer; session events the fast path lost to a full ring buffer were never synced, so the
+/// table is sent again.
+fn housekeeping(node: &Shared) -> Result<()> {
+    let ports = {
+        let n = node.lock().map_err(|_| anyhow!("node lock poisoned"))?;
+        if n.sync.sender.is_none() {
             return Ok(());
-        };
-        sender.bulk(&sessions, aging::monotonic_now_ns());
-        sender.stats.resyncs_sent += 1;
-        info!(
-            "HA2: resync of {} sessions sent in {:.1} ms ({request:?} could not be served from the resend buffer)",
-            sessions.len(),
-            sender.stats.last_bulk_sent_ms.unwrap_or(0.0)
-        );
+        }
+        data_ports(&n.running)
+    };
+    // Outside the lock: it runs a process.
+    let neighbours = ha::host::resolved_neighbours(&ports)?;
+    let mut n = node.lock().map_err(|_| anyhow!("node lock poisoned"))?;
+    let lost = n.dp.counters()?.event_ringbuf_full;
+    if lost > n.sync.events_lost {
+        n.sync.events_lost = lost;
+        resync(&mut n, "session events were lost to a full ring buffer")?;
+    }
+    let fresh: Vec<_> = neighbours
+        .into_iter()
+        .filter(|r| n.sync.neighbours_sent.get(&(r.port, r.family, r.addr)) != Some(&r.mac))
+        .collect();
+    if fresh.is_empty() {
+        return Ok(());
+    }
+    for r in &fresh {
+        n.sync
+            .neighbours_sent
+            .insert((r.port, r.family, r.addr), r.mac);
+    }
+    if let Some(sender) = n.sync.sender.as_mut() {
+        sender.neighbours(&fresh);
+        sender.flush();
+    }
+    Ok(())
+}
+
+/// Installs the active peer's neighbour entries (passive node).
+fn install_neighbours(node: &Shared, records: &[hafw_common::ha2::NeighbourRecord]) -> Result<()> {
+    let ports = {
+        let n = node.lock().map_err(|_| anyhow!("node lock poisoned"))?;
+        if !n.sync.receiving {
+            return Ok(());
+        }
+        data_ports(&n.running)
+    };
+    let installed = ha::host::install_neighbours(records, &ports)?;
+    if let Ok(mut n) = node.lock() {
+        n.sync.neighbours_installed += installed as u64;
     }
     Ok(())
 }
@@ -714,7 +814,7 @@ fn serve_request(node: &Shared, request: &sync::PeerRequest) -> Result<()> {
 fn sync_command(
     node: &Shared,
     command: SyncCommand,
-    requests: tokio::sync::mpsc::UnboundedSender<sync::PeerRequest>,
+    inbound: tokio::sync::mpsc::UnboundedSender<sync::Inbound>,
 ) -> Result<()> {
     let mut n = node.lock().map_err(|_| anyhow!("node lock poisoned"))?;
     let Some(plan) = n.sync.plan.clone() else {
@@ -722,21 +822,26 @@ fn sync_command(
     };
     n.sync.close();
     let link = || sync::Link::open(&plan.interface, plan.transport, plan.local, plan.peer);
+    let listen = |peer_node_id: u64| -> Result<Arc<std::sync::atomic::AtomicBool>> {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        sync::spawn_listener(
+            &plan.interface,
+            plan.transport,
+            plan.local,
+            plan.group_id,
+            peer_node_id as u32,
+            stop.clone(),
+            inbound.clone(),
+        )?;
+        Ok(stop)
+    };
     match command {
         SyncCommand::Send { peer_node_id } => {
             n.dp.set_ha2(Ha2Config::default())?;
             n.sync.receiving = false;
-            let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-            sync::spawn_request_listener(
-                &plan.interface,
-                plan.transport,
-                plan.local,
-                plan.group_id,
-                peer_node_id as u32,
-                stop.clone(),
-                requests,
-            )?;
-            n.sync.listener_stop = Some(stop);
+            n.sync.listener_stop = Some(listen(peer_node_id)?);
+            n.sync.neighbours_sent.clear();
+            n.sync.events_lost = n.dp.counters()?.event_ringbuf_full;
             let writer = sync::MessageWriter::new(plan.group_id, plan.node_id as u32);
             let mut sender = sync::Sender::new(link()?, writer);
             let sessions = n.dp.sessions()?;
@@ -756,6 +861,7 @@ fn sync_command(
                 _pad: [0; 7],
             })?;
             n.sync.receiving = true;
+            n.sync.listener_stop = Some(listen(peer_node_id)?);
             let writer = sync::MessageWriter::new(plan.group_id, plan.node_id as u32);
             n.sync.requester = Some(sync::Requester::new(
                 link()?,
@@ -847,6 +953,7 @@ fn state_sync_view(n: &Node) -> Result<serde_json::Value> {
             "skipped": st.skipped,
         },
         "recovery": gaps,
+        "neighbours_installed": n.sync.neighbours_installed,
         "keepalive": n.sync.requester.as_ref().map(|r| serde_json::json!({
             "status": if r.keepalive.down { "down" } else { "up" },
             "threshold_failures": r.keepalive.failures,

@@ -16,10 +16,10 @@ use anyhow::{Context as _, Result};
 use hafw_common::{
     ha::{HA2_ETHERTYPE, HA2_IP_PROTO, HA2_UDP_PORT},
     ha2::{
-        HA2_BULK_END, HA2_BULK_START, HA2_HEADER_LEN, HA2_KEEPALIVE, HA2_MAGIC, HA2_RESYNC_REQUEST,
-        HA2_RETRANSMIT_REQUEST, HA2_SESSION_DELETE, HA2_SESSION_UPDATE, HA2_VERSION, Ha2Header,
-        Ha2State, MAX_RETRANSMIT_RANGES, MAX_SESSION_RECORDS, RetransmitRange, SEQ_WINDOW,
-        SessionRecord,
+        HA2_BULK_END, HA2_BULK_START, HA2_HEADER_LEN, HA2_KEEPALIVE, HA2_MAGIC, HA2_NEIGHBOUR,
+        HA2_RESYNC_REQUEST, HA2_RETRANSMIT_REQUEST, HA2_SESSION_DELETE, HA2_SESSION_UPDATE,
+        HA2_VERSION, Ha2Header, Ha2State, MAX_RETRANSMIT_RANGES, MAX_SESSION_RECORDS,
+        NeighbourRecord, RetransmitRange, SEQ_WINDOW, SessionRecord,
     },
     session::{SESSION_F_SYNCED, SessionKey, SessionValue},
 };
@@ -78,6 +78,15 @@ impl MessageWriter {
     pub fn message(&mut self, msg_type: u8, records: &[SessionRecord]) -> Vec<u8> {
         self.sequence = self.sequence.wrapping_add(1);
         encode(self.header(msg_type, self.sequence, self.epoch), records)
+    }
+
+    /// One sequenced message of neighbour records.
+    pub fn neighbour_message(&mut self, records: &[NeighbourRecord]) -> Vec<u8> {
+        self.sequence = self.sequence.wrapping_add(1);
+        encode(
+            self.header(HA2_NEIGHBOUR, self.sequence, self.epoch),
+            records,
+        )
     }
 
     /// A request about the peer's epoch `epoch` (not sequenced: requests are idempotent).
@@ -271,16 +280,46 @@ pub fn parse_request(msg: &[u8], group_id: u8, peer: u32) -> Option<PeerRequest>
     }
 }
 
-/// Receives the passive peer's requests on the HA2 link (the ingest program passes them up) in a
-/// thread of its own, until `stop` is set.
-pub fn spawn_request_listener(
+/// What the ingest program passes up to the controller from the peer.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Inbound {
+    /// On the active node: the passive peer's request.
+    Request(PeerRequest),
+    /// On the passive node: the neighbour entries the active peer uses.
+    Neighbours(Vec<NeighbourRecord>),
+}
+
+/// Parses what arrives on the HA2 socket from `peer` in group `group_id`: requests and neighbour
+/// records; anything else is `None`.
+pub fn parse_inbound(msg: &[u8], group_id: u8, peer: u32) -> Option<Inbound> {
+    if let Some(req) = parse_request(msg, group_id, peer) {
+        return Some(Inbound::Request(req));
+    }
+    let h = parse_header(msg)?;
+    if h.msg_type != HA2_NEIGHBOUR || h.group_id != group_id || h.sender != peer {
+        return None;
+    }
+    let len = size_of::<NeighbourRecord>();
+    let body = msg.get(HA2_HEADER_LEN..HA2_HEADER_LEN + usize::from(h.count) * len)?;
+    let records = body
+        .chunks_exact(len)
+        // SAFETY: exact chunks of a plain integer struct; unaligned read.
+        .map(|c| unsafe { std::ptr::read_unaligned(c.as_ptr().cast::<NeighbourRecord>()) })
+        .collect();
+    Some(Inbound::Neighbours(records))
+}
+
+/// Receives what the ingest program passes up from the peer on the HA2 link (requests on the
+/// active node, neighbour entries on the passive one) in a thread of its own, until `stop` is
+/// set.
+pub fn spawn_listener(
     interface: &str,
     transport: Ha2Transport,
     local: Option<IpAddr>,
     group_id: u8,
     peer: u32,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    requests: tokio::sync::mpsc::UnboundedSender<PeerRequest>,
+    inbound: tokio::sync::mpsc::UnboundedSender<Inbound>,
 ) -> Result<()> {
     use std::sync::atomic::Ordering;
     // Each socket hands over what arrives and where the HA2 message starts in it.
@@ -288,13 +327,13 @@ pub fn spawn_request_listener(
         Ha2Transport::Ethernet => (
             crate::ha::host::FrameSocket::open_protocol(interface, HA2_ETHERTYPE)?
                 .into_socket()
-                .context("HA2 request socket")?,
+                .context("HA2 receive socket")?,
             |_| 14,
         ),
         Ha2Transport::Udp => {
             let local = local.context("HA2 udp transport needs a local address")?;
             let socket = UdpSocket::bind((local, HA2_UDP_PORT))
-                .with_context(|| format!("binding {local}:{HA2_UDP_PORT} for HA2 requests"))?;
+                .with_context(|| format!("binding {local}:{HA2_UDP_PORT} for HA2"))?;
             (socket2::Socket::from(socket), |_| 0)
         }
         // Raw IPv4 sockets deliver the IP header too.
@@ -303,7 +342,7 @@ pub fn spawn_request_listener(
     socket.set_read_timeout(Some(Duration::from_millis(100)))?;
     let socket = std::net::UdpSocket::from(std::os::fd::OwnedFd::from(socket));
     std::thread::Builder::new()
-        .name("ha2-requests".into())
+        .name("ha2-inbound".into())
         .spawn(move || {
             let mut buf = [0u8; 2048];
             while !stop.load(Ordering::Relaxed) {
@@ -316,8 +355,8 @@ pub fn spawn_request_listener(
                     continue;
                 }
                 let at = offset(packet).min(len);
-                if let Some(req) = parse_request(&packet[at..], group_id, peer)
-                    && requests.send(req).is_err()
+                if let Some(msg) = parse_inbound(&packet[at..], group_id, peer)
+                    && inbound.send(msg).is_err()
                 {
                     return;
                 }
@@ -334,6 +373,7 @@ pub struct SyncStats {
     pub session_deletes_sent: u64,
     pub bulk_syncs_sent: u64,
     pub keepalives_sent: u64,
+    pub neighbours_sent: u64,
     pub send_errors: u64,
     /// Requests from the passive peer, and what they cost.
     pub retransmit_requests_received: u64,
@@ -389,6 +429,11 @@ impl Sender {
 
     fn send(&mut self, msg_type: u8, records: &[SessionRecord]) {
         let msg = self.writer.message(msg_type, records);
+        self.send_sequenced(msg_type, msg);
+    }
+
+    /// Sends a message the writer just numbered, keeping it for retransmission.
+    fn send_sequenced(&mut self, msg_type: u8, msg: Vec<u8>) {
         if self.link.send(&msg) {
             self.stats.messages_sent += 1;
         } else {
@@ -507,7 +552,20 @@ impl Sender {
         self.stats.keepalives_sent += 1;
         self.send(HA2_KEEPALIVE, &[]);
     }
+
+    /// Neighbour entries, as many to a message as fit.
+    pub fn neighbours(&mut self, records: &[NeighbourRecord]) {
+        for chunk in records.chunks(MAX_NEIGHBOUR_RECORDS) {
+            let msg = self.writer.neighbour_message(chunk);
+            self.stats.neighbours_sent += chunk.len() as u64;
+            self.send_sequenced(HA2_NEIGHBOUR, msg);
+        }
+    }
 }
+
+/// Neighbour records per message (1,500-octet MTU, any transport).
+pub const MAX_NEIGHBOUR_RECORDS: usize =
+    (1500 - 28 - HA2_HEADER_LEN) / size_of::<NeighbourRecord>();
 
 /// How long a number may be missing before it is asked for: one poll of the window, so a message
 /// merely reordered on the way is not requested.
@@ -898,6 +956,25 @@ mod tests {
         assert_eq!(k.poll(1, t0 + ms(900)), None, "reported once");
         assert_eq!(k.poll(2, t0 + ms(901)), Some(KeepaliveEvent::Restored));
         assert_eq!(k.failures, 1);
+    }
+
+    #[test]
+    fn neighbour_records_round_trip() {
+        let mut w = MessageWriter::new(7, 42);
+        let n = NeighbourRecord {
+            addr: [198, 18, 1, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            mac: [2, 0, 0, 0, 0, 9],
+            port: 1,
+            family: 2,
+            _pad: [0; 7],
+        };
+        let msg = w.neighbour_message(&[n, n]);
+        assert_eq!(
+            parse_inbound(&msg, 7, 42),
+            Some(Inbound::Neighbours(vec![n, n]))
+        );
+        assert_eq!(parse_inbound(&msg, 7, 41), None, "other sender");
+        assert!(HA2_HEADER_LEN + MAX_NEIGHBOUR_RECORDS * 32 <= 1500 - 28);
     }
 
     #[test]

@@ -650,23 +650,25 @@ pub fn lab_udp_flow(src_mac: [u8; 6], i: u32) -> Vec<u8> {
 
 /// Sends the lab's new UDP flows `first..first + count` (see [`lab_udp_flow`]) from the client
 /// namespace `client_ns`, as fast as one packet socket sends, calling `after_each` after every
-/// frame (return false to stop). Returns the sending time.
+/// frame with the frame and when its sending began (return false to stop). Returns the sending
+/// time.
 pub fn send_lab_udp_flows(
     client_ns: &str,
     first: u32,
     count: u32,
-    mut after_each: impl FnMut(u32, &[u8]) -> bool + Send + 'static,
+    mut after_each: impl FnMut(&[u8], std::time::Instant) -> bool + Send + 'static,
 ) -> anyhow::Result<std::time::Duration> {
     hafw_lab::in_netns(client_ns, move || -> anyhow::Result<std::time::Duration> {
         let socket = crate::ha::host::FrameSocket::open("eth0")?;
         let started = std::time::Instant::now();
         for i in first..first + count {
             let frame = lab_udp_flow(socket.mac, i);
+            let sending = std::time::Instant::now();
             // A full socket buffer: wait for the veth to drain it.
             while socket.send(&frame).is_err() {
                 std::thread::sleep(std::time::Duration::from_micros(50));
             }
-            if !after_each(i, &frame) {
+            if !after_each(&frame, sending) {
                 break;
             }
         }

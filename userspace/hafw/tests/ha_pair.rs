@@ -885,3 +885,45 @@ fn sessions_converge_under_ha2_loss_and_survive_a_failover() {
         conns.len()
     );
 }
+
+/// Input: traffic between client and server through the active node, which resolves both.
+/// Output: the passive node's kernel holds the same neighbour entries (client on eth1, server
+/// on eth2, with their MACs), synced over HA2, so the first packets after a failover are
+/// forwarded at once instead of waiting for ARP.
+#[test]
+fn the_active_nodes_neighbours_are_installed_on_the_passive() {
+    let pair = Pair::start(&unchanged);
+    assert!(pair.connects_within(Duration::from_secs(5)));
+    let mac_of = |ns: &hafw_lab::Netns| {
+        let link = ns.exec_ok(&["ip", "-br", "link", "show", "eth0"]).unwrap();
+        link.split_whitespace().nth(2).unwrap().to_owned()
+    };
+    let (client_mac, server_mac) = (mac_of(&pair.run.topo.client), mac_of(&pair.run.topo.server));
+    let mut neighbours = String::new();
+    let installed = wait_until(Duration::from_secs(5), Duration::from_millis(100), || {
+        neighbours = pair.run.topo.fw[1]
+            .exec_ok(&["ip", "neigh", "show"])
+            .unwrap_or_default();
+        neighbours.lines().any(|l| {
+            l.starts_with(&format!(
+                "{} dev eth1 lladdr {client_mac}",
+                HaPair::CLIENT_IP
+            ))
+        }) && neighbours.lines().any(|l| {
+            l.starts_with(&format!(
+                "{} dev eth2 lladdr {server_mac}",
+                HaPair::SERVER_IP
+            ))
+        })
+    });
+    assert!(
+        installed,
+        "client {client_mac}, server {server_mac}; passive neighbours:\n{neighbours}\n{}",
+        pair.logs()
+    );
+    let sync = request(&pair.instances[1], &Request::ShowStateSync).unwrap();
+    assert!(
+        sync["neighbours_installed"].as_u64().unwrap() >= 2,
+        "{sync:#}"
+    );
+}

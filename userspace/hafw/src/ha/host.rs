@@ -14,6 +14,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, anyhow, bail};
+use hafw_common::ha2::NeighbourRecord;
 use ipnet::IpNet;
 use log::{debug, warn};
 use pnet_datalink::MacAddr;
@@ -84,6 +85,71 @@ fn ip_batch(commands: &[String], force: bool) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The neighbour entries (ARP, IPv6 ND) the kernel resolved on data ports `ports` (config
+/// position, 1-based, and name), as HA2 records: what the active node forwards to.
+pub fn resolved_neighbours(ports: &[(u16, String)]) -> Result<Vec<NeighbourRecord>> {
+    #[derive(serde::Deserialize)]
+    struct Entry {
+        dst: IpAddr,
+        dev: String,
+        lladdr: Option<String>,
+        #[serde(default)]
+        state: Vec<String>,
+    }
+    let out = Command::new("ip")
+        .args(["-j", "neigh", "show"])
+        .output()
+        .context("running ip neigh (iproute2)")?;
+    let entries: Vec<Entry> =
+        serde_json::from_slice(&out.stdout).context("parsing `ip -j neigh show`")?;
+    let usable = ["REACHABLE", "STALE", "DELAY", "PROBE", "PERMANENT"];
+    Ok(entries
+        .into_iter()
+        .filter(|e| e.state.iter().any(|s| usable.contains(&s.as_str())))
+        .filter_map(|e| {
+            let port = ports.iter().find(|(_, name)| *name == e.dev)?.0;
+            let mac = hafw_config::parse_mac(e.lladdr.as_deref()?)?;
+            let (family, addr) = match e.dst {
+                IpAddr::V4(a) => {
+                    let mut addr = [0u8; 16];
+                    addr[..4].copy_from_slice(&a.octets());
+                    (libc::AF_INET as u8, addr)
+                }
+                IpAddr::V6(a) => (libc::AF_INET6 as u8, a.octets()),
+            };
+            Some(NeighbourRecord {
+                addr,
+                mac,
+                port,
+                family,
+                _pad: [0; 7],
+            })
+        })
+        .collect())
+}
+
+/// Installs the peer's neighbour entries on data ports `ports` (position, name) as `stale`:
+/// used at once for forwarding, and confirmed by the kernel on first use. Returns how many.
+pub fn install_neighbours(records: &[NeighbourRecord], ports: &[(u16, String)]) -> Result<usize> {
+    let commands: Vec<String> = records
+        .iter()
+        .filter_map(|r| {
+            let dev = &ports.iter().find(|(pos, _)| *pos == r.port)?.1;
+            let addr = match i32::from(r.family) {
+                libc::AF_INET => IpAddr::from([r.addr[0], r.addr[1], r.addr[2], r.addr[3]]),
+                libc::AF_INET6 => IpAddr::from(r.addr),
+                _ => return None,
+            };
+            Some(format!(
+                "neigh replace {addr} lladdr {} dev {dev} nud stale",
+                format_mac(r.mac)
+            ))
+        })
+        .collect();
+    ip_batch(&commands, true)?;
+    Ok(commands.len())
 }
 
 /// Takes the ports' virtual MACs and floating addresses (idempotent: `replace`).
