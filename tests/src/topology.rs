@@ -101,6 +101,8 @@ impl SingleFirewall {
 ///                   |                                  |
 ///             eth1 fw1 ha1 169.254.1.1/30 ---- 169.254.1.2/30 ha1 fw2 eth1
 ///                      ha2 169.254.2.1/30 ---- 169.254.2.2/30 ha2
+///                     ha1b (HA1 backup) --------------------- ha1b
+///                     ha2b (HA2 backup) --------------------- ha2b
 ///                     mgmt 169.254.3.1/24 -[swm]- 169.254.3.2/24 mgmt
 ///             eth2 fw1                                         fw2 eth2
 ///                   |                                  |
@@ -189,7 +191,7 @@ impl HaPair {
             f.exec_ok(&["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
             f.exec_ok(&["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"])?;
         }
-        for link in ["ha1", "ha2", "ha1b"] {
+        for link in ["ha1", "ha2", "ha1b", "ha2b"] {
             fw[0].exec_ok(&[
                 "ip",
                 "link",
@@ -225,7 +227,7 @@ impl HaPair {
     }
 
     /// Every link of firewall `i` (0 or 1), for "down all its links".
-    pub const FW_LINKS: [&str; 6] = ["eth1", "eth2", "ha1", "ha2", "ha1b", "mgmt"];
+    pub const FW_LINKS: [&str; 7] = ["eth1", "eth2", "ha1", "ha2", "ha1b", "ha2b", "mgmt"];
 
     pub fn persist(&mut self) {
         self.client.persist();

@@ -53,7 +53,8 @@
 //!
 //! # Reliability
 //!
-//! Types 1 to 6 are sequenced: the sender numbers them 1, 2, ... in its epoch. The receiver
+//! Types 1 to 6 are sequenced: the sender numbers them 1, 2, ... in its epoch (so a receiver
+//! whose first message of an epoch is number 5 knows that 1 to 4 are missing). The receiver
 //! marks each arrival in a window of [`SEQ_WINDOW`] sequence numbers above the highest
 //! contiguous one (`HA2_STATE`); its controller reads the window, and a number still missing one
 //! poll later is asked for again with a **retransmit request** (type 7, sent back on the HA2

@@ -227,11 +227,13 @@ fn accept_sequence(c: &mut Ha2Counters, epoch: u32, seq: u32) -> Result<(), ()> 
     // update costs at most a spurious retransmit request.
     let st: &mut Ha2State = unsafe { &mut *st };
     if epoch != st.epoch {
-        // A new sender epoch (senders never use 0, the map's initial value): whatever it sends
-        // first starts the sequence. Field by field: the state is 8 KiB, far beyond the stack.
+        // A new sender epoch (senders never use 0, the map's initial value). Its numbers start
+        // at 1, so whatever was lost before the first message that arrives is a visible gap
+        // (a bulk sync lost whole on a link that just failed, say). Field by field: the state
+        // is 8 KiB, far beyond the stack.
         st.epoch = epoch;
-        st.contiguous = seq.wrapping_sub(1);
-        st.highest = seq.wrapping_sub(1);
+        st.contiguous = 0;
+        st.highest = 0;
         st.skipped = 0;
         st.bulk_end_sequence = 0;
         st.bulk_started_ns = 0;

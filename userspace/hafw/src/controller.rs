@@ -95,10 +95,9 @@ impl SyncState {
 /// The HA2 link from the config.
 #[derive(Clone, Debug)]
 struct Ha2Plan {
-    interface: String,
-    transport: hafw_ha::Ha2Transport,
-    local: Option<std::net::IpAddr>,
-    peer: Option<std::net::IpAddr>,
+    link: sync::Endpoint,
+    /// The HA2 backup link: used while the HA2 link has no carrier.
+    backup: Option<sync::Endpoint>,
     group_id: u8,
     node_id: u64,
     keepalive: Duration,
@@ -153,7 +152,10 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
     let ha2 = ha2_plan(&config);
     let (sync_tx, sync_rx) = tokio::sync::mpsc::unbounded_channel();
     if let Some(p) = &ha2 {
-        dp.attach_ha2(&p.interface)?;
+        dp.attach_ha2(&p.link.interface)?;
+        if let Some(b) = &p.backup {
+            dp.attach_ha2(&b.interface)?;
+        }
         dp.set_ha2(Ha2Config::default())?;
     }
     let ha = match ha_plan {
@@ -266,6 +268,9 @@ async fn age_sessions(node: Shared) {
     }
 }
 
+/// Session events per ring-buffer drain above which partial HA2 messages are held back.
+const COALESCE_ABOVE: usize = 8;
+
 async fn drain_events(node: Shared, ring: aya::maps::RingBuf<aya::maps::MapData>) {
     // SAFETY: the ring buffer owns its map fd and lives inside the AsyncFd until both drop.
     let mut fd = match unsafe { tokio::io::unix::AsyncFd::register(ring) } {
@@ -314,7 +319,12 @@ async fn drain_events(node: Shared, ring: aya::maps::RingBuf<aya::maps::MapData>
                         sender.update(sync::record(&ev.key, &ev.value, now));
                     }
                 }
-                sender.flush();
+                // A light load sends at once (latency); under a heavy one a partly filled
+                // message waits for the next drain, so messages go out full (one send per 18
+                // sessions, not per wake-up), and the tail probe sends what is left.
+                if batch.len() < COALESCE_ABOVE {
+                    sender.flush();
+                }
             }
         }
     }
@@ -586,15 +596,19 @@ fn ha2_plan(config: &Config) -> Option<Ha2Plan> {
         info!("HA2 session sync is off: established sessions will not survive a failover");
         return None;
     }
-    Some(Ha2Plan {
-        interface: link.interface.clone(),
-        transport: link.transport,
-        local: link
+    let endpoint = |l: &hafw_config::Ha2Link| sync::Endpoint {
+        interface: l.interface.clone(),
+        transport: l.transport,
+        local: l
             .address
             .as_ref()
             .and_then(|a| a.parse::<ipnet::IpNet>().ok())
             .map(|n| n.addr()),
-        peer: link.peer.as_ref().and_then(|p| p.parse().ok()),
+        peer: l.peer.as_ref().and_then(|p| p.parse().ok()),
+    };
+    Some(Ha2Plan {
+        link: endpoint(link),
+        backup: ha.ha2_backup.as_ref().map(|b| endpoint(b.get_ref())),
         group_id: *ha.group_id.get_ref() as u8,
         node_id: ha.node_id(),
         keepalive: Duration::from_millis(link.keepalive_interval_ms),
@@ -674,6 +688,7 @@ async fn run_sync(node: Shared, mut commands: tokio::sync::mpsc::UnboundedReceiv
                 if let Ok(mut n) = node.lock()
                     && let Some(sender) = n.sync.sender.as_mut()
                 {
+                    sender.check_links();
                     sender.probe_tail();
                 }
             }
@@ -698,6 +713,7 @@ fn watch_receiving(n: &mut Node) {
         return;
     };
     let now = std::time::Instant::now();
+    requester.check_links();
     requester.poll(&st, now);
     match requester.keepalive.poll(counters.accepted, now) {
         Some(sync::KeepaliveEvent::Lost { silent }) => warn!(
@@ -821,18 +837,18 @@ fn sync_command(
         return Ok(());
     };
     n.sync.close();
-    let link = || sync::Link::open(&plan.interface, plan.transport, plan.local, plan.peer);
+    let link = || sync::Link::open(&plan.link, plan.backup.as_ref());
     let listen = |peer_node_id: u64| -> Result<Arc<std::sync::atomic::AtomicBool>> {
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        sync::spawn_listener(
-            &plan.interface,
-            plan.transport,
-            plan.local,
-            plan.group_id,
-            peer_node_id as u32,
-            stop.clone(),
-            inbound.clone(),
-        )?;
+        for endpoint in std::iter::once(&plan.link).chain(&plan.backup) {
+            sync::spawn_listener(
+                endpoint,
+                plan.group_id,
+                peer_node_id as u32,
+                stop.clone(),
+                inbound.clone(),
+            )?;
+        }
         Ok(stop)
     };
     match command {
@@ -938,8 +954,11 @@ fn state_sync_view(n: &Node) -> Result<serde_json::Value> {
     let bulk_ms = (st.bulk_ended_ns >= st.bulk_started_ns && st.bulk_started_ns != 0)
         .then(|| (st.bulk_ended_ns - st.bulk_started_ns) as f64 / 1e6);
     Ok(serde_json::json!({
-        "interface": plan.interface,
-        "transport": plan.transport.as_str(),
+        "interface": plan.link.interface,
+        "transport": plan.link.transport.as_str(),
+        "backup_interface": plan.backup.as_ref().map(|b| b.interface.clone()),
+        "link_in_use": n.sync.sender.as_ref().map(|s| s.link_in_use())
+            .or_else(|| n.sync.requester.as_ref().map(|r| r.link_in_use())),
         "role": role,
         "status": status,
         "last_bulk_sync_received_ms": bulk_ms,

@@ -145,9 +145,23 @@ pub fn ethernet_frame(dst: [u8; 6], src: [u8; 6], msg: &[u8]) -> Vec<u8> {
     f
 }
 
-/// Where messages go: the HA2 link, for either direction.
+/// One HA2 link of the config.
+#[derive(Clone, Debug)]
+pub struct Endpoint {
+    pub interface: String,
+    pub transport: Ha2Transport,
+    /// Local and peer addresses (`ip` and `udp` transports).
+    pub local: Option<IpAddr>,
+    pub peer: Option<IpAddr>,
+}
+
+/// Where messages go: the HA2 link, for either direction, and the HA2 backup link, used while
+/// the HA2 link has no carrier.
 pub struct Link {
     out: Out,
+    interface: String,
+    backup: Option<(Out, String)>,
+    on_backup: bool,
 }
 
 enum Out {
@@ -165,38 +179,32 @@ enum Out {
     Recorded(Vec<Vec<u8>>),
 }
 
-impl Link {
-    /// Opens the HA2 link for `transport` (`local` and `peer` needed for `ip` and `udp`).
-    pub fn open(
-        interface: &str,
-        transport: Ha2Transport,
-        local: Option<IpAddr>,
-        peer: Option<IpAddr>,
-    ) -> Result<Link> {
-        let out = match transport {
-            Ha2Transport::Ethernet => Out::Ethernet(crate::ha::host::FrameSocket::open(interface)?),
+impl Out {
+    fn open(e: &Endpoint) -> Result<Out> {
+        Ok(match e.transport {
+            Ha2Transport::Ethernet => {
+                Out::Ethernet(crate::ha::host::FrameSocket::open(&e.interface)?)
+            }
             Ha2Transport::Udp => {
-                let peer = peer.context("HA2 udp transport needs the peer address")?;
-                let local = local.context("HA2 udp transport needs a local address")?;
+                let peer = e.peer.context("HA2 udp transport needs the peer address")?;
+                let local = e.local.context("HA2 udp transport needs a local address")?;
                 Out::Udp {
                     socket: UdpSocket::bind((local, 0))?,
                     peer: SocketAddr::new(peer, HA2_UDP_PORT),
                 }
             }
             Ha2Transport::Ip => {
-                let peer = peer.context("HA2 ip transport needs the peer address")?;
+                let peer = e.peer.context("HA2 ip transport needs the peer address")?;
                 Out::Ip {
                     socket: raw_ip_socket()?,
                     peer: SocketAddr::new(peer, 0).into(),
                 }
             }
-        };
-        Ok(Link { out })
+        })
     }
 
-    /// Sends one message; false when the kernel refused it.
-    pub fn send(&mut self, msg: &[u8]) -> bool {
-        match &mut self.out {
+    fn send(&mut self, msg: &[u8]) -> bool {
+        match self {
             Out::Ethernet(socket) => {
                 // The HA2 link is point to point: broadcast reaches the peer without knowing its
                 // MAC (MACs are per host and never configured).
@@ -204,7 +212,7 @@ impl Link {
                 socket.send(&frame).is_ok()
             }
             Out::Udp { socket, peer } => socket.send_to(msg, *peer).is_ok(),
-            Out::Ip { socket, peer } => socket.send_to(msg, peer).is_ok(),
+            Out::Ip { socket, peer } => socket.send_to(msg, &*peer).is_ok(),
             #[cfg(test)]
             Out::Recorded(sent) => {
                 sent.push(msg.to_vec());
@@ -212,11 +220,69 @@ impl Link {
             }
         }
     }
+}
+
+impl Link {
+    /// Opens the HA2 link and, when configured, the HA2 backup link.
+    pub fn open(link: &Endpoint, backup: Option<&Endpoint>) -> Result<Link> {
+        let mut link = Link {
+            out: Out::open(link)?,
+            interface: link.interface.clone(),
+            backup: backup
+                .map(|b| Ok::<_, anyhow::Error>((Out::open(b)?, b.interface.clone())))
+                .transpose()?,
+            on_backup: false,
+        };
+        // The first messages (a bulk sync) must not go to a link already down.
+        link.check_carrier();
+        Ok(link)
+    }
+
+    /// Moves to the backup link while the HA2 link has no carrier, and back when it returns.
+    pub fn check_carrier(&mut self) {
+        let Some((_, backup)) = &self.backup else {
+            return;
+        };
+        let on_backup = !crate::ha::host::has_carrier(&self.interface);
+        if on_backup != self.on_backup {
+            self.on_backup = on_backup;
+            if on_backup {
+                log::warn!(
+                    "HA2: {} has no carrier; using the HA2 backup link {backup}",
+                    self.interface
+                );
+            } else {
+                log::info!(
+                    "HA2: {} is back; leaving the HA2 backup link",
+                    self.interface
+                );
+            }
+        }
+    }
+
+    /// The interface messages go out on now.
+    pub fn in_use(&self) -> &str {
+        match &self.backup {
+            Some((_, backup)) if self.on_backup => backup,
+            _ => &self.interface,
+        }
+    }
+
+    /// Sends one message; false when the kernel refused it.
+    pub fn send(&mut self, msg: &[u8]) -> bool {
+        match &mut self.backup {
+            Some((out, _)) if self.on_backup => out.send(msg),
+            _ => self.out.send(msg),
+        }
+    }
 
     #[cfg(test)]
     fn recorded() -> Link {
         Link {
             out: Out::Recorded(Vec::new()),
+            interface: "test".into(),
+            backup: None,
+            on_backup: false,
         }
     }
 
@@ -313,9 +379,7 @@ pub fn parse_inbound(msg: &[u8], group_id: u8, peer: u32) -> Option<Inbound> {
 /// active node, neighbour entries on the passive one) in a thread of its own, until `stop` is
 /// set.
 pub fn spawn_listener(
-    interface: &str,
-    transport: Ha2Transport,
-    local: Option<IpAddr>,
+    endpoint: &Endpoint,
     group_id: u8,
     peer: u32,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
@@ -323,15 +387,17 @@ pub fn spawn_listener(
 ) -> Result<()> {
     use std::sync::atomic::Ordering;
     // Each socket hands over what arrives and where the HA2 message starts in it.
-    let (socket, offset): (socket2::Socket, fn(&[u8]) -> usize) = match transport {
+    let (socket, offset): (socket2::Socket, fn(&[u8]) -> usize) = match endpoint.transport {
         Ha2Transport::Ethernet => (
-            crate::ha::host::FrameSocket::open_protocol(interface, HA2_ETHERTYPE)?
+            crate::ha::host::FrameSocket::open_protocol(&endpoint.interface, HA2_ETHERTYPE)?
                 .into_socket()
                 .context("HA2 receive socket")?,
             |_| 14,
         ),
         Ha2Transport::Udp => {
-            let local = local.context("HA2 udp transport needs a local address")?;
+            let local = endpoint
+                .local
+                .context("HA2 udp transport needs a local address")?;
             let socket = UdpSocket::bind((local, HA2_UDP_PORT))
                 .with_context(|| format!("binding {local}:{HA2_UDP_PORT} for HA2"))?;
             (socket2::Socket::from(socket), |_| 0)
@@ -427,6 +493,15 @@ impl Sender {
         self.writer.epoch
     }
 
+    /// See [`Link::check_carrier`].
+    pub fn check_links(&mut self) {
+        self.link.check_carrier();
+    }
+
+    pub fn link_in_use(&self) -> String {
+        self.link.in_use().to_owned()
+    }
+
     fn send(&mut self, msg_type: u8, records: &[SessionRecord]) {
         let msg = self.writer.message(msg_type, records);
         self.send_sequenced(msg_type, msg);
@@ -480,9 +555,11 @@ impl Sender {
         }
     }
 
-    /// Sends a keep-alive when data went out since the last one: a loss at the end of a burst
-    /// shows up at the receiver as a gap below the keep-alive's number (a tail-loss probe).
+    /// Sends what is queued, then a keep-alive when data went out since the last one: a loss at
+    /// the end of a burst shows up at the receiver as a gap below the keep-alive's number (a
+    /// tail-loss probe).
     pub fn probe_tail(&mut self) {
+        self.flush();
         if self.unprobed {
             self.keepalive();
         }
@@ -753,6 +830,15 @@ impl Requester {
             keepalive: KeepaliveWatch::new(keepalive_threshold, Instant::now()),
             send_errors: 0,
         }
+    }
+
+    /// See [`Link::check_carrier`].
+    pub fn check_links(&mut self) {
+        self.link.check_carrier();
+    }
+
+    pub fn link_in_use(&self) -> String {
+        self.link.in_use().to_owned()
     }
 
     /// Polls the tracker with `st` and sends what it asks for.

@@ -282,6 +282,14 @@ fn reordered_messages_fill_the_gap_and_duplicates_are_refused() {
     f.run_ha2(&ethernet(&w2.message(HA2_KEEPALIVE, &[])));
     let st = f.dp.ha2_state().unwrap();
     assert_eq!((st.epoch, st.contiguous), (8, 1));
+    // Numbers start at 1 in every epoch: an epoch first heard at 5 lacks 1 to 4.
+    let mut w3 = MessageWriter::new(GROUP, PEER);
+    w3.epoch = 9;
+    w3.sequence = 4;
+    f.run_ha2(&ethernet(&w3.message(HA2_KEEPALIVE, &[])));
+    let st = f.dp.ha2_state().unwrap();
+    assert_eq!((st.epoch, st.contiguous, st.highest), (9, 0, 5));
+    assert!(st.has(5) && !st.has(1));
 }
 
 #[test]

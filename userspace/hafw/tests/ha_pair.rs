@@ -927,3 +927,33 @@ fn the_active_nodes_neighbours_are_installed_on_the_passive() {
         "{sync:#}"
     );
 }
+
+/// Input: the HA2 link loses carrier, then 2,000 new sessions are created through the active
+/// node. Output: sync moves to the HA2 backup link and the passive node's table converges to
+/// the active node's.
+#[test]
+fn the_ha2_backup_carries_sync_when_ha2_is_cut() {
+    const FLOWS: u32 = 2_000;
+    let pair = Pair::start(&unchanged);
+    pair.links_down(0, &["ha2"]);
+    let mut missing = usize::MAX;
+    let mut status = serde_json::Value::Null;
+    // Sending goes on while the links are checked; the first messages after the cut may take
+    // the dead link and come back through retransmission.
+    hafw::testkit::send_lab_udp_flows(&pair.run.topo.client.name, 0, FLOWS, |_, _| true).unwrap();
+    let converged = wait_until(Duration::from_secs(10), Duration::from_millis(100), || {
+        let active = session_keys(&pair, 0);
+        missing = active.difference(&session_keys(&pair, 1)).count();
+        active.len() >= FLOWS as usize && missing == 0
+    });
+    if let Ok(v) = request(&pair.instances[0], &Request::ShowStateSync) {
+        status = v;
+    }
+    let passive = request(&pair.instances[1], &Request::ShowStateSync).unwrap_or_default();
+    assert!(
+        converged,
+        "{missing} sessions missing on the passive\nactive {status:#}\npassive {passive:#}\n{}",
+        pair.logs()
+    );
+    assert_eq!(status["link_in_use"], "ha2b", "{status:#}");
+}
