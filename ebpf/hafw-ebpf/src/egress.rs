@@ -8,9 +8,12 @@
 //! (`fastpath::orphaned`), nothing the host sends leaves a data port. Frames the fast path
 //! redirects do not pass here (XDP transmits them directly); it stops those itself.
 
-use aya_ebpf::{bindings::TC_ACT_OK, bindings::TC_ACT_SHOT};
-
 use crate::{counters::this_cpu, fastpath::orphaned, maps::CONFIG};
+
+/// `TC_ACT_OK` and `TC_ACT_SHOT` (linux/pkt_cls.h); the bindings' integer type differs between
+/// targets, the program returns an `i32`.
+const TC_ACT_OK: i32 = 0;
+const TC_ACT_SHOT: i32 = 2;
 
 #[inline(always)]
 pub fn run() -> i32 {
@@ -19,8 +22,8 @@ pub fn run() -> i32 {
             if let Some(c) = this_cpu() {
                 c.drop_host_tx_not_active += 1;
             }
-            TC_ACT_SHOT as i32
+            TC_ACT_SHOT
         }
-        _ => TC_ACT_OK as i32,
+        _ => TC_ACT_OK,
     }
 }

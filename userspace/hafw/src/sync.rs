@@ -1060,7 +1060,7 @@ mod tests {
             Some(Inbound::Neighbours(vec![n, n]))
         );
         assert_eq!(parse_inbound(&msg, 7, 41), None, "other sender");
-        assert!(HA2_HEADER_LEN + MAX_NEIGHBOUR_RECORDS * 32 <= 1500 - 28);
+        const { assert!(HA2_HEADER_LEN + MAX_NEIGHBOUR_RECORDS * 32 <= 1500 - 28) };
     }
 
     #[test]
