@@ -126,6 +126,16 @@ impl Pair {
         })
     }
 
+    /// Asserts that fw2 becomes active within `timeout`.
+    fn assert_fw2_takes_over(&self, timeout: Duration) {
+        assert!(
+            wait_until(timeout, Duration::from_millis(5), || self.state(1)
+                == "active"),
+            "fw2 did not take over:\n{}",
+            self.logs()
+        );
+    }
+
     fn links_down(&self, i: usize, links: &[&str]) {
         for l in links {
             self.run.topo.fw[i]
@@ -253,13 +263,7 @@ fn killing_the_active_process_hands_over() {
 fn downing_all_links_of_the_active_hands_over() {
     let pair = Pair::start(&unchanged);
     pair.links_down(0, &HaPair::FW_LINKS);
-    assert!(
-        wait_until(Duration::from_secs(5), Duration::from_millis(5), || {
-            pair.state(1) == "active"
-        }),
-        "{}",
-        pair.logs()
-    );
+    pair.assert_fw2_takes_over(Duration::from_secs(5));
     assert!(
         pair.connects_within(Duration::from_secs(5)),
         "{}",
@@ -469,13 +473,7 @@ fn a_planned_stop_hands_over_at_once() {
     let pair = Pair::start(&recommended);
     let t = Instant::now();
     pair.signal(0, nix::sys::signal::Signal::SIGTERM);
-    assert!(
-        wait_until(Duration::from_secs(1), Duration::from_millis(5), || {
-            pair.state(1) == "active"
-        }),
-        "{}",
-        pair.logs()
-    );
+    pair.assert_fw2_takes_over(Duration::from_secs(1));
     eprintln!("handover after SIGTERM: {:?}", t.elapsed());
     assert!(
         pair.connects_within(Duration::from_secs(5)),
@@ -603,13 +601,7 @@ fn established_sessions_survive_the_failover() {
     assert!(synced, "fw2 holds {} sessions", session_count(&pair, 1));
     std::thread::sleep(Duration::from_secs(1));
     kill_active(&mut pair);
-    assert!(
-        wait_until(Duration::from_secs(5), Duration::from_millis(10), || {
-            pair.state(1) == "active"
-        }),
-        "{}",
-        pair.logs()
-    );
+    pair.assert_fw2_takes_over(Duration::from_secs(5));
     let alive = connections_alive(&conns, Duration::from_secs(2));
     assert_eq!(
         alive,
@@ -648,11 +640,7 @@ fn established_sessions_survive_the_failover() {
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(session_count(&pair, 1), 0, "nothing synced with sync off");
     kill_active(&mut pair);
-    assert!(wait_until(
-        Duration::from_secs(5),
-        Duration::from_millis(10),
-        || { pair.state(1) == "active" }
-    ));
+    pair.assert_fw2_takes_over(Duration::from_secs(5));
     assert_eq!(
         connections_alive(&conns, Duration::from_secs(2)),
         0,
@@ -747,11 +735,7 @@ fn passive_link_state_shutdown_keeps_the_passive_data_links_down() {
     }
     assert!(pair.connects_within(Duration::from_secs(5)));
     kill_active(&mut pair);
-    assert!(wait_until(
-        Duration::from_secs(5),
-        Duration::from_millis(10),
-        || { pair.state(1) == "active" }
-    ));
+    pair.assert_fw2_takes_over(Duration::from_secs(5));
     for link in ["eth1", "eth2"] {
         assert!(admin_up(&pair, 1, link), "new active fw2 {link} up");
     }
@@ -873,13 +857,7 @@ fn sessions_converge_under_ha2_loss_and_survive_a_failover() {
         "the link dropped nothing: {dropped}"
     );
     kill_active(&mut pair);
-    assert!(
-        wait_until(Duration::from_secs(5), Duration::from_millis(10), || {
-            pair.state(1) == "active"
-        }),
-        "{}",
-        pair.logs()
-    );
+    pair.assert_fw2_takes_over(Duration::from_secs(5));
     assert_eq!(
         connections_alive(&conns, Duration::from_secs(2)),
         conns.len()
