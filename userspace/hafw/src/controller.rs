@@ -51,6 +51,7 @@ struct Node {
     ifindexes: BTreeMap<String, u32>,
     events: EventCounters,
     aged_out: u64,
+    table: TableFill,
     sync: SyncState,
 }
 
@@ -180,6 +181,7 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
         ifindexes,
         events: EventCounters::default(),
         aged_out: 0,
+        table: TableFill::default(),
         sync: SyncState {
             plan: ha2,
             ..Default::default()
@@ -232,30 +234,55 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
 }
 
 async fn age_sessions(node: Shared) {
+    let sessions = match node
+        .lock()
+        .map_err(|_| anyhow!("node lock poisoned"))
+        .and_then(|n| n.dp.sessions_handle())
+    {
+        Ok(map) => Arc::new(Mutex::new(map)),
+        Err(e) => {
+            error!("session aging: {e:#}");
+            return;
+        }
+    };
     let mut tick = tokio::time::interval(AGING_INTERVAL);
     loop {
         tick.tick().await;
-        let node = node.clone();
-        // Map iteration is a syscall per entry: keep it off the async workers.
+        let (node, sessions) = (node.clone(), sessions.clone());
+        // Map iteration is a syscall per entry: keep it off the async workers, and off the node
+        // lock (session events and HA2 sync need it meanwhile).
         let res = tokio::task::spawn_blocking(move || -> Result<u64> {
-            let mut n = node.lock().map_err(|_| anyhow!("node lock poisoned"))?;
-            // A passive node never ages synced sessions on its own: the active peer syncs their
-            // deletes, and after a takeover they age here from their synced age.
-            if n.dp.config().role == Role::Passive as u32 {
-                return Ok(0);
-            }
-            let t = Timeouts::from(&n.running.timeouts);
+            let (passive, timeouts, capacity) = {
+                let n = node.lock().map_err(|_| anyhow!("node lock poisoned"))?;
+                (
+                    n.dp.config().role == Role::Passive as u32,
+                    Timeouts::from(&n.running.timeouts),
+                    n.running.session_table_size,
+                )
+            };
+            let mut map = sessions
+                .lock()
+                .map_err(|_| anyhow!("session map lock poisoned"))?;
             let now = aging::monotonic_now_ns();
-            let expired: Vec<_> =
-                n.dp.sessions()?
-                    .into_iter()
-                    .filter(|(k, v)| aging::expired(&t, k, v, now))
-                    .map(|(k, _)| k)
-                    .collect();
-            for k in &expired {
-                let _ = n.dp.remove_session(k);
+            let mut count = 0u64;
+            let mut expired = Vec::new();
+            for entry in map.iter() {
+                let (k, v) = entry?;
+                count += 1;
+                // A passive node never ages synced sessions on its own: the active peer syncs
+                // their deletes, and after a takeover they age here from their synced age.
+                if !passive && aging::expired(&timeouts, &k, &v, now) {
+                    expired.push(k);
+                }
             }
+            for k in &expired {
+                let _ = map.remove(k);
+            }
+            drop(map);
+            let mut n = node.lock().map_err(|_| anyhow!("node lock poisoned"))?;
             n.aged_out += expired.len() as u64;
+            n.table
+                .observe(count - expired.len() as u64, u64::from(capacity));
             Ok(expired.len() as u64)
         })
         .await;
@@ -264,6 +291,32 @@ async fn age_sessions(node: Shared) {
             Ok(Ok(n)) => log::debug!("aged out {n} sessions"),
             Ok(Err(e)) => error!("session aging: {e:#}"),
             Err(e) => error!("session aging task: {e}"),
+        }
+    }
+}
+
+/// How full the session table is, watched by the aging walk: an LRU table that fills up evicts
+/// its least recently used sessions, live ones included (on a passive node, synced ones), so
+/// crossing 90% is logged, as is the return below 80%.
+#[derive(Default)]
+struct TableFill {
+    sessions: u64,
+    capacity: u64,
+    high: bool,
+}
+
+impl TableFill {
+    fn observe(&mut self, sessions: u64, capacity: u64) {
+        (self.sessions, self.capacity) = (sessions, capacity);
+        if !self.high && sessions * 10 >= capacity * 9 {
+            self.high = true;
+            warn!(
+                "session table {sessions} of {capacity} (90% or more): the oldest sessions will be \
+                 evicted; raise session_table_size"
+            );
+        } else if self.high && sessions * 10 < capacity * 8 {
+            self.high = false;
+            info!("session table back below 80% ({sessions} of {capacity})");
         }
     }
 }
@@ -442,6 +495,8 @@ fn handle(node: &Shared, req: Request) -> Result<serde_json::Value> {
             fields.push(("events_state_changed".into(), n.events.state_changed));
             fields.push(("events_closed".into(), n.events.closed));
             fields.push(("sessions_aged_out".into(), n.aged_out));
+            fields.push(("session_table_entries".into(), n.table.sessions));
+            fields.push(("session_table_size".into(), n.table.capacity));
             serde_json::Value::Object(fields.into_iter().map(|(k, v)| (k, v.into())).collect())
         }
         Request::ShowRunningConfig => serde_json::to_value(&n.running)?,
@@ -978,4 +1033,23 @@ fn state_sync_view(n: &Node) -> Result<serde_json::Value> {
             "threshold_failures": r.keepalive.failures,
         })),
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::TableFill;
+
+    #[test]
+    fn table_fill_warns_at_90_percent_and_clears_below_80() {
+        let mut t = TableFill::default();
+        t.observe(899, 1000);
+        assert!(!t.high);
+        t.observe(900, 1000);
+        assert!(t.high);
+        t.observe(800, 1000);
+        assert!(t.high, "hysteresis");
+        t.observe(799, 1000);
+        assert!(!t.high);
+        assert_eq!((t.sessions, t.capacity), (799, 1000));
+    }
 }

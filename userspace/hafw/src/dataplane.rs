@@ -139,6 +139,8 @@ pub struct Dataplane {
     pin_dir: Option<PathBuf>,
     counters: PerCpuArray<MapData, Counters>,
     sessions: HashMap<MapData, SessionKey, SessionValue>,
+    /// A second descriptor of the session map, for [`Dataplane::sessions_handle`].
+    sessions_fd: std::os::fd::OwnedFd,
     devmap: DevMapHash<MapData>,
     ifaces: HashMap<MapData, IfaceKey, IfaceInfo>,
     policy_info: Array<MapData, PolicyInfo>,
@@ -223,6 +225,13 @@ impl Dataplane {
             }))),
             pin_dir: opts.pin_dir.clone(),
             counters: take!(ebpf, "COUNTERS"),
+            sessions_fd: match ebpf.map("SESSIONS") {
+                Some(aya::maps::Map::LruHashMap(data)) => {
+                    use std::os::fd::AsFd as _;
+                    data.fd().as_fd().try_clone_to_owned()?
+                }
+                _ => bail!("map SESSIONS missing from the XDP object or not an LRU hash"),
+            },
             sessions: take!(ebpf, "SESSIONS"),
             devmap: take!(ebpf, "DEVMAP"),
             ifaces: take!(ebpf, "IFACES"),
@@ -589,6 +598,13 @@ impl Dataplane {
     }
 
     /// Every session in the table.
+    /// Another handle on the session map, for work that walks the whole table (aging) without
+    /// holding the dataplane, and so without stalling session events and HA2 sync meanwhile.
+    pub fn sessions_handle(&self) -> Result<HashMap<MapData, SessionKey, SessionValue>> {
+        let data = MapData::from_fd(self.sessions_fd.try_clone()?)?;
+        Ok(HashMap::try_from(aya::maps::Map::LruHashMap(data))?)
+    }
+
     pub fn sessions(&self) -> Result<Vec<(SessionKey, SessionValue)>> {
         self.sessions
             .iter()

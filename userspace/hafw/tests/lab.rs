@@ -44,6 +44,11 @@ fn lab_config(instance: &str, policy_extra: &str) -> String {
 }
 
 fn start() -> Lab {
+    start_with(&|text| text)
+}
+
+/// The lab with its config passed through `edit`.
+fn start_with(edit: &dyn Fn(String) -> String) -> Lab {
     let prefix = unique_prefix();
     let topo = SingleFirewall::up(&prefix).expect("lab topology");
     for (ns, ifname) in topo.xdp_peer_ends() {
@@ -55,7 +60,7 @@ fn start() -> Lab {
     std::fs::create_dir_all(&dir).unwrap();
     let instance = prefix.clone();
     let config = dir.join("hafw.toml");
-    std::fs::write(&config, lab_config(&instance, "")).unwrap();
+    std::fs::write(&config, edit(lab_config(&instance, ""))).unwrap();
     let hafw = topo
         .fw
         .spawn(
@@ -395,4 +400,32 @@ fn bpftool_dump(lab: &Lab, map: &str) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Input: a UDP flow through the firewall with a 1 s UDP timeout. Output: its session is aged
+/// out by the controller (counted), and the table fill is reported.
+#[test]
+fn idle_sessions_age_out_and_the_table_fill_is_shown() {
+    let lab = start_with(&|text| text.replace("udp = 30", "udp = 1"));
+    let client = in_netns(&lab.topo.client.name, || UdpSocket::bind("198.18.1.2:0"))
+        .unwrap()
+        .unwrap();
+    client.send_to(b"q", "198.18.2.2:53").unwrap();
+    assert!(
+        wait_until(Duration::from_secs(3), Duration::from_millis(50), || {
+            lab.counter("session_created") >= 1 && lab.counter("session_table_entries") >= 1
+        }),
+        "{}",
+        lab.log()
+    );
+    assert!(lab.counter("session_table_size") >= 65_536);
+    assert!(
+        wait_until(Duration::from_secs(6), Duration::from_millis(100), || {
+            lab.counter("sessions_aged_out") >= 1
+        }),
+        "{}",
+        lab.log()
+    );
+    let sessions = request(&lab.instance, &Request::ShowSessions).unwrap();
+    assert_eq!(sessions.as_array().map(Vec::len), Some(0), "{sessions:#}");
 }
