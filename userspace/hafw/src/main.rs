@@ -167,6 +167,7 @@ fn main() -> Result<()> {
                     print!("{}", view::counters_table(&fields));
                 }
                 Request::ShowHighAvailability => print!("{}", view::high_availability(&data)),
+                Request::ShowStateSync => print!("{}", view::state_sync(&data)),
                 _ => println!("{}", serde_json::to_string_pretty(&data)?),
             }
             Ok(())

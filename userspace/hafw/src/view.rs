@@ -145,6 +145,78 @@ pub fn counters_table(fields: &[(String, u64)]) -> String {
     out
 }
 
+/// `show high-availability state-synchronization` as text, from the JSON the controller serves.
+pub fn state_sync(data: &serde_json::Value) -> String {
+    use std::fmt::Write as _;
+    let s = |v: &serde_json::Value| match v {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Null => "-".into(),
+        serde_json::Value::Number(n) if n.is_f64() => format!("{:.2}", n.as_f64().unwrap_or(0.0)),
+        other => other.to_string(),
+    };
+    let mut out = String::from("HA2 state synchronization:\n");
+    let _ = writeln!(
+        out,
+        "  Link:                 {} ({}), backup {}; in use: {}",
+        s(&data["interface"]),
+        s(&data["transport"]),
+        s(&data["backup_interface"]),
+        s(&data["link_in_use"])
+    );
+    let _ = writeln!(out, "  Role:                 {}", s(&data["role"]));
+    let bulk = data["last_bulk_sync_received_ms"]
+        .as_f64()
+        .map(|ms| format!(" (last bulk sync {ms:.1} ms)"))
+        .unwrap_or_default();
+    let _ = writeln!(out, "  Status:               {}{bulk}", s(&data["status"]));
+    let q = &data["sequence"];
+    let _ = writeln!(
+        out,
+        "  Sequence:             epoch {}, contiguous {}, highest {}, missing {}, skipped {}",
+        s(&q["epoch"]),
+        s(&q["contiguous"]),
+        s(&q["highest"]),
+        s(&q["missing"]),
+        s(&q["skipped"])
+    );
+    let r = &data["recovery"];
+    let _ = writeln!(
+        out,
+        "  Recovery:             {} gaps, {} retransmit requests ({} messages), {} resync requests",
+        s(&r["gaps_detected"]),
+        s(&r["retransmit_requests_sent"]),
+        s(&r["messages_requested"]),
+        s(&r["resync_requests_sent"])
+    );
+    let k = &data["keepalive"];
+    if !k.is_null() {
+        let _ = writeln!(
+            out,
+            "  Keep-alive:           {} ({} threshold failures)",
+            s(&k["status"]),
+            s(&k["threshold_failures"])
+        );
+    }
+    let _ = writeln!(
+        out,
+        "  Neighbours installed: {}",
+        s(&data["neighbours_installed"])
+    );
+    // Counters: only the non-zero ones, as a firewall's counter view does.
+    for (title, section) in [("Sent", &data["sent"]), ("Received", &data["received"])] {
+        let _ = writeln!(out, "  {title}:");
+        if let Some(fields) = section.as_object() {
+            for (name, value) in fields {
+                if value.as_u64().is_some_and(|v| v > 0) || value.as_f64().is_some_and(|v| v > 0.0)
+                {
+                    let _ = writeln!(out, "    {name:<34} {}", s(value));
+                }
+            }
+        }
+    }
+    out
+}
+
 /// `show high-availability all` as text, from the JSON the HA shell serves (the same document
 /// `--json` prints, so scripts and eyes read one source).
 pub fn high_availability(data: &serde_json::Value) -> String {
@@ -295,4 +367,37 @@ pub fn high_availability(data: &serde_json::Value) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn state_sync_text_names_the_status_link_and_non_zero_counters() {
+        let data = serde_json::json!({
+            "interface": "ha2", "transport": "ethernet", "backup_interface": "ha2b",
+            "link_in_use": "ha2b", "role": "receiving", "status": "state sync complete",
+            "last_bulk_sync_received_ms": 57.31,
+            "sequence": {"epoch": 7, "contiguous": 10, "highest": 12, "missing": 1, "skipped": 0},
+            "recovery": {"gaps_detected": 1, "retransmit_requests_sent": 1,
+                         "messages_requested": 1, "resync_requests_sent": 0},
+            "keepalive": {"status": "up", "threshold_failures": 0},
+            "neighbours_installed": 2,
+            "sent": {"messages_sent": 0},
+            "received": {"accepted": 12, "drop_wrong_group": 0},
+        });
+        let text = super::state_sync(&data);
+        assert!(
+            text.contains("ha2 (ethernet), backup ha2b; in use: ha2b"),
+            "{text}"
+        );
+        assert!(
+            text.contains("state sync complete (last bulk sync 57.3 ms)"),
+            "{text}"
+        );
+        assert!(text.contains("missing 1"), "{text}");
+        assert!(
+            text.contains("accepted") && !text.contains("drop_wrong_group"),
+            "{text}"
+        );
+    }
 }
