@@ -64,7 +64,8 @@
 //! longer has a message asked for, the remedy is a **resync**: the receiver sends a resync
 //! request (type 8), or the sender decides on its own, and a bulk sync of the whole table
 //! follows. A loss at the end of a burst is revealed by the keep-alive the sender sends shortly
-//! after every burst (a tail probe).
+//! after every burst (a tail probe). The passive node sends keep-alives back, unsequenced
+//! (`sequence` 0), so the active node monitors the HA2 link too.
 //!
 //! A session record carries the session's **ages** (time since the last packet, since creation)
 //! in milliseconds, never a timestamp: each node's clock is its own. Interface indexes and MACs
@@ -270,7 +271,8 @@ pub struct Ha2Counters {
     pub drop_unknown_type: u64,
     /// HA2 arrived while this node does not receive sync (active, or sync off).
     pub drop_not_receiving: u64,
-    /// Retransmit and resync requests (from the passive peer), passed to the controller.
+    /// Retransmit and resync requests and keep-alives from the passive peer, passed to the
+    /// controller.
     pub requests_passed: u64,
 }
 impl_pod!(Ha2Counters);

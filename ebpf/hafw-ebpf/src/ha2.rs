@@ -3,8 +3,8 @@
 //! the session map, with no userspace hop.
 //!
 //! Verdicts: anything that is not HA2 passes to the kernel (HA1 may share the link in lite mode),
-//! and so do retransmit and resync requests, which travel the other way and are the active
-//! controller's to check and serve; session records, bulk-sync markers (stamped in `HA2_STATE`) and keep-alives (counted) are
+//! and so do retransmit and resync requests and the passive node's keep-alives (sequence 0),
+//! which travel the other way and are the active controller's to check; session records, bulk-sync markers (stamped in `HA2_STATE`) and keep-alives (counted) are
 //! consumed here; neighbour entries are passed to the kernel, where the controller installs them.
 //! Every rejected message is dropped and counted by reason, and leaves the session map as it was.
 
@@ -91,7 +91,9 @@ pub fn run(ctx: &XdpContext) -> u32 {
 fn ingest(ctx: &XdpContext, c: &mut Ha2Counters, offset: usize) -> Result<u32, ()> {
     if let Some(h) = read::<Ha2Header>(ctx, offset)
         && h.magic == HA2_MAGIC
-        && matches!(h.msg_type, HA2_RETRANSMIT_REQUEST | HA2_RESYNC_REQUEST)
+        && (matches!(h.msg_type, HA2_RETRANSMIT_REQUEST | HA2_RESYNC_REQUEST)
+            // The passive node's keep-alives are not sequenced (the active node's are).
+            || (h.msg_type == HA2_KEEPALIVE && h.sequence == 0))
     {
         c.requests_passed += 1;
         return Ok(PASS);

@@ -70,6 +70,9 @@ struct SyncState {
     neighbours_installed: u64,
     /// The fast path's count of session events lost to a full ring buffer, last seen.
     events_lost: u64,
+    /// On the active node: the passive peer's keep-alives, counted and watched.
+    peer_keepalives: u64,
+    peer_keepalive: Option<sync::KeepaliveWatch>,
     /// Open while this node is the passive one receiving: asks for what is missing.
     requester: Option<sync::Requester>,
     receiving: bool,
@@ -716,6 +719,12 @@ async fn run_sync(node: Shared, mut commands: tokio::sync::mpsc::UnboundedReceiv
                 let res = tokio::task::spawn_blocking(move || match msg {
                     sync::Inbound::Request(request) => serve_request(&node, &request),
                     sync::Inbound::Neighbours(records) => install_neighbours(&node, &records),
+                    sync::Inbound::Keepalive => {
+                        if let Ok(mut n) = node.lock() {
+                            n.sync.peer_keepalives += 1;
+                        }
+                        Ok(())
+                    }
                 }).await;
                 match res {
                     Ok(Err(e)) => error!("HA2 from the peer: {e:#}"),
@@ -733,10 +742,8 @@ async fn run_sync(node: Shared, mut commands: tokio::sync::mpsc::UnboundedReceiv
                 }
             }
             _ = keepalive_tick.tick() => {
-                if let Ok(mut n) = node.lock()
-                    && let Some(sender) = n.sync.sender.as_mut()
-                {
-                    sender.keepalive();
+                if let Ok(mut n) = node.lock() {
+                    keepalive_both_ways(&mut n);
                 }
             }
             _ = probe_tick.tick() => {
@@ -753,6 +760,42 @@ async fn run_sync(node: Shared, mut commands: tokio::sync::mpsc::UnboundedReceiv
                 }
             }
         }
+    }
+}
+
+/// Keep-alives every interval, both ways: the active node sends its own (sequenced) and watches
+/// the passive's; the passive node sends one back about the epoch it receives.
+fn keepalive_both_ways(n: &mut Node) {
+    if let Some(sender) = n.sync.sender.as_mut() {
+        sender.keepalive();
+        let heard = n.sync.peer_keepalives;
+        let threshold = n
+            .sync
+            .plan
+            .as_ref()
+            .map_or(Duration::from_secs(10), |p| p.keepalive_threshold);
+        let watch = n
+            .sync
+            .peer_keepalive
+            .get_or_insert_with(|| sync::KeepaliveWatch::new(threshold, std::time::Instant::now()));
+        match watch.poll(heard, std::time::Instant::now()) {
+            Some(sync::KeepaliveEvent::Lost { silent }) => warn!(
+                "HA2 keep-alive: no keep-alive from the passive peer for {} ms (threshold {} ms); \
+                 session sync may not be reaching it",
+                silent.as_millis(),
+                threshold.as_millis()
+            ),
+            Some(sync::KeepaliveEvent::Restored) => {
+                info!("HA2 keep-alive: the passive peer's keep-alives arrive again")
+            }
+            None => {}
+        }
+    }
+    if let Ok(st) = n.dp.ha2_state()
+        && let Some(requester) = n.sync.requester.as_mut()
+        && st.epoch != 0
+    {
+        requester.keepalive(st.epoch);
     }
 }
 
@@ -912,6 +955,7 @@ fn sync_command(
             n.sync.receiving = false;
             n.sync.listener_stop = Some(listen(peer_node_id)?);
             n.sync.neighbours_sent.clear();
+            n.sync.peer_keepalive = None;
             n.sync.events_lost = n.dp.counters()?.event_ringbuf_full;
             let writer = sync::MessageWriter::new(plan.group_id, plan.node_id as u32);
             let mut sender = sync::Sender::new(link()?, writer);
@@ -1028,10 +1072,13 @@ fn state_sync_view(n: &Node) -> Result<serde_json::Value> {
         },
         "recovery": gaps,
         "neighbours_installed": n.sync.neighbours_installed,
-        "keepalive": n.sync.requester.as_ref().map(|r| serde_json::json!({
-            "status": if r.keepalive.down { "down" } else { "up" },
-            "threshold_failures": r.keepalive.failures,
-        })),
+        "keepalive": n.sync.requester.as_ref().map(|r| &r.keepalive)
+            .or(n.sync.sender.as_ref().and(n.sync.peer_keepalive.as_ref()))
+            .map(|k| serde_json::json!({
+                "status": if k.down { "down" } else { "up" },
+                "threshold_failures": k.failures,
+            })),
+        "keepalives_from_passive_peer": n.sync.peer_keepalives,
     }))
 }
 

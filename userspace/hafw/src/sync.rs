@@ -353,6 +353,8 @@ pub enum Inbound {
     Request(PeerRequest),
     /// On the passive node: the neighbour entries the active peer uses.
     Neighbours(Vec<NeighbourRecord>),
+    /// On the active node: the passive peer's keep-alive.
+    Keepalive,
 }
 
 /// Parses what arrives on the HA2 socket from `peer` in group `group_id`: requests and neighbour
@@ -362,7 +364,13 @@ pub fn parse_inbound(msg: &[u8], group_id: u8, peer: u32) -> Option<Inbound> {
         return Some(Inbound::Request(req));
     }
     let h = parse_header(msg)?;
-    if h.msg_type != HA2_NEIGHBOUR || h.group_id != group_id || h.sender != peer {
+    if h.version != HA2_VERSION || h.group_id != group_id || h.sender != peer {
+        return None;
+    }
+    if h.msg_type == HA2_KEEPALIVE && h.sequence == 0 {
+        return Some(Inbound::Keepalive);
+    }
+    if h.msg_type != HA2_NEIGHBOUR {
         return None;
     }
     let len = size_of::<NeighbourRecord>();
@@ -841,6 +849,14 @@ impl Requester {
         self.link.in_use().to_owned()
     }
 
+    /// A keep-alive back to the active node (unsequenced), about the epoch it is sending.
+    pub fn keepalive(&mut self, epoch: u32) {
+        let msg = self.writer.request(HA2_KEEPALIVE, epoch, &[]);
+        if !self.link.send(&msg) {
+            self.send_errors += 1;
+        }
+    }
+
     /// Polls the tracker with `st` and sends what it asks for.
     pub fn poll(&mut self, st: &Ha2State, now: Instant) {
         let msg = match self.tracker.poll(st, now) {
@@ -1060,6 +1076,14 @@ mod tests {
             Some(Inbound::Neighbours(vec![n, n]))
         );
         assert_eq!(parse_inbound(&msg, 7, 41), None, "other sender");
+        let keepalive = w.request(HA2_KEEPALIVE, 3, &[]);
+        assert_eq!(parse_inbound(&keepalive, 7, 42), Some(Inbound::Keepalive));
+        let sequenced = w.message(HA2_KEEPALIVE, &[]);
+        assert_eq!(
+            parse_inbound(&sequenced, 7, 42),
+            None,
+            "the active's own kind"
+        );
         const { assert!(HA2_HEADER_LEN + MAX_NEIGHBOUR_RECORDS * 32 <= 1500 - 28) };
     }
 

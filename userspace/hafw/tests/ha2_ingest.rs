@@ -381,7 +381,8 @@ fn a_jump_beyond_the_window_is_given_up_and_counted() {
     assert_eq!(f.dp.ha2_state().unwrap().contiguous, SEQ_WINDOW + 12);
 }
 
-/// Input: retransmit and resync requests (which flow from the passive node to the active one).
+/// Input: retransmit and resync requests and an unsequenced keep-alive (which flow from the
+/// passive node to the active one).
 /// Output: passed to the kernel for the controller, on a receiving node or not; the map and the
 /// sequence window untouched.
 #[test]
@@ -402,7 +403,12 @@ fn requests_pass_to_the_controller() {
         Verdict::Pass,
         "on the active node"
     );
-    assert_eq!(counter(&f, "requests_passed"), 3);
+    let passive_keepalive = w.request(HA2_KEEPALIVE, 9, &[]);
+    assert_eq!(
+        f.run_ha2(&ethernet(&passive_keepalive)).verdict,
+        Verdict::Pass
+    );
+    assert_eq!(counter(&f, "requests_passed"), 4);
     assert_eq!(f.dp.ha2_state().unwrap().epoch, 0, "no sequence tracking");
     assert!(sessions(&f).is_empty());
 }

@@ -867,9 +867,10 @@ fn sessions_converge_under_ha2_loss_and_survive_a_failover() {
 /// Input: traffic between client and server through the active node, which resolves both.
 /// Output: the passive node's kernel holds the same neighbour entries (client on eth1, server
 /// on eth2, with their MACs), synced over HA2, so the first packets after a failover are
-/// forwarded at once instead of waiting for ARP.
+/// forwarded at once instead of waiting for ARP. The passive node's HA2 keep-alives reach the
+/// active node.
 #[test]
-fn the_active_nodes_neighbours_are_installed_on_the_passive() {
+fn the_active_nodes_neighbours_are_installed_on_the_passive_and_keepalives_flow_back() {
     let pair = Pair::start(&unchanged);
     assert!(pair.connects_within(Duration::from_secs(5)));
     let mac_of = |ns: &hafw_lab::Netns| {
@@ -904,6 +905,14 @@ fn the_active_nodes_neighbours_are_installed_on_the_passive() {
         sync["neighbours_installed"].as_u64().unwrap() >= 2,
         "{sync:#}"
     );
+    // HA2 keep-alives flow both ways: the active node hears the passive's.
+    let mut active = serde_json::Value::Null;
+    let heard = wait_until(Duration::from_secs(4), Duration::from_millis(100), || {
+        active = request(&pair.instances[0], &Request::ShowStateSync).unwrap_or_default();
+        active["keepalives_from_passive_peer"].as_u64().unwrap_or(0) >= 1
+    });
+    assert!(heard, "{active:#}");
+    assert_eq!(active["keepalive"]["status"], "up", "{active:#}");
 }
 
 /// Input: the HA2 link loses carrier, then 2,000 new sessions are created through the active
