@@ -145,15 +145,20 @@ pub fn counters_table(fields: &[(String, u64)]) -> String {
     out
 }
 
-/// `show high-availability state-synchronization` as text, from the JSON the controller serves.
-pub fn state_sync(data: &serde_json::Value) -> String {
-    use std::fmt::Write as _;
-    let s = |v: &serde_json::Value| match v {
+/// A JSON value as the text views print it: strings bare, null as `-`, fractions to 2 places.
+fn text(v: &serde_json::Value) -> String {
+    match v {
         serde_json::Value::String(s) => s.clone(),
         serde_json::Value::Null => "-".into(),
         serde_json::Value::Number(n) if n.is_f64() => format!("{:.2}", n.as_f64().unwrap_or(0.0)),
         other => other.to_string(),
-    };
+    }
+}
+
+/// `show high-availability state-synchronization` as text, from the JSON the controller serves.
+pub fn state_sync(data: &serde_json::Value) -> String {
+    use std::fmt::Write as _;
+    let s = text;
     let mut out = String::from("HA2 state synchronization:\n");
     let _ = writeln!(
         out,
@@ -223,11 +228,7 @@ pub fn high_availability(data: &serde_json::Value) -> String {
     use std::fmt::Write as _;
     let st = &data["status"];
     let sh = &data["shell"];
-    let s = |v: &serde_json::Value| match v {
-        serde_json::Value::String(s) => s.clone(),
-        serde_json::Value::Null => "-".into(),
-        other => other.to_string(),
-    };
+    let s = text;
     let secs = |from: &serde_json::Value| {
         let as_of = st["as_of"].as_u64().unwrap_or(0);
         from.as_u64()
