@@ -233,6 +233,11 @@ impl Ha2State {
         let (word, bit) = Self::slot(seq);
         self.seen[word] & bit != 0
     }
+
+    /// The numbers above `contiguous`, up to `highest`, that have not arrived.
+    pub fn missing(&self) -> impl Iterator<Item = u32> + '_ {
+        (self.contiguous.saturating_add(1)..=self.highest).filter(|&seq| !self.has(seq))
+    }
 }
 
 /// Index of the single entry of `HA2_CONFIG`, `HA2_STATE` and `HA2_COUNTERS`.

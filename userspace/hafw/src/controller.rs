@@ -707,16 +707,11 @@ async fn run_sync(node: Shared, mut commands: tokio::sync::mpsc::UnboundedReceiv
             command = commands.recv() => {
                 let Some(command) = command else { return };
                 let (node, request_tx) = (node.clone(), request_tx.clone());
-                let res = tokio::task::spawn_blocking(move || sync_command(&node, command, request_tx)).await;
-                match res {
-                    Ok(Err(e)) => error!("HA2 session sync: {e:#}"),
-                    Err(e) => error!("HA2 session sync task: {e}"),
-                    Ok(Ok(())) => {}
-                }
+                blocking("HA2 session sync", move || sync_command(&node, command, request_tx)).await;
             }
             Some(msg) = inbound.recv() => {
                 let node = node.clone();
-                let res = tokio::task::spawn_blocking(move || match msg {
+                blocking("HA2 from the peer", move || match msg {
                     sync::Inbound::Request(request) => serve_request(&node, &request),
                     sync::Inbound::Neighbours(records) => install_neighbours(&node, &records),
                     sync::Inbound::Keepalive => {
@@ -726,20 +721,10 @@ async fn run_sync(node: Shared, mut commands: tokio::sync::mpsc::UnboundedReceiv
                         Ok(())
                     }
                 }).await;
-                match res {
-                    Ok(Err(e)) => error!("HA2 from the peer: {e:#}"),
-                    Err(e) => error!("HA2 inbound task: {e}"),
-                    Ok(Ok(())) => {}
-                }
             }
             _ = housekeeping_tick.tick() => {
                 let node = node.clone();
-                let res = tokio::task::spawn_blocking(move || housekeeping(&node)).await;
-                match res {
-                    Ok(Err(e)) => error!("HA2 housekeeping: {e:#}"),
-                    Err(e) => error!("HA2 housekeeping task: {e}"),
-                    Ok(Ok(())) => {}
-                }
+                blocking("HA2 housekeeping", move || housekeeping(&node)).await;
             }
             _ = keepalive_tick.tick() => {
                 if let Ok(mut n) = node.lock() {
@@ -763,6 +748,32 @@ async fn run_sync(node: Shared, mut commands: tokio::sync::mpsc::UnboundedReceiv
     }
 }
 
+/// Runs `work` on the blocking pool (it takes the node lock and makes syscalls) and logs its
+/// failure as `what`.
+async fn blocking(what: &str, work: impl FnOnce() -> Result<()> + Send + 'static) {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => error!("{what}: {e:#}"),
+        Err(e) => error!("{what} task: {e}"),
+    }
+}
+
+/// Logs a change of the HA2 keep-alive status of `peer` (who is silent or heard again).
+fn log_keepalive(event: Option<sync::KeepaliveEvent>, threshold: Duration, peer: &str) {
+    match event {
+        Some(sync::KeepaliveEvent::Lost { silent }) => warn!(
+            "HA2 keep-alive: nothing from the {peer} for {} ms (threshold {} ms); session sync \
+             may not be getting through",
+            silent.as_millis(),
+            threshold.as_millis()
+        ),
+        Some(sync::KeepaliveEvent::Restored) => {
+            info!("HA2 keep-alive: the {peer} is heard again")
+        }
+        None => {}
+    }
+}
+
 /// Keep-alives every interval, both ways: the active node sends its own (sequenced) and watches
 /// the passive's; the passive node sends one back about the epoch it receives.
 fn keepalive_both_ways(n: &mut Node) {
@@ -778,24 +789,11 @@ fn keepalive_both_ways(n: &mut Node) {
             .sync
             .peer_keepalive
             .get_or_insert_with(|| sync::KeepaliveWatch::new(threshold, std::time::Instant::now()));
-        match watch.poll(heard, std::time::Instant::now()) {
-            Some(sync::KeepaliveEvent::Lost { silent }) => warn!(
-                "HA2 keep-alive: no keep-alive from the passive peer for {} ms (threshold {} ms); \
-                 session sync may not be reaching it",
-                silent.as_millis(),
-                threshold.as_millis()
-            ),
-            Some(sync::KeepaliveEvent::Restored) => {
-                info!("HA2 keep-alive: the passive peer's keep-alives arrive again")
-            }
-            None => {}
-        }
+        let event = watch.poll(heard, std::time::Instant::now());
+        log_keepalive(event, threshold, "passive peer");
     }
-    if let Ok(st) = n.dp.ha2_state()
-        && let Some(requester) = n.sync.requester.as_mut()
-        && st.epoch != 0
-    {
-        requester.keepalive(st.epoch);
+    if let Some(requester) = n.sync.requester.as_mut() {
+        requester.keepalive();
     }
 }
 
@@ -813,21 +811,8 @@ fn watch_receiving(n: &mut Node) {
     let now = std::time::Instant::now();
     requester.check_links();
     requester.poll(&st, now);
-    match requester.keepalive.poll(counters.accepted, now) {
-        Some(sync::KeepaliveEvent::Lost { silent }) => warn!(
-            "HA2 keep-alive: nothing from the peer for {} ms (threshold {} ms); session sync \
-             is not reaching this node",
-            silent.as_millis(),
-            n.sync
-                .plan
-                .as_ref()
-                .map_or(0, |p| p.keepalive_threshold.as_millis())
-        ),
-        Some(sync::KeepaliveEvent::Restored) => {
-            info!("HA2 keep-alive: the peer's session sync arrives again")
-        }
-        None => {}
-    }
+    let event = requester.keepalive.poll(counters.accepted, now);
+    log_keepalive(event, requester.keepalive.threshold(), "active peer");
 }
 
 /// Serves one request of the passive peer: retransmission from the buffer, else a resync.
@@ -1043,9 +1028,7 @@ fn state_sync_view(n: &Node) -> Result<serde_json::Value> {
         (s, e) if e >= s && s != 0 => "state sync complete",
         _ => "-",
     };
-    let missing = (st.contiguous.saturating_add(1)..=st.highest)
-        .filter(|&seq| !st.has(seq))
-        .count();
+    let missing = st.missing().count();
     let mut gaps = n.sync.gaps.clone();
     if let Some(r) = &n.sync.requester {
         add_gap_stats(&mut gaps, &r.tracker.stats);

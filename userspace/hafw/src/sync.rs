@@ -319,33 +319,6 @@ pub enum PeerRequest {
     },
 }
 
-/// Parses a request message from `peer` in group `group_id`; anything else is `None`.
-pub fn parse_request(msg: &[u8], group_id: u8, peer: u32) -> Option<PeerRequest> {
-    let h = parse_header(msg)?;
-    if h.version != HA2_VERSION || h.group_id != group_id || h.sender != peer {
-        return None;
-    }
-    match h.msg_type {
-        HA2_RESYNC_REQUEST => Some(PeerRequest::Resync { epoch: h.epoch }),
-        HA2_RETRANSMIT_REQUEST => {
-            let count = usize::from(h.count);
-            let body = msg.get(HA2_HEADER_LEN..HA2_HEADER_LEN + count * 8)?;
-            let ranges = body
-                .chunks_exact(8)
-                .map(|c| RetransmitRange {
-                    first: u32::from_le_bytes([c[0], c[1], c[2], c[3]]),
-                    count: u32::from_le_bytes([c[4], c[5], c[6], c[7]]),
-                })
-                .collect();
-            Some(PeerRequest::Retransmit {
-                epoch: h.epoch,
-                ranges,
-            })
-        }
-        _ => None,
-    }
-}
-
 /// What the ingest program passes up to the controller from the peer.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Inbound {
@@ -357,30 +330,36 @@ pub enum Inbound {
     Keepalive,
 }
 
-/// Parses what arrives on the HA2 socket from `peer` in group `group_id`: requests and neighbour
-/// records; anything else is `None`.
+/// Parses what arrives on the HA2 socket from `peer` in group `group_id`: requests, the passive
+/// peer's (unsequenced) keep-alives and neighbour records; anything else is `None`.
 pub fn parse_inbound(msg: &[u8], group_id: u8, peer: u32) -> Option<Inbound> {
-    if let Some(req) = parse_request(msg, group_id, peer) {
-        return Some(Inbound::Request(req));
-    }
     let h = parse_header(msg)?;
     if h.version != HA2_VERSION || h.group_id != group_id || h.sender != peer {
         return None;
     }
-    if h.msg_type == HA2_KEEPALIVE && h.sequence == 0 {
-        return Some(Inbound::Keepalive);
-    }
-    if h.msg_type != HA2_NEIGHBOUR {
-        return None;
-    }
-    let len = size_of::<NeighbourRecord>();
+    Some(match h.msg_type {
+        HA2_RESYNC_REQUEST => Inbound::Request(PeerRequest::Resync { epoch: h.epoch }),
+        HA2_RETRANSMIT_REQUEST => Inbound::Request(PeerRequest::Retransmit {
+            epoch: h.epoch,
+            ranges: records(msg, &h)?,
+        }),
+        HA2_KEEPALIVE if h.sequence == 0 => Inbound::Keepalive,
+        HA2_NEIGHBOUR => Inbound::Neighbours(records(msg, &h)?),
+        _ => return None,
+    })
+}
+
+/// The `h.count` records of type `T` that follow the header; `None` when the message is short.
+fn records<T: Copy>(msg: &[u8], h: &Ha2Header) -> Option<Vec<T>> {
+    let len = size_of::<T>();
     let body = msg.get(HA2_HEADER_LEN..HA2_HEADER_LEN + usize::from(h.count) * len)?;
-    let records = body
-        .chunks_exact(len)
-        // SAFETY: exact chunks of a plain integer struct; unaligned read.
-        .map(|c| unsafe { std::ptr::read_unaligned(c.as_ptr().cast::<NeighbourRecord>()) })
-        .collect();
-    Some(Inbound::Neighbours(records))
+    Some(
+        body.chunks_exact(len)
+            // SAFETY: exact chunks of a little-endian, integer-only wire struct (see the format);
+            // unaligned read.
+            .map(|c| unsafe { std::ptr::read_unaligned(c.as_ptr().cast::<T>()) })
+            .collect(),
+    )
 }
 
 /// Receives what the ingest program passes up from the peer on the HA2 link (requests on the
@@ -720,16 +699,12 @@ impl GapTracker {
         }
         // What is missing now; numbers that arrived meanwhile drop out.
         let mut still = BTreeMap::new();
-        let mut seq = st.contiguous.wrapping_add(1);
-        while seq <= st.highest && still.len() < MAX_TRACKED {
-            if !st.has(seq) {
-                let entry = self.missing.get(&seq).copied().unwrap_or_else(|| {
-                    self.stats.gaps_detected += 1;
-                    (now, None)
-                });
-                still.insert(seq, entry);
-            }
-            seq = seq.wrapping_add(1);
+        for seq in st.missing().take(MAX_TRACKED) {
+            let entry = self.missing.get(&seq).copied().unwrap_or_else(|| {
+                self.stats.gaps_detected += 1;
+                (now, None)
+            });
+            still.insert(seq, entry);
         }
         self.missing = still;
         let mut ranges: Vec<RetransmitRange> = Vec::new();
@@ -768,9 +743,9 @@ impl GapTracker {
     }
 }
 
-/// HA2 keep-alive monitoring on the passive node (PAN-OS "HA2 Keep-alive", action log): the
-/// active node sends at least a keep-alive every interval, so silence longer than the threshold
-/// means the HA2 link or the peer's sender failed; it is logged once, and so is the recovery.
+/// HA2 keep-alive monitoring (PAN-OS "HA2 Keep-alive", action log), on either node: the peer
+/// sends at least a keep-alive every interval, so silence longer than the threshold means the
+/// HA2 link or the peer's sender failed; it is logged once, and so is the recovery.
 #[derive(Debug)]
 pub struct KeepaliveWatch {
     threshold: Duration,
@@ -799,7 +774,11 @@ impl KeepaliveWatch {
         }
     }
 
-    /// Feeds the ingest program's count of accepted messages at `now`.
+    pub fn threshold(&self) -> Duration {
+        self.threshold
+    }
+
+    /// Feeds the count of messages heard from the peer so far, at `now`.
     pub fn poll(&mut self, accepted: u64, now: Instant) -> Option<KeepaliveEvent> {
         if accepted != self.accepted {
             self.accepted = accepted;
@@ -849,9 +828,13 @@ impl Requester {
         self.link.in_use().to_owned()
     }
 
-    /// A keep-alive back to the active node (unsequenced), about the epoch it is sending.
-    pub fn keepalive(&mut self, epoch: u32) {
-        let msg = self.writer.request(HA2_KEEPALIVE, epoch, &[]);
+    /// A keep-alive back to the active node (unsequenced), about the epoch it is sending, once
+    /// one was heard.
+    pub fn keepalive(&mut self) {
+        if self.tracker.epoch == 0 {
+            return;
+        }
+        let msg = self.writer.request(HA2_KEEPALIVE, self.tracker.epoch, &[]);
         if !self.link.send(&msg) {
             self.send_errors += 1;
         }
@@ -987,27 +970,27 @@ mod tests {
         ];
         let msg = w.request(HA2_RETRANSMIT_REQUEST, 77, &ranges);
         assert_eq!(
-            parse_request(&msg, 7, 42),
-            Some(PeerRequest::Retransmit {
+            parse_inbound(&msg, 7, 42),
+            Some(Inbound::Request(PeerRequest::Retransmit {
                 epoch: 77,
                 ranges: ranges.to_vec()
-            })
+            }))
         );
-        assert_eq!(parse_request(&msg, 8, 42), None, "other group");
-        assert_eq!(parse_request(&msg, 7, 43), None, "other sender");
+        assert_eq!(parse_inbound(&msg, 8, 42), None, "other group");
+        assert_eq!(parse_inbound(&msg, 7, 43), None, "other sender");
         assert_eq!(
-            parse_request(&msg[..msg.len() - 1], 7, 42),
+            parse_inbound(&msg[..msg.len() - 1], 7, 42),
             None,
             "truncated"
         );
         let resync = w.request(HA2_RESYNC_REQUEST, 77, &[]);
         assert_eq!(
-            parse_request(&resync, 7, 42),
-            Some(PeerRequest::Resync { epoch: 77 })
+            parse_inbound(&resync, 7, 42),
+            Some(Inbound::Request(PeerRequest::Resync { epoch: 77 }))
         );
         let mut data = MessageWriter::new(7, 42);
         assert_eq!(
-            parse_request(&data.message(HA2_KEEPALIVE, &[]), 7, 42),
+            parse_inbound(&data.message(HA2_KEEPALIVE, &[]), 7, 42),
             None
         );
     }
