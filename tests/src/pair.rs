@@ -46,6 +46,25 @@ impl PairRun {
         Ok(run)
     }
 
+    /// Builds the pair, starts both controllers and waits up to `timeout` for fw1 active and
+    /// fw2 passive.
+    pub fn start_elected(
+        hafw: &str,
+        edit: ConfigEdit,
+        timeout: std::time::Duration,
+    ) -> Result<PairRun> {
+        let mut run = PairRun::new(hafw, edit)?;
+        run.start_node(0)?;
+        run.start_node(1)?;
+        let elected = crate::wait_until(timeout, std::time::Duration::from_millis(50), || {
+            run.cli_state(0) == "active" && run.cli_state(1) == "passive"
+        });
+        if !elected {
+            anyhow::bail!("the pair did not elect fw1 active:\n{}", run.logs());
+        }
+        Ok(run)
+    }
+
     pub fn config(&self, i: usize) -> PathBuf {
         self.dir.join(format!("fw{}.toml", i + 1))
     }

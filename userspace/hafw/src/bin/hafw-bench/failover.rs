@@ -44,17 +44,12 @@ fn start(hafw: &Path, profile: &str) -> Result<PairRun> {
     let edit = |_: usize, text: String| {
         text.replace("timers = \"fast\"", &format!("timers = \"{profile}\""))
     };
-    let mut lab = PairRun::new(hafw.to_str().unwrap_or_default(), &edit)?;
-    lab.start_node(0)?;
-    lab.start_node(1)?;
     // The recommended profile waits up to 12 s at boot for a peer.
-    let elected = wait_until(Duration::from_secs(30), Duration::from_millis(50), || {
-        lab.cli_state(0) == "active" && lab.cli_state(1) == "passive"
-    });
-    if !elected {
-        bail!("the pair did not elect fw1 active:\n{}", lab.logs());
-    }
-    Ok(lab)
+    PairRun::start_elected(
+        hafw.to_str().unwrap_or_default(),
+        &edit,
+        Duration::from_secs(30),
+    )
 }
 
 /// Sends at 1 kpps from the client and records when each reply arrives, until `stop`.
@@ -179,10 +174,7 @@ fn one_run(hafw: &Path, profile: &str, fault: Fault) -> Result<f64> {
 }
 
 pub fn measure(profiles: &[&'static str]) -> Result<Vec<Row>> {
-    let hafw = std::env::current_exe()?
-        .parent()
-        .context("bench binary directory")?
-        .join("hafw");
+    let hafw = crate::hafw_binary()?;
     let mut rows = Vec::new();
     for &profile in profiles {
         for fault in [Fault::ProcessKill, Fault::LinkCut] {

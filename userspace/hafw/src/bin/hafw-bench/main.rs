@@ -21,6 +21,14 @@ struct Row {
     note: String,
 }
 
+/// The `hafw` binary built beside this one.
+fn hafw_binary() -> Result<std::path::PathBuf> {
+    Ok(std::env::current_exe()?
+        .parent()
+        .context("bench binary directory")?
+        .join("hafw"))
+}
+
 fn main() -> Result<()> {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let which = std::env::args().nth(1).unwrap_or_default();

@@ -9,7 +9,7 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Result, bail};
 use hafw::{
     sync::{self, MessageWriter},
     testkit::{Fixture, Verdict, run_program},
@@ -111,7 +111,7 @@ pub fn ingest() -> Result<Row> {
 
 /// Bulk sync of `n` sessions through the lab pair.
 pub fn bulk(n: u32) -> Result<Row> {
-    let hafw = hafw_binary()?;
+    let hafw = crate::hafw_binary()?;
     let size = (n * 2).next_power_of_two().max(262_144);
     let edit = |_: usize, text: String| {
         text.replace(
@@ -173,25 +173,14 @@ pub fn bulk(n: u32) -> Result<Row> {
     })
 }
 
-fn hafw_binary() -> Result<std::path::PathBuf> {
-    Ok(std::env::current_exe()?
-        .parent()
-        .context("bench binary directory")?
-        .join("hafw"))
-}
-
 /// The lab pair on its default config passed through `edit`, fw1 active and fw2 passive.
 fn start_pair(edit: hafw_lab::ConfigEdit) -> Result<PairRun> {
-    let hafw = hafw_binary()?;
-    let mut run = PairRun::new(hafw.to_str().unwrap_or_default(), edit)?;
-    run.start_node(0)?;
-    run.start_node(1)?;
-    if !wait_until(Duration::from_secs(10), Duration::from_millis(20), || {
-        run.cli_state(0) == "active" && run.cli_state(1) == "passive"
-    }) {
-        bail!("the pair did not elect fw1 active:\n{}", run.logs());
-    }
-    Ok(run)
+    let hafw = crate::hafw_binary()?;
+    PairRun::start_elected(
+        hafw.to_str().unwrap_or_default(),
+        edit,
+        Duration::from_secs(10),
+    )
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
