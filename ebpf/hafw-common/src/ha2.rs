@@ -38,7 +38,7 @@
 //!
 //! | type | name | record |
 //! |---|---|---|
-//! | 1 | session update | [`SessionRecord`], 80 octets: add or replace |
+//! | 1 | session update | [`SessionRecord`], 80 octets: add or replace ([`RECORD_F_NEW`] marks an add) |
 //! | 2 | session delete | [`SessionRecord`] (only the key is used) |
 //! | 3 | neighbour | [`NeighbourRecord`], 32 octets |
 //! | 4 | bulk-sync start | none |
@@ -128,7 +128,8 @@ pub struct SessionRecord {
     /// Milliseconds since the session was created on the sender.
     pub age_ms: u32,
     pub state: u8,
-    /// `SESSION_F_*` bits of the sender (the receiver adds `SESSION_F_SYNCED`).
+    /// `SESSION_F_*` bits of the sender (the receiver adds `SESSION_F_SYNCED`), and
+    /// [`RECORD_F_NEW`].
     pub flags: u8,
     pub ingress_zone: u8,
     pub egress_zone: u8,
@@ -138,6 +139,12 @@ pub struct SessionRecord {
     pub bytes_reply: u64,
 }
 impl_pod!(SessionRecord);
+
+/// Record flag (never stored): the sender just created this session, so the receiver inserts it
+/// without looking for an older copy first. Only a hint: an insert replaces an older copy too
+/// (a retransmission, a rejoin), just at a higher cost than overwriting it in place, which is
+/// how records without the flag are applied.
+pub const RECORD_F_NEW: u8 = 1 << 7;
 
 /// One ARP or IPv6 neighbour entry the active node uses, so the first packets after a failover
 /// are forwarded, not queued behind address resolution. The interface is named by its data port

@@ -8,21 +8,23 @@
 //! consumed here; neighbour entries are passed to the kernel, where the controller installs them.
 //! Every rejected message is dropped and counted by reason, and leaves the session map as it was.
 
-use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
+use aya_ebpf::{
+    bindings::xdp_action, helpers::generated::bpf_xdp_load_bytes, programs::XdpContext,
+};
 use hafw_common::{
     ha,
     ha2::{
         HA2_BULK_END, HA2_BULK_START, HA2_HEADER_LEN, HA2_KEEPALIVE, HA2_MAGIC, HA2_NEIGHBOUR,
         HA2_RESYNC_REQUEST, HA2_RETRANSMIT_REQUEST, HA2_SESSION_DELETE, HA2_SESSION_UPDATE,
-        HA2_VERSION, Ha2Counters, Ha2Header, Ha2State, MAX_SESSION_RECORDS, SEQ_WINDOW,
-        SEQ_WINDOW_WORDS, SessionRecord,
+        HA2_VERSION, Ha2Counters, Ha2Header, Ha2State, MAX_SESSION_RECORDS, RECORD_F_NEW,
+        SEQ_WINDOW, SEQ_WINDOW_WORDS, SessionRecord,
     },
     session::{SESSION_F_SYNCED, SessionValue},
 };
 
 use crate::{
     counters::now_ns,
-    maps::{CONFIG, HA2_CONFIG, HA2_COUNTERS, HA2_STATE, SESSIONS},
+    maps::{CONFIG, HA2_CONFIG, HA2_COUNTERS, HA2_RECORDS, HA2_STATE, RecordBlock, SESSIONS},
     parse::ptr_at,
 };
 
@@ -148,29 +150,28 @@ fn ingest(ctx: &XdpContext, c: &mut Ha2Counters, offset: usize) -> Result<u32, (
     accept_sequence(c, u32::from_le(h.epoch), sequence)?;
     match h.msg_type {
         HA2_SESSION_UPDATE => {
+            let Some(block) = copy_records(ctx, records, count) else {
+                return Ok(DROP);
+            };
             let now = CONFIG.get(0).map(now_ns).unwrap_or(0);
-            // Bounded by MAX_SESSION_RECORDS so the verifier sees a finite loop; each record's
-            // bounds are checked again by `read` (the count check above is not visible to it).
-            for i in 0..MAX_SESSION_RECORDS {
+            // Bounded by MAX_SESSION_RECORDS so the verifier sees a finite loop.
+            for (i, r) in block.records.iter().enumerate() {
                 if i >= count {
                     break;
                 }
-                let Some(r) = read::<SessionRecord>(ctx, records + i * RECORD_LEN) else {
-                    break;
-                };
-                write_session(c, &r, now);
+                write_session(c, r, now);
             }
             Ok(DROP)
         }
         HA2_SESSION_DELETE => {
-            for i in 0..MAX_SESSION_RECORDS {
+            let Some(block) = copy_records(ctx, records, count) else {
+                return Ok(DROP);
+            };
+            for (i, r) in block.records.iter().enumerate() {
                 if i >= count {
                     break;
                 }
-                let Some(r) = read::<SessionRecord>(ctx, records + i * RECORD_LEN) else {
-                    break;
-                };
-                let _ = SESSIONS.remove(r.key);
+                let _ = SESSIONS.remove(&r.key);
                 c.session_deletes += 1;
             }
             Ok(DROP)
@@ -292,6 +293,31 @@ fn clear_window(st: &mut Ha2State) {
     }
 }
 
+/// Copies a message's session records into this CPU's aligned scratch block, in one helper call.
+///
+/// Why not read them in place: a message sits 14, 34 or 42 octets into the frame, so its records
+/// are never 8-aligned, and the BPF backend turns every unaligned load into single-octet loads,
+/// shifts and ors: about 400 instructions per 80-octet record, a third of the ingest time. The
+/// kernel's memcpy behind `bpf_xdp_load_bytes` does the same in a few nanoseconds.
+#[inline(always)]
+fn copy_records(ctx: &XdpContext, offset: usize, count: usize) -> Option<&'static RecordBlock> {
+    let block = HA2_RECORDS.get_ptr_mut(0)?;
+    let len = count * RECORD_LEN;
+    // The verifier must see the length bounded by the destination's size on this very register
+    // (and the helper refuses a zero length; a message without records yields no block).
+    if len == 0 || len > core::mem::size_of::<RecordBlock>() {
+        return None;
+    }
+    // SAFETY: `block` is this CPU's map value, `len` fits it; XDP runs with preemption disabled,
+    // so nothing else uses the scratch until the program returns.
+    let copied = unsafe { bpf_xdp_load_bytes(ctx.ctx, offset as u32, block.cast(), len as u32) };
+    if copied != 0 {
+        return None;
+    }
+    // SAFETY: as above; records past `count` are stale and never read.
+    Some(unsafe { &*block })
+}
+
 /// Stores one synced session, converting its ages to this node's clock.
 #[inline(always)]
 fn write_session(c: &mut Ha2Counters, r: &SessionRecord, now: u64) {
@@ -304,13 +330,27 @@ fn write_session(c: &mut Ha2Counters, r: &SessionRecord, now: u64) {
         bytes_reply: r.bytes_reply,
         rule_id: r.rule_id,
         state: r.state,
-        flags: r.flags | SESSION_F_SYNCED,
+        flags: (r.flags & !RECORD_F_NEW) | SESSION_F_SYNCED,
         ingress_zone: r.ingress_zone,
         egress_zone: r.egress_zone,
         policy_slot: 0,
         _pad: [0; 7],
     };
-    if SESSIONS.insert(r.key, value, 0).is_ok() {
+    // An existing session is overwritten in place: an LRU map's update always takes a fresh
+    // element off the free list and returns the old one, which costs twice the lookup. A new
+    // one skips the lookup that would miss.
+    let existing = if r.flags & RECORD_F_NEW == 0 {
+        SESSIONS.get_ptr_mut(&r.key)
+    } else {
+        None
+    };
+    if let Some(existing) = existing {
+        // SAFETY: a pointer into the map's element, valid for this program run (RCU). On a
+        // passive node nothing else writes the session; a torn read by the aging walk sees
+        // fields of the old or the new record, each of them whole.
+        unsafe { existing.write(value) };
+        c.session_updates += 1;
+    } else if SESSIONS.insert(&r.key, &value, 0).is_ok() {
         c.session_updates += 1;
     } else {
         c.session_write_failed += 1;

@@ -10,7 +10,7 @@ use aya_ebpf::{
 use hafw_common::{
     config::DataplaneConfig,
     counters::Counters,
-    ha2::{Ha2Config, Ha2Counters, Ha2State},
+    ha2::{Ha2Config, Ha2Counters, Ha2State, MAX_SESSION_RECORDS, SessionRecord},
     policy::{
         IfaceInfo, IfaceKey, MAX_POLICY_PREFIXES, MAX_RULES, MAX_SERVICE_CLASSES, MAX_ZONES,
         POLICY_SLOTS, PORTS, PROTO_CLASSES, PolicyAddrKey, PolicyInfo, RuleAction, RuleBitmap,
@@ -89,3 +89,14 @@ pub static HA2_STATE: Array<Ha2State, 1> = Array::new();
 /// HA2 ingest counters, per CPU; userspace sums them.
 #[btf_map]
 pub static HA2_COUNTERS: PerCpuArray<Ha2Counters, 1> = PerCpuArray::new();
+
+/// One message's session records, copied out of the frame so they are read with aligned loads
+/// (see `ha2::copy_records`).
+#[repr(C)]
+pub struct RecordBlock {
+    pub records: [SessionRecord; MAX_SESSION_RECORDS],
+}
+
+/// Per-CPU scratch for [`RecordBlock`]: 1,440 octets, far beyond the 512-octet stack.
+#[btf_map]
+pub static HA2_RECORDS: PerCpuArray<RecordBlock, 1> = PerCpuArray::new();

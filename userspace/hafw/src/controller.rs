@@ -11,7 +11,7 @@ use std::{
 use anyhow::{Context as _, Result, anyhow, bail};
 use hafw_common::{
     config::{CONFIG_F_SESSION_EVENTS, DataplaneConfig, Role},
-    ha2::Ha2Config,
+    ha2::{Ha2Config, RECORD_F_NEW},
     session::{EVENT_CLOSED, EVENT_CREATED, EVENT_STATE_CHANGED, SessionEvent},
 };
 use hafw_config::{CompiledPolicy, Config};
@@ -372,7 +372,11 @@ async fn drain_events(node: Shared, ring: aya::maps::RingBuf<aya::maps::MapData>
                     if ev.kind == EVENT_CLOSED {
                         sender.delete(ev.key);
                     } else {
-                        sender.update(sync::record(&ev.key, &ev.value, now));
+                        let mut record = sync::record(&ev.key, &ev.value, now);
+                        if ev.kind == EVENT_CREATED {
+                            record.flags |= RECORD_F_NEW;
+                        }
+                        sender.update(record);
                     }
                 }
                 // A light load sends at once (latency); under a heavy one a partly filled

@@ -9,8 +9,8 @@ use hafw::{
 use hafw_common::{
     ha2::{
         HA2_BULK_END, HA2_BULK_START, HA2_KEEPALIVE, HA2_RESYNC_REQUEST, HA2_RETRANSMIT_REQUEST,
-        HA2_SESSION_DELETE, HA2_SESSION_UPDATE, Ha2Config, RetransmitRange, SEQ_WINDOW,
-        SessionRecord,
+        HA2_SESSION_DELETE, HA2_SESSION_UPDATE, Ha2Config, RECORD_F_NEW, RetransmitRange,
+        SEQ_WINDOW, SessionRecord,
     },
     session::{SESSION_F_SYNCED, SessionKey, SessionState},
 };
@@ -125,6 +125,38 @@ fn session_updates_of_every_transport_write_the_map_with_local_ages() {
         assert_eq!(sessions(&f).len(), 1, "{name}: deleted");
         assert!(f.dp.session(&records[0].key).is_none());
     }
+}
+
+#[test]
+fn adds_and_updates_replace_the_session_whole_and_the_new_flag_is_not_stored() {
+    let f = fixture();
+    let mut w = writer();
+    let mut added = record(40001);
+    added.flags = RECORD_F_NEW;
+    added.state = SessionState::SynRecv as u8;
+    let mut fresh = record(40002);
+    fresh.flags = RECORD_F_NEW;
+    f.run_ha2(&ethernet(&w.message(HA2_SESSION_UPDATE, &[added, fresh])));
+    let v = f.dp.session(&added.key).expect("added");
+    assert_eq!(v.flags, SESSION_F_SYNCED, "the hint is not a session flag");
+    assert_eq!(v.state, SessionState::SynRecv as u8);
+
+    // An update (overwritten in place) and a repeated add (inserted again) both leave exactly
+    // the newest record, and nothing else changes in the table.
+    let mut updated = record(40001);
+    updated.packets_orig = 77;
+    let mut again = fresh;
+    again.bytes_reply = 12_345;
+    f.run_ha2(&ethernet(&w.message(HA2_SESSION_UPDATE, &[updated, again])));
+    assert_eq!(sessions(&f).len(), 2);
+    let v = f.dp.session(&updated.key).unwrap();
+    assert_eq!(
+        (v.state, v.packets_orig),
+        (SessionState::Established as u8, 77)
+    );
+    assert_eq!(v.last_seen_ns, NOW - 1_500_000_000);
+    assert_eq!(f.dp.session(&again.key).unwrap().bytes_reply, 12_345);
+    assert_eq!(counter(&f, "session_updates"), 4);
 }
 
 #[test]

@@ -42,6 +42,13 @@ fn main() -> Result<()> {
                     .join()
                     .map_err(|_| anyhow::anyhow!("benchmark thread panicked"))??;
             }
+            if std::env::args().any(|a| a == "--test-run-only") {
+                // A partial run prints its rows and leaves the saved results alone.
+                for r in &rows {
+                    println!("{}: {:.1} ns ({})", r.case, r.ns_per_packet, r.note);
+                }
+                return Ok(());
+            }
             // A failure here must not lose the per-packet results measured above.
             let (fwd_rows, ratio) = forwarding::compare().unwrap_or_else(|e| {
                 eprintln!("forwarding comparison failed: {e:#}");
@@ -75,7 +82,17 @@ fn main() -> Result<()> {
             let ingest = std::thread::spawn(sync::ingest)
                 .join()
                 .map_err(|_| anyhow::anyhow!("benchmark thread panicked"))??;
-            let mut rows = vec![ingest];
+            let mut rows = ingest;
+            if std::env::args().nth(2).as_deref() == Some("ingest") {
+                // A partial run prints its rows and leaves the saved results alone.
+                for r in &rows {
+                    println!(
+                        "{}: {:.2} {} (target {}; {})",
+                        r.case, r.value, r.unit, r.target, r.note
+                    );
+                }
+                return Ok(());
+            }
             rows.extend(sync::lag(2_000)?);
             rows.extend(sync::sessions_per_second(200_000)?);
             for n in [100_000, 1_000_000] {
