@@ -75,16 +75,21 @@ impl PairRun {
 
     /// Starts `hafw run` on firewall `i`.
     pub fn start_node(&mut self, i: usize) -> Result<()> {
+        self.start_node_with_env(i, &[])
+    }
+
+    /// Starts `hafw run` on firewall `i` with `env` (`NAME=value`) added to its environment.
+    pub fn start_node_with_env(&mut self, i: usize, env: &[&str]) -> Result<()> {
         let config = self.config(i);
-        let proc = self.topo.fw[i].spawn(
-            &[
-                &self.hafw,
-                "run",
-                "--config",
-                config.to_str().unwrap_or_default(),
-            ],
-            &self.log(i),
-        )?;
+        let mut argv = vec!["env"];
+        argv.extend_from_slice(env);
+        argv.extend([
+            self.hafw.as_str(),
+            "run",
+            "--config",
+            config.to_str().unwrap_or_default(),
+        ]);
+        let proc = self.topo.fw[i].spawn(&argv, &self.log(i))?;
         self.procs[i] = Some(proc);
         Ok(())
     }

@@ -171,7 +171,7 @@ fn ingest(ctx: &XdpContext, c: &mut Ha2Counters, offset: usize) -> Result<u32, (
                 if i >= count {
                     break;
                 }
-                let _ = SESSIONS.remove(&r.key);
+                let _ = SESSIONS.remove(r.key);
                 c.session_deletes += 1;
             }
             Ok(DROP)
@@ -340,7 +340,7 @@ fn write_session(c: &mut Ha2Counters, r: &SessionRecord, now: u64) {
     // element off the free list and returns the old one, which costs twice the lookup. A new
     // one skips the lookup that would miss.
     let existing = if r.flags & RECORD_F_NEW == 0 {
-        SESSIONS.get_ptr_mut(&r.key)
+        SESSIONS.get_ptr_mut(r.key)
     } else {
         None
     };
@@ -350,7 +350,7 @@ fn write_session(c: &mut Ha2Counters, r: &SessionRecord, now: u64) {
         // fields of the old or the new record, each of them whole.
         unsafe { existing.write(value) };
         c.session_updates += 1;
-    } else if SESSIONS.insert(&r.key, &value, 0).is_ok() {
+    } else if SESSIONS.insert(r.key, value, 0).is_ok() {
         c.session_updates += 1;
     } else {
         c.session_write_failed += 1;

@@ -15,15 +15,20 @@
 //!   cable (or a peer that downs its links) is seen at once, and when every link is down the core
 //!   declares the peer dead without waiting for the heartbeat timeout.
 //! - **Role**: active sets the dataplane role to `Active` with a lease the shell keeps refreshing
-//!   (see [`lease_for`]), then claims the virtual MACs and floating IPs and announces them;
-//!   passive, non-functional and suspended set the role to `Passive` first, then release.
+//!   (see [`lease_for`]), announces the virtual MACs and floating IPs at once, and has the host
+//!   worker claim them (the fast path forwards meanwhile by the standby routes);
+//!   passive, non-functional and suspended set the role to `Passive` first, then release (on
+//!   the same worker, so a release never overtakes a claim).
 
 pub mod host;
 
 use std::{
     collections::BTreeMap,
     net::{IpAddr, SocketAddr},
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -360,6 +365,13 @@ struct Shell {
     heartbeat_sockets: Vec<HeartbeatSocket>,
     /// One packet socket per data port (same order as `plan.ports`), opened at start.
     announce_sockets: Vec<Option<host::FrameSocket>>,
+    /// Announcements sent in first rounds, wherever they were sent from.
+    announced: Arc<AtomicU64>,
+    /// Claims and releases, in order, off this thread.
+    host: HostWorker,
+    /// Test hook (`HAFW_TEST_CLAIM_DELAY_MS`): holds every claim back, standing in for a kernel
+    /// that takes tens of milliseconds to apply `ip` changes in the middle of a failure.
+    claim_delay: Option<Duration>,
     carrier: BTreeMap<Link, bool>,
     /// Peer state in the last heartbeat, to log changes only.
     last_peer_state: Option<hafw_ha::State>,
@@ -421,6 +433,12 @@ impl Shell {
             pause_threshold: (timers.heartbeat_interval).max(Duration::from_millis(4)),
             heartbeat_sockets: Vec::new(),
             announce_sockets: Vec::new(),
+            announced: Arc::new(AtomicU64::new(0)),
+            host: HostWorker::start()?,
+            claim_delay: std::env::var("HAFW_TEST_CLAIM_DELAY_MS")
+                .ok()
+                .and_then(|ms| ms.parse().ok())
+                .map(Duration::from_millis),
             carrier: BTreeMap::new(),
             last_peer_state: None,
             tx,
@@ -788,18 +806,35 @@ impl Shell {
             warn!("HA: setting the dataplane active: {e:#}");
         }
         let forwarding = started.elapsed();
-        if let Err(e) = host::claim(&self.plan.ports, self.plan.shutdown_passive) {
-            warn!("HA: claiming virtual MACs and addresses: {e:#}");
+        // Announce first: switches move the virtual MACs to this node's ports on the first
+        // announcement, and the fast path forwards what arrives at once (by the standby routes,
+        // see `host::release`). Setting MACs and addresses is an `ip` run that takes 3 ms, and
+        // tens on a kernel busy with the failure: it runs on the host worker, so this thread
+        // goes on refreshing the lease and sending heartbeats. Announcing needs no local MAC
+        // (the frames carry the virtual one) but needs the links up: with passive link state
+        // `shutdown` the claim brings them up first, and the announcements follow it.
+        let ports = self.plan.ports.clone();
+        let delay = self.claim_delay;
+        if self.plan.shutdown_passive {
+            let targets = self.announce_targets();
+            let announced = self.announced.clone();
+            self.host.run(move || {
+                claim(&ports, true, delay, started);
+                announce_rounds(targets, &announced);
+            });
+            info!(
+                "HA: active: dataplane forwarding after {:.2} ms; links coming up",
+                forwarding.as_secs_f64() * 1e3
+            );
+        } else {
+            self.announce();
+            info!(
+                "HA: active: dataplane forwarding after {:.2} ms, first announcements after {:.2} ms",
+                forwarding.as_secs_f64() * 1e3,
+                started.elapsed().as_secs_f64() * 1e3
+            );
+            self.host.run(move || claim(&ports, false, delay, started));
         }
-        let claimed = started.elapsed();
-        self.announce();
-        info!(
-            "HA: active: dataplane forwarding after {:.2} ms, virtual MACs and addresses after \
-             {:.2} ms, first announcements after {:.2} ms",
-            forwarding.as_secs_f64() * 1e3,
-            claimed.as_secs_f64() * 1e3,
-            started.elapsed().as_secs_f64() * 1e3
-        );
     }
 
     fn give_up(&mut self) {
@@ -811,37 +846,29 @@ impl Shell {
         }) {
             warn!("HA: setting the dataplane passive: {e:#}");
         }
-        if (was_active || self.plan.shutdown_passive)
-            && let Err(e) = host::release(&self.plan.ports, self.plan.shutdown_passive)
-        {
-            warn!("HA: releasing virtual MACs and addresses: {e:#}");
+        if was_active || self.plan.shutdown_passive {
+            let ports = self.plan.ports.clone();
+            let shut_down = self.plan.shutdown_passive;
+            self.host.run(move || {
+                if let Err(e) = host::release(&ports, shut_down) {
+                    warn!("HA: releasing virtual MACs and addresses: {e:#}");
+                }
+            });
         }
     }
 
-    /// Sends the first announcement round on every port at once, on this thread (switches must
-    /// learn the virtual MACs' new place before anything else; it is one `send` per address),
-    /// and the later rounds from a helper thread.
-    fn announce(&mut self) {
-        let targets: Vec<(DataPort, host::FrameSocket)> = self
-            .plan
+    /// Every data port with an announcement socket.
+    fn announce_targets(&self) -> Vec<(DataPort, host::FrameSocket)> {
+        self.plan
             .ports
             .iter()
             .zip(&self.announce_sockets)
             .filter_map(|(p, s)| s.clone().map(|s| (p.clone(), s)))
-            .collect();
-        for (p, s) in &targets {
-            self.shell_view.announcements_sent += host::announce(p, s) as u64;
-        }
-        std::thread::spawn(move || {
-            let mut waited = Duration::ZERO;
-            for delay in host::ANNOUNCE_DELAYS.into_iter().skip(1) {
-                std::thread::sleep(delay.saturating_sub(waited));
-                waited = delay;
-                for (p, s) in &targets {
-                    host::announce(p, s);
-                }
-            }
-        });
+            .collect()
+    }
+
+    fn announce(&mut self) {
+        announce_rounds(self.announce_targets(), &self.announced);
     }
 
     fn refresh_lease(&mut self) {
@@ -860,16 +887,88 @@ impl Shell {
         let now = self.now();
         self.core.handle(Event::OperatorSuspend, now);
         self.perform_actions();
+        // The release must be done before the process ends.
+        self.host.finish(Duration::from_secs(2));
         self.publish();
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
     fn publish(&mut self) {
+        self.shell_view.announcements_sent = self.announced.load(Ordering::Relaxed);
         let status = serde_json::to_value(self.core.status()).unwrap_or_default();
         if let Ok(mut v) = self.view.lock() {
             v.status = status;
             v.shell = self.shell_view.clone();
         }
+    }
+}
+
+/// Takes the virtual MACs and floating addresses (on the host worker).
+fn claim(ports: &[DataPort], bring_up: bool, delay: Option<Duration>, takeover: Instant) {
+    if let Some(delay) = delay {
+        std::thread::sleep(delay);
+    }
+    match host::claim(ports, bring_up) {
+        Ok(()) => info!(
+            "HA: active: virtual MACs and addresses after {:.2} ms",
+            takeover.elapsed().as_secs_f64() * 1e3
+        ),
+        Err(e) => warn!("HA: claiming virtual MACs and addresses: {e:#}"),
+    }
+}
+
+/// Sends the first announcement round on every port at once, on the calling thread (switches
+/// must learn the virtual MACs' new place before anything else; it is one `send` per address),
+/// and the later rounds from a helper thread.
+fn announce_rounds(targets: Vec<(DataPort, host::FrameSocket)>, announced: &AtomicU64) {
+    for (p, s) in &targets {
+        announced.fetch_add(host::announce(p, s) as u64, Ordering::Relaxed);
+    }
+    std::thread::spawn(move || {
+        let mut waited = Duration::ZERO;
+        for delay in host::ANNOUNCE_DELAYS.into_iter().skip(1) {
+            std::thread::sleep(delay.saturating_sub(waited));
+            waited = delay;
+            for (p, s) in &targets {
+                host::announce(p, s);
+            }
+        }
+    });
+}
+
+/// Changes to the host's interfaces (claims, releases), one after another in the order given,
+/// on a thread of their own: an `ip` run can take tens of milliseconds while the kernel is busy
+/// with a failure, and the HA thread must not stop refreshing the lease meanwhile. One thread,
+/// so a release can never overtake the claim before it.
+struct HostWorker {
+    jobs: std::sync::mpsc::Sender<Box<dyn FnOnce() + Send>>,
+}
+
+impl HostWorker {
+    fn start() -> Result<HostWorker> {
+        let (jobs, rx) = std::sync::mpsc::channel::<Box<dyn FnOnce() + Send>>();
+        std::thread::Builder::new()
+            .name("hafw-ha-host".into())
+            .spawn(move || {
+                for job in rx {
+                    job();
+                }
+            })
+            .context("starting the HA host worker")?;
+        Ok(HostWorker { jobs })
+    }
+
+    fn run(&self, job: impl FnOnce() + Send + 'static) {
+        let _ = self.jobs.send(Box::new(job));
+    }
+
+    /// Waits (at most `timeout`) until every change handed over so far is done.
+    fn finish(&self, timeout: Duration) {
+        let (done, wait) = std::sync::mpsc::channel();
+        self.run(move || {
+            let _ = done.send(());
+        });
+        let _ = wait.recv_timeout(timeout);
     }
 }
 

@@ -2,7 +2,8 @@
 //! sequence-numbered UDP at 1,000 packets/s to an echo on the server through the pair; the
 //! window is the longest gap between two consecutive replies around the fault. Faults: SIGKILL of
 //! the active node's controller, and all of the active node's links cut. Each timer profile, five
-//! runs each, median and range.
+//! runs each, median and range. The fault comes once the pair is in steady state: replies flow
+//! and the passive node holds the neighbour entries the active node resolved.
 
 use std::{
     net::UdpSocket,
@@ -113,6 +114,22 @@ fn one_run(hafw: &Path, profile: &str, fault: Fault) -> Result<f64> {
     if !flowing {
         stop.store(true, Ordering::Relaxed);
         bail!("no UDP replies through the pair before the fault");
+    }
+    // Steady state, as in a pair that has run for a while: the passive node holds the neighbour
+    // entries the active one resolved (synced every second).
+    let neighbours_synced = wait_until(Duration::from_secs(5), Duration::from_millis(100), || {
+        lab.topo.fw[1]
+            .exec_ok(&["ip", "neigh", "show"])
+            .is_ok_and(|n| {
+                [HaPair::CLIENT_IP, HaPair::SERVER_IP].iter().all(|ip| {
+                    n.lines()
+                        .any(|l| l.starts_with(&format!("{ip} ")) && l.contains("lladdr"))
+                })
+            })
+    });
+    if !neighbours_synced {
+        stop.store(true, Ordering::Relaxed);
+        bail!("the passive node did not get the active node's neighbours");
     }
     let fault_at = Instant::now();
     match fault {

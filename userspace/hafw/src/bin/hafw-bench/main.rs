@@ -375,7 +375,8 @@ fn report_failover(rows: &[failover::Row], full: bool) -> Result<()> {
     let mut md = format!(
         "# failover benchmark\n\nkernel {}, {} CPUs. Client sends sequence-numbered UDP at \
          1,000 packets/s through the lab pair to an echo on the server; loss window = longest gap \
-         between replies after the fault. {} runs per line.\n\n\
+         between replies after the fault, which comes once the passive node holds the active \
+         node's neighbour entries (steady state). {} runs per line.\n\n\
          | timer profile | fault | median ms | min ms | max ms | runs (ms) |\n|---|---|---:|---:|---:|---|\n",
         kernel_release(),
         std::thread::available_parallelism()
