@@ -69,6 +69,35 @@ pub fn expired(timeouts: &Timeouts, key: &SessionKey, value: &SessionValue, now_
     u128::from(idle) >= timeouts.for_session(key, value).as_nanos()
 }
 
+/// How often the active node re-syncs a busy session's ages: a third of its timeout, between
+/// 2 s and 60 s. Session records carry ages only at creation and state changes; without a refresh
+/// a long-lived session (an hour-old SSH connection) would reach the passive node with the idle
+/// age of its last state change, and after a takeover be aged out before its next packet.
+pub fn refresh_period(timeouts: &Timeouts, key: &SessionKey, value: &SessionValue) -> Duration {
+    (timeouts.for_session(key, value) / 3).clamp(Duration::from_secs(2), Duration::from_secs(60))
+}
+
+/// Whether the aging walk at `now_ns` (one walk every `walk`) re-syncs this session: it had
+/// traffic since the previous walk (idle ones are re-synced by nothing, they just age alike on
+/// both nodes) and its turn has come. Turns are spread by creation time, so each busy session is
+/// sent once per [`refresh_period`] and a walk sends an even share of them, with no state kept
+/// per session.
+pub fn refresh_due(
+    timeouts: &Timeouts,
+    key: &SessionKey,
+    value: &SessionValue,
+    now_ns: u64,
+    walk: Duration,
+) -> bool {
+    let walk_ns = walk.as_nanos().max(1) as u64;
+    if now_ns.saturating_sub(value.last_seen_ns) >= walk_ns {
+        return false;
+    }
+    let walks_per_period =
+        (refresh_period(timeouts, key, value).as_nanos() as u64 / walk_ns).max(1);
+    (now_ns.saturating_sub(value.created_ns) / walk_ns) % walks_per_period == 0
+}
+
 /// `CLOCK_MONOTONIC` in ns: the clock `bpf_ktime_get_ns` reads.
 pub fn monotonic_now_ns() -> u64 {
     let ts = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
@@ -120,6 +149,34 @@ mod tests {
                 want,
                 "{proto} {state:?} idle {idle}s"
             );
+        }
+    }
+
+    #[test]
+    fn busy_sessions_are_refreshed_once_per_period_and_idle_ones_never() {
+        const S: u64 = 1_000_000_000;
+        let t = Timeouts::default();
+        let walk = Duration::from_secs(1);
+        // Established TCP (1 h): every 60 s; UDP (30 s): every 10 s.
+        for (proto, state, period) in [
+            (PROTO_TCP, SessionState::Established, 60),
+            (PROTO_UDP, SessionState::New, 10),
+        ] {
+            let (k, mut v) = session(proto, state, 0);
+            v.created_ns = 1_000 * S;
+            let mut sent_at = Vec::new();
+            for walk_no in 0..180u64 {
+                let now = v.created_ns + walk_no * S + S / 2;
+                v.last_seen_ns = now - S / 4; // a packet since the last walk
+                if refresh_due(&t, &k, &v, now, walk) {
+                    sent_at.push(walk_no);
+                }
+            }
+            let expected: Vec<u64> = (0..180).step_by(period as usize).collect();
+            assert_eq!(sent_at, expected, "proto {proto}");
+            // Idle since the last walk: nothing to refresh, whatever the turn.
+            v.last_seen_ns = v.created_ns;
+            assert!(!refresh_due(&t, &k, &v, v.created_ns + 120 * S, walk));
         }
     }
 

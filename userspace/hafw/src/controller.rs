@@ -255,10 +255,11 @@ async fn age_sessions(node: Shared) {
         // Map iteration is a syscall per entry: keep it off the async workers, and off the node
         // lock (session events and HA2 sync need it meanwhile).
         let res = tokio::task::spawn_blocking(move || -> Result<u64> {
-            let (passive, timeouts, capacity) = {
+            let (passive, syncing, timeouts, capacity) = {
                 let n = node.lock().map_err(|_| anyhow!("node lock poisoned"))?;
                 (
                     n.dp.config().role == Role::Passive as u32,
+                    n.sync.sender.is_some(),
                     Timeouts::from(&n.running.timeouts),
                     n.running.session_table_size,
                 )
@@ -269,6 +270,7 @@ async fn age_sessions(node: Shared) {
             let now = aging::monotonic_now_ns();
             let mut count = 0u64;
             let mut expired = Vec::new();
+            let mut refresh = Vec::new();
             for entry in map.iter() {
                 let (k, v) = entry?;
                 count += 1;
@@ -276,6 +278,8 @@ async fn age_sessions(node: Shared) {
                 // their deletes, and after a takeover they age here from their synced age.
                 if !passive && aging::expired(&timeouts, &k, &v, now) {
                     expired.push(k);
+                } else if syncing && aging::refresh_due(&timeouts, &k, &v, now, AGING_INTERVAL) {
+                    refresh.push(sync::record(&k, &v, now));
                 }
             }
             for k in &expired {
@@ -283,6 +287,13 @@ async fn age_sessions(node: Shared) {
             }
             drop(map);
             let mut n = node.lock().map_err(|_| anyhow!("node lock poisoned"))?;
+            if let Some(sender) = n.sync.sender.as_mut() {
+                sender.stats.age_refreshes_sent += refresh.len() as u64;
+                for r in refresh {
+                    sender.update(r);
+                }
+                sender.flush();
+            }
             n.aged_out += expired.len() as u64;
             n.table
                 .observe(count - expired.len() as u64, u64::from(capacity));
@@ -994,8 +1005,10 @@ fn add_stats(total: &mut sync::SyncStats, s: &sync::SyncStats) {
     total.messages_sent += s.messages_sent;
     total.session_updates_sent += s.session_updates_sent;
     total.session_deletes_sent += s.session_deletes_sent;
+    total.age_refreshes_sent += s.age_refreshes_sent;
     total.bulk_syncs_sent += s.bulk_syncs_sent;
     total.keepalives_sent += s.keepalives_sent;
+    total.neighbours_sent += s.neighbours_sent;
     total.send_errors += s.send_errors;
     total.retransmit_requests_received += s.retransmit_requests_received;
     total.messages_retransmitted += s.messages_retransmitted;

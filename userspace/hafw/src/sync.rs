@@ -424,6 +424,9 @@ pub struct SyncStats {
     pub messages_sent: u64,
     pub session_updates_sent: u64,
     pub session_deletes_sent: u64,
+    /// Of the updates: busy sessions re-sent by the aging walk so their ages stay current on
+    /// the peer (`aging::refresh_due`).
+    pub age_refreshes_sent: u64,
     pub bulk_syncs_sent: u64,
     pub keepalives_sent: u64,
     pub neighbours_sent: u64,

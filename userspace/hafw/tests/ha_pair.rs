@@ -871,6 +871,64 @@ fn session_keys(
         .collect()
 }
 
+/// Input: a UDP flow sends every 200 ms for 10 s (UDP timeout 8 s), then stops, and the active
+/// node is killed. Output: while the flow runs, the passive node's copy of its session stays
+/// current (the active node re-syncs busy sessions' ages), and after the takeover the new active
+/// node keeps the session past two aging walks. Without the refresh the copy keeps the age of its
+/// creation, 10 s idle, and the first walk after the takeover removes it.
+#[test]
+fn busy_sessions_keep_current_ages_on_the_passive_and_survive_a_takeover_idle() {
+    let mut pair = Pair::start(&|_, text: String| text.replace("udp = 30", "udp = 8"));
+    // A listener, so the server answers nothing (no port unreachable).
+    let _server = in_netns(&pair.run.topo.server.name, || {
+        std::net::UdpSocket::bind((HaPair::SERVER_IP, 53))
+    })
+    .unwrap()
+    .unwrap();
+    let client = in_netns(&pair.run.topo.client.name, || {
+        std::net::UdpSocket::bind((HaPair::CLIENT_IP, 0))
+    })
+    .unwrap()
+    .unwrap();
+    client.connect((HaPair::SERVER_IP, 53)).unwrap();
+    // Keys hold ports as they are on the wire.
+    let port = client.local_addr().unwrap().port().to_be();
+    let flow = |i: usize| {
+        hafw::testkit::pinned_sessions(&pair.instances[i])
+            .unwrap()
+            .iter()
+            .filter_map(Result::ok)
+            .find(|(k, _)| k.proto == 17 && (k.port_lo == port || k.port_hi == port))
+            .map(|(_, v)| v)
+    };
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(10) {
+        client.send(b"keep me").unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let v = flow(1).expect("the flow's session on the passive node");
+    let idle = Duration::from_nanos(hafw::aging::monotonic_now_ns().saturating_sub(v.last_seen_ns));
+    assert!(
+        idle < Duration::from_secs(4),
+        "the passive node's copy is {idle:?} idle after 10 s of traffic"
+    );
+    let active = request(&pair.instances[0], &Request::ShowStateSync).unwrap();
+    assert!(
+        active["sent"]["age_refreshes_sent"].as_u64().unwrap_or(0) >= 3,
+        "{active:#}"
+    );
+    pair.signal(0, nix::sys::signal::Signal::SIGKILL);
+    pair.assert_fw2_takes_over(Duration::from_secs(2));
+    // Two aging walks on the new active node (one a second).
+    std::thread::sleep(Duration::from_millis(2_500));
+    assert!(
+        flow(1).is_some(),
+        "the new active node aged the idle session out:\n{}",
+        pair.logs()
+    );
+    let _ = pair.run.procs[0].take();
+}
+
 /// Input: 5% of the active node's HA2 frames dropped (nftables on its HA2 egress) while 100,000
 /// new sessions are created through it, with 50 TCP connections established before. Output:
 /// the passive node asks for what it lost, its table converges to the active node's, and after a
