@@ -61,6 +61,8 @@ pub struct Counters {
     /// Frames the host itself sent on a data port, dropped (tc egress) because this node's active
     /// lease lapsed: they would carry the virtual MAC the peer now owns.
     pub drop_host_tx_not_active: u64,
+    /// Packets forwarded by the next hop cached in their session (no FIB lookup).
+    pub route_cached: u64,
 }
 impl_pod!(Counters);
 
@@ -95,7 +97,8 @@ macro_rules! for_each_counter {
             ipv6_packets,
             vlan_packets,
             event_ringbuf_full,
-            drop_host_tx_not_active
+            drop_host_tx_not_active,
+            route_cached
         )
     };
 }

@@ -141,7 +141,29 @@ pub const SESSION_F_FIN_REPLY: u8 = 1 << 2;
 /// Written by HA2 state sync from the peer (not created by this node's fast path).
 pub const SESSION_F_SYNCED: u8 = 1 << 3;
 
-/// Session table value (64 bytes). "orig" is the initiator-to-responder direction.
+/// A forwarding decision cached in a session for one direction, so an established packet skips
+/// the FIB lookup (the costliest helper of the fast path). Valid while `generation` equals the
+/// dataplane's FIB generation (`FIB_GENERATION`, bumped by the controller on every route,
+/// neighbour or link change; 0 there turns the cache off), and only for packets whose IP length
+/// is at most `max_ip_len` (the largest one the FIB lookup passed on the egress MTU). Never
+/// synced: interface indexes and MACs are each host's own.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NextHop {
+    pub ifindex: u32,
+    /// FIB generation of the lookup; 0: empty.
+    pub generation: u32,
+    pub max_ip_len: u16,
+    pub smac: [u8; 6],
+    pub dmac: [u8; 6],
+    pub _pad: [u8; 2],
+}
+
+/// Index into [`SessionValue::next_hop`] of each direction.
+pub const DIR_ORIG: usize = 0;
+pub const DIR_REPLY: usize = 1;
+
+/// Session table value (112 bytes). "orig" is the initiator-to-responder direction.
 ///
 /// Times are this host's `CLOCK_MONOTONIC` in ns (what `bpf_ktime_get_ns` returns); they never
 /// leave the host as absolute values (HA2 sends ages).
@@ -165,6 +187,8 @@ pub struct SessionValue {
     /// Policy slot that allowed the flow (diagnostics).
     pub policy_slot: u8,
     pub _pad: [u8; 7],
+    /// Cached forwarding per direction ([`DIR_ORIG`], [`DIR_REPLY`]).
+    pub next_hop: [NextHop; 2],
 }
 impl_pod!(SessionValue);
 
@@ -209,7 +233,8 @@ mod tests {
     #[test]
     fn layouts_have_no_implicit_padding() {
         assert_eq!(core::mem::size_of::<SessionKey>(), 40);
-        assert_eq!(core::mem::size_of::<SessionValue>(), 64);
-        assert_eq!(core::mem::size_of::<SessionEvent>(), 112);
+        assert_eq!(core::mem::size_of::<NextHop>(), 24);
+        assert_eq!(core::mem::size_of::<SessionValue>(), 112);
+        assert_eq!(core::mem::size_of::<SessionEvent>(), 160);
     }
 }

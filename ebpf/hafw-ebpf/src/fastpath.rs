@@ -8,13 +8,13 @@ use hafw_common::{
     counters::Counters,
     ha,
     policy::ACTION_ALLOW,
-    session::{FAMILY_IPV6, PROTO_TCP, PROTO_UDP, SessionKey},
+    session::{DIR_ORIG, DIR_REPLY, FAMILY_IPV6, PROTO_TCP, PROTO_UDP, SessionKey},
 };
 
 use crate::{
     counters::{now_ns, this_cpu},
     forward::{self, Route},
-    maps::{CONFIG, DEVMAP},
+    maps::{CONFIG, DEVMAP, FIB_GENERATION},
     parse::{self, IcmpKind, NotIp, Packet, ParseError, Parsed, TCP_ACK, TCP_SYN},
     policy::{self, Flow},
     session::{self, TcpVerdict},
@@ -113,9 +113,36 @@ fn ip_packet(
     };
     let (key, src_is_hi) =
         SessionKey::normalized(pkt.family, t.proto, t.src, t.sport, t.dst, t.dport);
-    // One FIB lookup per packet, shared by every path below (each inlined copy of the lookup
-    // would cost its own 64-byte parameter block on the 512-byte stack).
-    let route = forward::lookup(ctx, pkt);
+    let hit = session::lookup(&key, src_is_hi);
+    // One route per packet, shared by every path below (each inlined copy of the FIB lookup
+    // would cost its own 64-byte parameter block on the 512-byte stack): the one cached in the
+    // session for this direction, or a FIB lookup, cached for the next packet. ICMP errors are
+    // routed to the quoting packet's source, not along their session, so never cached.
+    let generation = FIB_GENERATION.get(0).copied().unwrap_or(0);
+    let cache = match &hit {
+        Some(h) if !related => Some((
+            h.value,
+            if h.from_initiator {
+                DIR_ORIG
+            } else {
+                DIR_REPLY
+            },
+        )),
+        _ => None,
+    };
+    let route = match cache.and_then(|(value, dir)| forward::cached(value, dir, pkt, generation)) {
+        Some(route) => {
+            c.route_cached += 1;
+            route
+        }
+        None => {
+            let route = forward::lookup(ctx, pkt);
+            if let Some((value, dir)) = cache {
+                forward::remember(value, dir, pkt, &route, generation);
+            }
+            route
+        }
+    };
     if let Route::Host = route {
         return host_bound(c, pkt);
     }
@@ -124,7 +151,7 @@ fn ip_packet(
         return DROP;
     }
 
-    if let Some(hit) = session::lookup(&key, src_is_hi) {
+    if let Some(hit) = hit {
         c.session_hit += 1;
         if related {
             // Related ICMP error: forwarded, the session itself is not touched.

@@ -10,7 +10,7 @@ use aya_ebpf::{
     helpers::generated::bpf_fib_lookup,
     programs::XdpContext,
 };
-use hafw_common::session::FAMILY_IPV4;
+use hafw_common::session::{DIR_REPLY, FAMILY_IPV4, SessionValue};
 use network_types::eth::EthHdr;
 
 use crate::parse::{Packet, ParseError, ptr_at_mut};
@@ -19,6 +19,7 @@ const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
 
 /// The FIB's answer for a packet.
+#[derive(Clone, Copy)]
 pub enum Route {
     /// Forward out of `ifindex` with these MACs.
     Forward {
@@ -78,6 +79,72 @@ pub fn lookup(ctx: &XdpContext, pkt: &Packet) -> Route {
             Route::Unroutable
         }
         _ => Route::Host,
+    }
+}
+
+/// The route cached in session `value` for direction `dir`, if still valid for this packet
+/// (see `hafw_common::session::NextHop`).
+#[inline(always)]
+pub fn cached(
+    value: *const SessionValue,
+    dir: usize,
+    pkt: &Packet,
+    generation: u32,
+) -> Option<Route> {
+    if generation == 0 || dir > DIR_REPLY {
+        return None;
+    }
+    // SAFETY: `value` is a session map element, valid for this program run.
+    let nh = unsafe { &(*value).next_hop[dir] };
+    if nh.generation != generation || pkt.ip_len > nh.max_ip_len {
+        return None;
+    }
+    Some(Route::Forward {
+        ifindex: nh.ifindex,
+        smac: nh.smac,
+        dmac: nh.dmac,
+    })
+}
+
+/// Caches a forwarding decision in session `value` for direction `dir`. The generation is
+/// cleared first and written last, so a packet of the same direction on another CPU sees the
+/// old entry, no entry, or the new one (the writes of two CPUs may still interleave; both
+/// write the answer of the same FIB, and a wrong one lasts until the next generation).
+#[inline(always)]
+pub fn remember(
+    value: *mut SessionValue,
+    dir: usize,
+    pkt: &Packet,
+    route: &Route,
+    generation: u32,
+) {
+    let Route::Forward {
+        ifindex,
+        smac,
+        dmac,
+    } = *route
+    else {
+        return;
+    };
+    if generation == 0 || dir > DIR_REPLY {
+        return;
+    }
+    // SAFETY: as in `cached`.
+    let nh = unsafe { &mut (*value).next_hop[dir] };
+    let same = nh.generation == generation && nh.ifindex == ifindex;
+    let max_ip_len = if same && nh.max_ip_len > pkt.ip_len {
+        nh.max_ip_len
+    } else {
+        pkt.ip_len
+    };
+    // SAFETY: in-bounds stores into the map element; volatile keeps their order.
+    unsafe {
+        core::ptr::write_volatile(&mut nh.generation, 0);
+        nh.ifindex = ifindex;
+        nh.smac = smac;
+        nh.dmac = dmac;
+        nh.max_ip_len = max_ip_len;
+        core::ptr::write_volatile(&mut nh.generation, generation);
     }
 }
 

@@ -335,6 +335,7 @@ fn write_session(c: &mut Ha2Counters, r: &SessionRecord, now: u64) {
         egress_zone: r.egress_zone,
         policy_slot: 0,
         _pad: [0; 7],
+        next_hop: Default::default(),
     };
     // An existing session is overwritten in place: an LRU map's update always takes a fresh
     // element off the free list and returns the old one, which costs twice the lookup. A new

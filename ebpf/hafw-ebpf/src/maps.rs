@@ -31,6 +31,16 @@ pub static COUNTERS: PerCpuArray<Counters, 1> = PerCpuArray::new();
 #[btf_map]
 pub static SESSIONS: LruHashMap<SessionKey, SessionValue, 262_144> = LruHashMap::new();
 
+/// Per-CPU scratch where a new session's value is built (see `session::create`).
+#[btf_map]
+pub static NEW_SESSION: PerCpuArray<SessionValue, 1> = PerCpuArray::new();
+
+/// The FIB generation (one entry): the controller bumps it on every route, neighbour and link
+/// change, and a session's cached next hop is valid only while its generation equals this one.
+/// 0 turns the cache off (the controller's watch of the kernel is not running).
+#[btf_map]
+pub static FIB_GENERATION: Array<u32, 1> = Array::new();
+
 /// Session created / state changed / closed events for userspace (HA2 sync). 16 MiB: about
 /// 150,000 events, three seconds of new sessions at the fast path's lab rate; events lost to a
 /// full buffer are counted and make the active node resync.

@@ -16,7 +16,7 @@ use hafw_common::{
 };
 
 use crate::{
-    maps::{SESSION_EVENTS, SESSIONS},
+    maps::{NEW_SESSION, SESSION_EVENTS, SESSIONS},
     parse::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
 };
 
@@ -193,7 +193,15 @@ pub fn create(
     bytes: u64,
     now: u64,
 ) -> bool {
-    let value = SessionValue {
+    // Built in a per-CPU scratch entry: 112 bytes on the stack would not fit beside the parsed
+    // packet and the FIB parameters in the program's 512.
+    let Some(value) = NEW_SESSION.get_ptr_mut(0) else {
+        return false;
+    };
+    // SAFETY: this CPU's scratch entry; XDP runs with preemption disabled, so nothing else uses
+    // it until the program returns.
+    let value = unsafe { &mut *value };
+    *value = SessionValue {
         created_ns: now,
         last_seen_ns: now,
         packets_orig: 1,
@@ -211,13 +219,16 @@ pub fn create(
         egress_zone,
         policy_slot: (cfg.policy_slot & 1) as u8,
         _pad: [0; 7],
+        next_hop: Default::default(),
     };
+    // By reference: a copy would put the 112 bytes back on the stack.
+    let value: &SessionValue = value;
     if SESSIONS.insert(key, value, BPF_ANY as u64).is_err() {
         c.drop_session_table_full += 1;
         return false;
     }
     c.session_created += 1;
-    emit(cfg, c, EVENT_CREATED, key, &value);
+    emit(cfg, c, EVENT_CREATED, key, value);
     true
 }
 
@@ -234,7 +245,7 @@ fn emit(
     }
     match SESSION_EVENTS.reserve(0) {
         Some(mut entry) => {
-            // Fill the reserved slot in place: building the event on the stack would cost 112 of
+            // Fill the reserved slot in place: building the event on the stack would cost 160 of
             // the program's 512 stack bytes.
             let ev = entry.as_mut_ptr();
             // SAFETY: the reservation is sizeof(SessionEvent) bytes and ours until submit.

@@ -95,7 +95,7 @@ pub fn refresh_due(
     }
     let walks_per_period =
         (refresh_period(timeouts, key, value).as_nanos() as u64 / walk_ns).max(1);
-    (now_ns.saturating_sub(value.created_ns) / walk_ns) % walks_per_period == 0
+    (now_ns.saturating_sub(value.created_ns) / walk_ns).is_multiple_of(walks_per_period)
 }
 
 /// `CLOCK_MONOTONIC` in ns: the clock `bpf_ktime_get_ns` reads.

@@ -26,7 +26,7 @@ use tokio::{
 use crate::{
     aging::{self, Timeouts},
     control::{Request, Response, socket_path},
-    dataplane::{AttachMode, Dataplane, LoadOptions, ifindex, pin_dir},
+    dataplane::{AttachMode, Dataplane, FibGeneration, LoadOptions, ifindex, pin_dir},
     ha::{self, HaHandle, OperatorRequest, SyncCommand},
     sync, view,
 };
@@ -202,6 +202,9 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
     info!("instance {instance}: control socket {}", sock.display());
 
     tokio::spawn(age_sessions(node.clone()));
+    if let Ok(n) = node.lock() {
+        tokio::spawn(watch_fib(n.dp.fib_generation()));
+    }
     if let Some(ring) = events {
         tokio::spawn(drain_events(node.clone(), ring));
     }
@@ -234,6 +237,59 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
     // Dropping the node detaches the programs (their links close with the process).
     drop(node);
     Ok(())
+}
+
+/// Keeps the fast path's cached next hops honest: `ip monitor` reports every route, neighbour
+/// and link change in this namespace, and each batch of reports starts a new FIB generation.
+/// A generation also ends every [`FIB_REFRESH`], in case a report was lost (a netlink socket
+/// overrun drops them). While the monitor is not running the cache is off.
+async fn watch_fib(generation: FibGeneration) {
+    loop {
+        if let Err(e) = monitor_fib(&generation).await {
+            warn!("watching routes and neighbours: {e:#}; next-hop cache off");
+        }
+        let _ = generation.disable();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// At most this long between FIB generations.
+const FIB_REFRESH: Duration = Duration::from_secs(5);
+
+async fn monitor_fib(generation: &FibGeneration) -> Result<()> {
+    use tokio::io::AsyncBufReadExt as _;
+    let mut monitor = tokio::process::Command::new("ip")
+        .args(["-o", "monitor", "route", "neigh", "link"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .context("running ip monitor (iproute2)")?;
+    let mut lines = tokio::io::BufReader::new(
+        monitor
+            .stdout
+            .take()
+            .ok_or_else(|| anyhow!("ip monitor has no stdout"))?,
+    )
+    .lines();
+    // The cache stays off until the monitor has surely subscribed: a change before that would
+    // otherwise go unseen.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    generation.bump()?;
+    let mut refresh = tokio::time::interval(FIB_REFRESH);
+    loop {
+        tokio::select! {
+            line = lines.next_line() => match line? {
+                Some(_) => {
+                    generation.bump()?;
+                }
+                None => bail!("ip monitor exited"),
+            },
+            _ = refresh.tick() => {
+                generation.bump()?;
+            }
+        }
+    }
 }
 
 async fn age_sessions(node: Shared) {

@@ -132,6 +132,37 @@ impl ConfigHandle {
     }
 }
 
+/// The FIB generation the fast path checks cached next hops against (see
+/// `hafw_common::session::NextHop`): 0 (the cache off) until someone watches the kernel's routes
+/// and neighbours and calls [`FibGeneration::bump`] on every change.
+#[derive(Clone)]
+pub struct FibGeneration(Arc<Mutex<(Array<MapData, u32>, u32)>>);
+
+impl FibGeneration {
+    /// Starts a new generation: every cached next hop is looked up again. Never 0.
+    pub fn bump(&self) -> Result<u32> {
+        let mut cell = self
+            .0
+            .lock()
+            .map_err(|_| anyhow!("FIB generation lock poisoned"))?;
+        let next = cell.1.wrapping_add(1).max(1);
+        cell.0.set(0, next, 0).context("writing FIB_GENERATION")?;
+        cell.1 = next;
+        Ok(next)
+    }
+
+    /// Turns the cache off: nothing watches the kernel.
+    pub fn disable(&self) -> Result<()> {
+        let mut cell = self
+            .0
+            .lock()
+            .map_err(|_| anyhow!("FIB generation lock poisoned"))?;
+        cell.0.set(0, 0, 0).context("writing FIB_GENERATION")?;
+        cell.1 = 0;
+        Ok(())
+    }
+}
+
 pub struct Dataplane {
     ebpf: Ebpf,
     config: ConfigHandle,
@@ -154,6 +185,7 @@ pub struct Dataplane {
     ha2_config: Array<MapData, Ha2Config>,
     ha2_state: Array<MapData, Ha2State>,
     ha2_counters: PerCpuArray<MapData, Ha2Counters>,
+    fib_generation: FibGeneration,
     shadows: [SlotShadow; 2],
     links: BTreeMap<String, (PortLink, AttachMode)>,
     /// tc egress attachments of the data ports, pinned (unpinned ones belong to the program).
@@ -246,6 +278,7 @@ impl Dataplane {
             ha2_config: take!(ebpf, "HA2_CONFIG"),
             ha2_state: take!(ebpf, "HA2_STATE"),
             ha2_counters: take!(ebpf, "HA2_COUNTERS"),
+            fib_generation: FibGeneration(Arc::new(Mutex::new((take!(ebpf, "FIB_GENERATION"), 0)))),
             ebpf,
             shadows: [SlotShadow::default(), SlotShadow::default()],
             links: BTreeMap::new(),
@@ -622,6 +655,11 @@ impl Dataplane {
 
     pub fn remove_session(&mut self, key: &SessionKey) -> Result<()> {
         Ok(self.sessions.remove(key)?)
+    }
+
+    /// The FIB generation, for the watcher of the kernel's tables (and tests).
+    pub fn fib_generation(&self) -> FibGeneration {
+        self.fib_generation.clone()
     }
 
     /// The HA2 ingest program, for `BPF_PROG_TEST_RUN`.

@@ -111,6 +111,90 @@ fn forwarded_packet_is_rewritten_for_the_next_hop() {
     );
 }
 
+/// Established packets take the next hop cached in their session, per direction, until the FIB
+/// generation changes: a neighbour changed behind the generation's back is not seen (the proof
+/// that the cache, not the FIB, answered), a new generation sees it, and a packet longer than the
+/// cache vouches for is looked up again. With the generation at 0 nothing is cached.
+#[test]
+fn established_packets_use_the_cached_next_hop_until_the_fib_generation_changes() {
+    const NEW_SERVER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x0b, 0x0b];
+    let mut f = Fixture::new();
+    let generation = f.dp.fib_generation();
+    generation.bump().unwrap();
+    f.handshake(CLIENT, 40000, SERVER, 80);
+    let ack = tcp(CLIENT, 40000, SERVER, 80, ACK, 64);
+    let to_server = |f: &Fixture| {
+        let out = f.run(&ack, f.trust);
+        assert_eq!(out.verdict, Verdict::Redirect);
+        testkit::parse_ipv4(&out.data).0.destination
+    };
+    assert_eq!(to_server(&f), testkit::SERVER_MAC);
+    let s = f.session_of(&ack).unwrap();
+    let nh = s.next_hop[hafw_common::session::DIR_ORIG];
+    assert_eq!(
+        (nh.ifindex, nh.dmac, nh.smac),
+        (f.untrust, testkit::SERVER_MAC, f.untrust_mac)
+    );
+    assert_eq!(
+        s.next_hop[hafw_common::session::DIR_REPLY].dmac,
+        testkit::CLIENT_MAC
+    );
+    let cached = f.counter("route_cached");
+    assert_eq!(
+        cached, 1,
+        "the first packet of each direction looks up, later ones do not"
+    );
+
+    testkit::sh(&[
+        "ip",
+        "neigh",
+        "replace",
+        "198.18.2.2",
+        "lladdr",
+        "02:00:00:00:0b:0b",
+        "dev",
+        "untrust0",
+        "nud",
+        "permanent",
+    ]);
+    assert_eq!(
+        to_server(&f),
+        testkit::SERVER_MAC,
+        "cached: the change is not seen yet"
+    );
+    assert_eq!(f.counter("route_cached"), cached + 1);
+    generation.bump().unwrap();
+    assert_eq!(
+        to_server(&f),
+        NEW_SERVER_MAC,
+        "a new generation looks up again"
+    );
+    assert_eq!(f.counter("route_cached"), cached + 1);
+    assert_eq!(to_server(&f), NEW_SERVER_MAC);
+    assert_eq!(f.counter("route_cached"), cached + 2);
+
+    // Longer than any packet the cache has seen: looked up again (the FIB checks the MTU).
+    let mut long = tcp(CLIENT, 40000, SERVER, 80, ACK, 64);
+    long.extend_from_slice(&[0; 100]);
+    let ip_len = (long.len() - 14) as u16;
+    long[16..18].copy_from_slice(&ip_len.to_be_bytes());
+    long[24..26].fill(0);
+    let csum = testkit::parse_ipv4(&long).1.calc_header_checksum();
+    long[24..26].copy_from_slice(&csum.to_be_bytes());
+    assert_eq!(f.run(&long, f.trust).verdict, Verdict::Redirect);
+    assert_eq!(f.counter("route_cached"), cached + 2);
+    assert_eq!(f.run(&long, f.trust).verdict, Verdict::Redirect);
+    assert_eq!(f.counter("route_cached"), cached + 3, "now vouched for");
+
+    generation.disable().unwrap();
+    assert_eq!(to_server(&f), NEW_SERVER_MAC);
+    assert_eq!(
+        f.counter("route_cached"),
+        cached + 3,
+        "generation 0: no cache"
+    );
+}
+
 /// Known gap of the harness, not of the dataplane: under BPF_PROG_TEST_RUN, `bpf_fib_lookup`
 /// answers NOT_FWDED for these IPv6 destinations (addresses verified inside the program; `ip -6
 /// route get ... iif trust0` routes them; DIRECT/OUTPUT flags change nothing), while live IPv6

@@ -238,7 +238,10 @@ fn killing_the_active_process_hands_over() {
             "map",
             "dump",
             "pinned",
-            &format!("/sys/fs/bpf/hafw/{}/v2/counters", pair.instances[0]),
+            hafw::dataplane::pin_dir(&pair.instances[0])
+                .join("counters")
+                .to_str()
+                .unwrap(),
         ])
         .unwrap();
     assert!(dump.contains("drop_not_active"), "{dump}");

@@ -245,6 +245,50 @@ fn tcp_udp_and_ping_pass_denied_flows_do_not() {
     stop_ssh.store(true, Ordering::Relaxed);
 }
 
+/// Input: the server's MAC changes under an established connection, and the firewall's kernel
+/// learns the new one (as from a gratuitous ARP). Output: the connection carries data to the new
+/// MAC at once: the controller's watch of the kernel ends the FIB generation, so the next hop
+/// cached in the session is looked up again (without the watch it would stay on the old MAC,
+/// which the server no longer accepts, until the 5 s refresh).
+#[test]
+fn a_changed_neighbour_reaches_established_sessions_at_once() {
+    let lab = start();
+    let stop = tcp_echo_server(&lab, 80);
+    let mut conn = connect(&lab, 80).expect("web connection allowed");
+    // The cache is on once the controller watches the kernel (shortly after start).
+    let cached = wait_until(Duration::from_secs(3), Duration::from_millis(50), || {
+        echo(&mut conn, b"before")
+            && hafw::testkit::pinned_counter(&lab.instance, "route_cached").unwrap() > 0
+    });
+    assert!(cached, "established packets never used the next-hop cache");
+    lab.topo
+        .server
+        .exec_ok(&["ip", "link", "set", "eth0", "address", "02:00:00:00:5e:01"])
+        .unwrap();
+    lab.topo
+        .fw
+        .exec_ok(&[
+            "ip",
+            "neigh",
+            "replace",
+            "198.18.2.2",
+            "lladdr",
+            "02:00:00:00:5e:01",
+            "dev",
+            "eth2",
+        ])
+        .unwrap();
+    conn.set_read_timeout(Some(Duration::from_millis(1500)))
+        .unwrap();
+    conn.write_all(b"after").unwrap();
+    let mut buf = [0u8; 5];
+    assert!(
+        conn.read_exact(&mut buf).is_ok() && &buf == b"after",
+        "no echo through the changed neighbour within 1.5 s"
+    );
+    stop.store(true, Ordering::Relaxed);
+}
+
 #[test]
 fn mid_stream_tcp_without_a_session_is_dropped() {
     let lab = start();

@@ -203,7 +203,24 @@ fn fastpath_test_run() -> Result<Vec<Row>> {
 
     f.handshake(CLIENT, 40000, SERVER, 80);
     let est = tcp(CLIENT, 40000, SERVER, 80, 0x10, 255);
-    for (label, n) in [("1", 1u32), ("100k", 100_000), ("1M", 1_000_000)] {
+    // First without the next-hop cache (FIB generation 0: a FIB lookup per packet), then with it
+    // on, as the controller runs it.
+    let ns = measure(&f, &est, f.trust, RUNS, BATCH, Verdict::Redirect)?;
+    rows.push(Row {
+        case: "established TCP, 1 session in table, next-hop cache off".into(),
+        ns_per_packet: ns,
+        runs: RUNS,
+        target_ns: None,
+        note: "bpf_fib_lookup on every packet".into(),
+    });
+    f.dp.fib_generation().bump()?;
+    // `--quick`: one session only, for profiling changes (minutes less: no table to fill).
+    let sizes: &[(&str, u32)] = if std::env::args().any(|a| a == "--quick") {
+        &[("1", 1)]
+    } else {
+        &[("1", 1), ("100k", 100_000), ("1M", 1_000_000)]
+    };
+    for &(label, n) in sizes {
         fill_sessions(&mut f, n)?;
         let ns = measure(&f, &est, f.trust, RUNS, BATCH, Verdict::Redirect)?;
         rows.push(Row {
