@@ -95,7 +95,9 @@ pub fn refresh_due(
     }
     let walks_per_period =
         (refresh_period(timeouts, key, value).as_nanos() as u64 / walk_ns).max(1);
-    (now_ns.saturating_sub(value.created_ns) / walk_ns).is_multiple_of(walks_per_period)
+    // Turn 0 is the session's creation, which the peer has just been sent: never due.
+    let turn = now_ns.saturating_sub(value.created_ns) / walk_ns;
+    turn > 0 && turn.is_multiple_of(walks_per_period)
 }
 
 /// `CLOCK_MONOTONIC` in ns: the clock `bpf_ktime_get_ns` reads.
@@ -172,7 +174,8 @@ mod tests {
                     sent_at.push(walk_no);
                 }
             }
-            let expected: Vec<u64> = (0..180).step_by(period as usize).collect();
+            // Not at creation (just synced), then once per period.
+            let expected: Vec<u64> = (period..180).step_by(period as usize).collect();
             assert_eq!(sent_at, expected, "proto {proto}");
             // Idle since the last walk: nothing to refresh, whatever the turn.
             v.last_seen_ns = v.created_ns;

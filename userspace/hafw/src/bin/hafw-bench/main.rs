@@ -50,11 +50,11 @@ fn main() -> Result<()> {
                 return Ok(());
             }
             // A failure here must not lose the per-packet results measured above.
-            let (fwd_rows, ratio) = forwarding::compare().unwrap_or_else(|e| {
+            let forwarding = forwarding::compare().map_err(|e| {
                 eprintln!("forwarding comparison failed: {e:#}");
-                (Vec::new(), f64::NAN)
+                format!("{e:#}")
             });
-            report("fastpath", &rows, &fwd_rows, ratio)
+            report("fastpath", &rows, forwarding)
         }
         "failover" => {
             let all = ["fast", "aggressive", "recommended"];
@@ -266,7 +266,12 @@ fn fastpath_test_run() -> Result<Vec<Row>> {
 
 /// Prints the table; writes bench/results/ only for a full run, so a partial run
 /// (`--forwarding-only`) never replaces the recorded results.
-fn report(name: &str, rows: &[Row], fwd: &[forwarding::FwdRow], ratio: f64) -> Result<()> {
+/// `forwarding`: the comparison's rows and ratio, or why it failed (the table says so).
+fn report(
+    name: &str,
+    rows: &[Row],
+    forwarding: std::result::Result<(Vec<forwarding::FwdRow>, f64), String>,
+) -> Result<()> {
     let mut md = format!(
         "# {name} benchmark\n\nkernel {}, {} CPUs\n\n## Per packet, BPF_PROG_TEST_RUN\n\n| case | ns/packet | target | runs | note |\n|---|---:|---:|---:|---|\n",
         kernel_release(),
@@ -297,17 +302,33 @@ fn report(name: &str, rows: &[Row], fwd: &[forwarding::FwdRow], ratio: f64) -> R
         "\n## Forwarding through the firewall namespace (veth, 64-byte UDP, one flow)\n\n\
          | path | sent | received | seconds | received pps |\n|---|---:|---:|---:|---:|\n"
     );
-    for r in fwd {
-        let _ = writeln!(
-            md,
-            "| {} | {} | {} | {:.2} | {:.0} |",
-            r.path, r.sent, r.received, r.seconds, r.pps
-        );
+    match &forwarding {
+        Ok((fwd, ratio)) => {
+            for r in fwd {
+                let _ = writeln!(
+                    md,
+                    "| {} | {} | {} | {:.2} | {:.0} |",
+                    r.path, r.sent, r.received, r.seconds, r.pps
+                );
+            }
+            let _ = writeln!(
+                md,
+                "\nhafw XDP / nftables forwarding: **{ratio:.2}x** (target ≥ 3x)"
+            );
+        }
+        Err(e) => {
+            let _ = writeln!(
+                md,
+                "\nNot measured in this run: the comparison failed ({}).",
+                // The last line carries the cause (trafgen prints warnings first).
+                e.lines()
+                    .rev()
+                    .find(|l| !l.trim().is_empty())
+                    .unwrap_or_default()
+                    .trim()
+            );
+        }
     }
-    let _ = writeln!(
-        md,
-        "\nhafw XDP / nftables forwarding: **{ratio:.2}x** (target ≥ 3x)"
-    );
     print!("{md}");
     if rows.is_empty() {
         println!("\n(partial run: bench/results/ left as it was)");
@@ -316,8 +337,12 @@ fn report(name: &str, rows: &[Row], fwd: &[forwarding::FwdRow], ratio: f64) -> R
     let dir = std::path::Path::new("bench/results");
     std::fs::create_dir_all(dir)?;
     std::fs::write(dir.join(format!("{name}.md")), &md)?;
-    let json =
-        serde_json::json!({ "per_packet": rows, "forwarding": fwd, "xdp_over_nftables": ratio });
+    let json = match &forwarding {
+        Ok((fwd, ratio)) => {
+            serde_json::json!({ "per_packet": rows, "forwarding": fwd, "xdp_over_nftables": ratio })
+        }
+        Err(e) => serde_json::json!({ "per_packet": rows, "forwarding_failed": e }),
+    };
     std::fs::write(
         dir.join(format!("{name}.json")),
         serde_json::to_string_pretty(&json)?,
