@@ -210,12 +210,25 @@ pub fn measure(minutes: f64) -> Result<Vec<Row>> {
             && count(&k.logs[0], "Entering MASTER STATE") == 1
     });
     if !settled {
+        // The logs go with the labs: keep their state lines in the error.
+        let states = |path: &PathBuf| {
+            std::fs::read_to_string(path)
+                .unwrap_or_default()
+                .lines()
+                .filter(|l| {
+                    l.contains("HA state") || l.contains("Entering ") || l.contains("paused")
+                })
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
         bail!(
-            "pairs did not settle: hafw {}, {}; keepalived {}, {}",
-            h.log(0).display(),
-            h.log(1).display(),
-            k.logs[0].display(),
-            k.logs[1].display()
+            "pairs did not settle:\nhafw 30 ms:\n{}\n{}\nhafw fast:\n{}\n{}\nkeepalived:\n{}\n{}",
+            states(&h.log(0)),
+            states(&h.log(1)),
+            states(&f.log(0)),
+            states(&f.log(1)),
+            states(&k.logs[0]),
+            states(&k.logs[1])
         );
     }
     std::thread::sleep(Duration::from_secs(2));
