@@ -240,7 +240,7 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
 }
 
 /// Keeps the fast path's cached next hops honest: `ip monitor` reports every route, neighbour
-/// and link change in this namespace, and each batch of reports starts a new FIB generation.
+/// and link change in this namespace, and each report starts a new FIB generation.
 /// A generation also ends every [`FIB_REFRESH`], in case a report was lost (a netlink socket
 /// overrun drops them). While the monitor is not running the cache is off.
 async fn watch_fib(generation: FibGeneration) {

@@ -141,25 +141,24 @@ pub struct FibGeneration(Arc<Mutex<(Array<MapData, u32>, u32)>>);
 impl FibGeneration {
     /// Starts a new generation: every cached next hop is looked up again. Never 0.
     pub fn bump(&self) -> Result<u32> {
-        let mut cell = self
-            .0
-            .lock()
-            .map_err(|_| anyhow!("FIB generation lock poisoned"))?;
-        let next = cell.1.wrapping_add(1).max(1);
-        cell.0.set(0, next, 0).context("writing FIB_GENERATION")?;
-        cell.1 = next;
-        Ok(next)
+        self.store(|current| current.wrapping_add(1).max(1))
     }
 
     /// Turns the cache off: nothing watches the kernel.
     pub fn disable(&self) -> Result<()> {
+        self.store(|_| 0).map(drop)
+    }
+
+    /// Writes `next(current)` to the map and remembers it.
+    fn store(&self, next: impl FnOnce(u32) -> u32) -> Result<u32> {
         let mut cell = self
             .0
             .lock()
             .map_err(|_| anyhow!("FIB generation lock poisoned"))?;
-        cell.0.set(0, 0, 0).context("writing FIB_GENERATION")?;
-        cell.1 = 0;
-        Ok(())
+        let value = next(cell.1);
+        cell.0.set(0, value, 0).context("writing FIB_GENERATION")?;
+        cell.1 = value;
+        Ok(value)
     }
 }
 
@@ -630,7 +629,6 @@ impl Dataplane {
         Ok(total)
     }
 
-    /// Every session in the table.
     /// Another handle on the session map, for work that walks the whole table (aging) without
     /// holding the dataplane, and so without stalling session events and HA2 sync meanwhile.
     pub fn sessions_handle(&self) -> Result<HashMap<MapData, SessionKey, SessionValue>> {
@@ -638,6 +636,7 @@ impl Dataplane {
         Ok(HashMap::try_from(aya::maps::Map::LruHashMap(data))?)
     }
 
+    /// Every session in the table.
     pub fn sessions(&self) -> Result<Vec<(SessionKey, SessionValue)>> {
         self.sessions
             .iter()
