@@ -7,6 +7,7 @@
 //!   lapsed (see [`egress`]).
 //! - `hafw_pass`: passes everything; attached to the far end of a veth that `hafw_fw` redirects
 //!   into, because XDP_REDIRECT into a veth delivers nothing unless its peer runs XDP.
+//! - `hafw_bench_tx` and `hafw_sink`: the forwarding benchmark's sender and receiver.
 //!
 //! One file per concern, as Cilium's bpf/lib and Katran's balancer split theirs: [`parse`],
 //! [`session`], [`policy`], [`forward`], [`counters`] (and the clock), [`maps`].
@@ -47,6 +48,54 @@ pub fn hafw_egress(_ctx: TcContext) -> i32 {
 #[xdp]
 pub fn hafw_pass(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
+}
+
+/// The frame `hafw_bench_tx` sends (60 bytes, in 8-byte words), set by the benchmark when it
+/// loads the object; zero otherwise.
+#[unsafe(no_mangle)]
+static BENCH_FRAME: [u64; 8] = [0; 8];
+
+/// The forwarding benchmark's sender. Run through BPF_PROG_TEST_RUN in live-frames mode, where
+/// XDP_TX transmits the frame out of the context's ingress interface (into the firewall's ring,
+/// as a NIC would hand it over). It writes the whole frame on every run: live-frame pages come
+/// back to the sender's pool from whoever received them, with whatever the receiver wrote (the
+/// firewall rewrites MACs and TTL in place), and the kernel fills a page only when it is new.
+#[xdp]
+pub fn hafw_bench_tx(ctx: XdpContext) -> u32 {
+    const WORDS: usize = 7;
+    let start = ctx.data();
+    if start + WORDS * 8 + 4 > ctx.data_end() {
+        return xdp_action::XDP_ABORTED;
+    }
+    // SAFETY: a read of a static the loader may have overwritten (volatile: the compiler must
+    // not fold the zero initialiser), and writes inside the 60 bytes checked above.
+    unsafe {
+        let frame = core::ptr::read_volatile(&raw const BENCH_FRAME);
+        for (i, word) in frame.iter().enumerate().take(WORDS) {
+            ((start + i * 8) as *mut u64).write_unaligned(*word);
+        }
+        ((start + WORDS * 8) as *mut u32).write_unaligned(frame[WORDS] as u32);
+    }
+    xdp_action::XDP_TX
+}
+
+/// Drops every frame but ARP: the forwarding benchmark's receiver. The veth still counts each
+/// frame it receives, and the receiving host spends nothing more on it, so the benchmark's
+/// receiver costs the same whichever path forwarded the frame.
+#[xdp]
+pub fn hafw_sink(ctx: XdpContext) -> u32 {
+    const ETHERTYPE_ARP: [u8; 2] = [0x08, 0x06];
+    let start = ctx.data();
+    if start + 14 > ctx.data_end() {
+        return xdp_action::XDP_DROP;
+    }
+    // SAFETY: bytes 12..14 lie inside the frame, checked above.
+    let ethertype = unsafe { *((start + 12) as *const [u8; 2]) };
+    if ethertype == ETHERTYPE_ARP {
+        xdp_action::XDP_PASS
+    } else {
+        xdp_action::XDP_DROP
+    }
 }
 
 #[cfg(not(test))]

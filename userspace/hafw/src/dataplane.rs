@@ -43,6 +43,10 @@ pub static XDP_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR
 pub const FAST_PATH_PROGRAM: &str = "hafw_fw";
 /// Name of the pass-through program in the object.
 pub const PASS_PROGRAM: &str = "hafw_pass";
+/// Name of the drop-all-but-ARP program in the object (the forwarding benchmark's receiver).
+pub const SINK_PROGRAM: &str = "hafw_sink";
+/// Name of the program that transmits every frame (the forwarding benchmark's sender).
+pub const BENCH_TX_PROGRAM: &str = "hafw_bench_tx";
 /// Name of the HA2 ingest program in the object.
 pub const HA2_PROGRAM: &str = "hafw_ha2";
 /// Name of the data ports' tc egress program in the object.
@@ -422,6 +426,21 @@ impl Dataplane {
         };
         self.links.insert(ifname.to_owned(), (port_link, mode));
         Ok(mode)
+    }
+
+    /// Test support: attaches each XDP program of the object to one of `idle_ports` (ports that
+    /// stay down, so nothing ever arrives) to keep it in the kernel's XDP dispatcher. A
+    /// BPF_PROG_TEST_RUN with repeat > 1 adds a program that is not there and removes it after,
+    /// and each change waits for an RCU grace period (~16 ms on this kernel); with the programs
+    /// resident a test run costs its runs only.
+    pub fn stay_in_dispatcher(&mut self, idle_ports: [&str; 3]) -> Result<()> {
+        for (program, port) in [FAST_PATH_PROGRAM, PASS_PROGRAM, HA2_PROGRAM]
+            .into_iter()
+            .zip(idle_ports)
+        {
+            self.attach_program(program, port)?;
+        }
+        Ok(())
     }
 
     /// Makes `ifindex` a redirect target of the fast path (the devmap entry).

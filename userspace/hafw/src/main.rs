@@ -6,7 +6,7 @@ use anyhow::{Context as _, Result};
 use clap::{Args, Parser, Subcommand};
 use hafw::{
     control::{Request, request},
-    dataplane::{PASS_PROGRAM, XDP_OBJECT},
+    dataplane::{PASS_PROGRAM, SINK_PROGRAM, XDP_OBJECT},
     view,
 };
 
@@ -71,6 +71,9 @@ enum Command {
         iface: String,
         #[arg(long)]
         pin: PathBuf,
+        /// Attach the sink instead: drops all but ARP (the forwarding benchmark's receiver).
+        #[arg(long)]
+        sink: bool,
     },
 }
 
@@ -232,21 +235,23 @@ fn main() -> Result<()> {
             println!("{}: configuration is valid", file.display());
             Ok(())
         }
-        Command::XdpPass { iface, pin } => xdp_pass(&iface, &pin),
+        Command::XdpPass { iface, pin, sink } => {
+            xdp_pass(&iface, &pin, if sink { SINK_PROGRAM } else { PASS_PROGRAM })
+        }
     }
 }
 
-fn xdp_pass(iface: &str, pin: &std::path::Path) -> Result<()> {
+fn xdp_pass(iface: &str, pin: &std::path::Path, program: &str) -> Result<()> {
     let mut ebpf = aya::Ebpf::load(XDP_OBJECT).context("loading the XDP object")?;
     let prog: &mut aya::programs::Xdp = ebpf
-        .program_mut(PASS_PROGRAM)
-        .context("pass program missing")?
+        .program_mut(program)
+        .with_context(|| format!("program {program} missing"))?
         .try_into()?;
     prog.load()?;
     let link_id = prog
         .attach(iface, aya::programs::XdpMode::Driver)
         .or_else(|_| prog.attach(iface, aya::programs::XdpMode::Skb))
-        .with_context(|| format!("attaching {PASS_PROGRAM} to {iface}"))?;
+        .with_context(|| format!("attaching {program} to {iface}"))?;
     let link = prog.take_link(link_id)?;
     let fd_link: aya::programs::links::FdLink =
         link.try_into().context("XDP link is not an fd link")?;

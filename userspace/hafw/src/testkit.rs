@@ -165,6 +165,10 @@ fn mac(m: [u8; 6]) -> String {
         .join(":")
 }
 
+/// Ports of the private namespace that never come up; they hold the programs in the XDP
+/// dispatcher.
+const IDLE_PORTS: [&str; 3] = ["idle0", "idle1", "idle2"];
+
 /// Moves the calling thread into a fresh, unnamed network namespace with the two data ports.
 /// Child processes (`ip`, `sysctl`) inherit it; it disappears with the thread.
 pub fn private_netns() {
@@ -203,6 +207,20 @@ pub fn private_netns() {
         sh(&["ip", "addr", "add", v6, "dev", dev, "nodad"]);
         sh(&["ip", "link", "set", dev, "up"]);
         sh(&["ip", "link", "set", peer, "up"]);
+    }
+    // Left down: see `Dataplane::stay_in_dispatcher`.
+    for port in IDLE_PORTS {
+        sh(&[
+            "ip",
+            "link",
+            "add",
+            port,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &format!("{port}p"),
+        ]);
     }
     sh(&["ip", "link", "set", "lo", "up"]);
     sh(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
@@ -251,6 +269,7 @@ impl Fixture {
         let untrust = crate::dataplane::ifindex("untrust0").unwrap();
         dp.register_port(trust).unwrap();
         dp.register_port(untrust).unwrap();
+        dp.stay_in_dispatcher(IDLE_PORTS).unwrap();
         let cfg = DataplaneConfig {
             role: Role::Standalone as u32,
             flags: CONFIG_F_SESSION_EVENTS,
@@ -359,7 +378,7 @@ impl Fixture {
 /// The test-run context: `struct xdp_md { data, data_end, data_meta, ingress_ifindex,
 /// rx_queue_index, egress_ifindex }`. The ingress interface must exist in the caller's namespace;
 /// the FIB lookup runs there.
-fn xdp_md(len: usize, ingress_ifindex: u32) -> Vec<u8> {
+pub fn xdp_md(len: usize, ingress_ifindex: u32) -> Vec<u8> {
     let md: [u32; 6] = [0, len as u32, 0, ingress_ifindex, 0, 0];
     md.iter().flat_map(|w| w.to_ne_bytes()).collect()
 }
