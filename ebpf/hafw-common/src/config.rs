@@ -53,5 +53,9 @@ pub struct DataplaneConfig {
     /// the controller refreshes this lease, so a dead controller cannot leave a forwarding dataplane
     /// behind once the peer may have taken over.
     pub active_lease_expires_ns: u64,
+    /// How far the program's session clock (CLOCK_MONOTONIC_COARSE) may lag CLOCK_MONOTONIC:
+    /// two ticks and a quarter, from the controller (`dataplane::coarse_clock_slack_ns`). The lease is checked on the
+    /// exact clock only within this distance of its end; 0 checks it on every packet.
+    pub coarse_clock_slack_ns: u64,
 }
 impl_pod!(DataplaneConfig);

@@ -12,14 +12,33 @@ pub fn this_cpu() -> Option<&'static mut Counters> {
     COUNTERS.get_ptr_mut(0).map(|p| unsafe { &mut *p })
 }
 
-/// The one clock of the program: `bpf_ktime_get_ns` (CLOCK_MONOTONIC), unless a test pinned it
-/// through `DataplaneConfig::clock_override_ns`.
+/// What a reading of the clock is for.
+#[derive(Clone, Copy)]
+pub enum Clock {
+    /// Session times (creation, last seen): `bpf_ktime_get_coarse_ns`, CLOCK_MONOTONIC_COARSE.
+    /// The same timeline as CLOCK_MONOTONIC, up to two ticks (8 ms at HZ=250) behind it, and
+    /// read without touching the clock source: `bpf_ktime_get_ns` costs 40 to 100 ns here (a
+    /// TSC read in a VM), as much as a third of an established packet. Session timeouts are
+    /// seconds.
+    Tick,
+    /// The active node's lease and the bulk-sync stamps: `bpf_ktime_get_ns`, CLOCK_MONOTONIC.
+    /// The lease runs out a third of the failure-detection time before the peer takes over (5 ms
+    /// in the fast profile), a margin the coarse clock's lag would eat.
+    Exact,
+}
+
+/// The one clock of the program, unless a test pinned it through
+/// `DataplaneConfig::clock_override_ns`.
 #[inline(always)]
-pub fn now_ns(cfg: &DataplaneConfig) -> u64 {
+pub fn now_ns(cfg: &DataplaneConfig, clock: Clock) -> u64 {
     if cfg.clock_override_ns != 0 {
-        cfg.clock_override_ns
-    } else {
-        // SAFETY: helper without arguments.
-        unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() }
+        return cfg.clock_override_ns;
+    }
+    // SAFETY: helpers without arguments.
+    unsafe {
+        match clock {
+            Clock::Tick => aya_ebpf::helpers::generated::bpf_ktime_get_coarse_ns(),
+            Clock::Exact => aya_ebpf::helpers::bpf_ktime_get_ns(),
+        }
     }
 }

@@ -8,7 +8,11 @@
 //! (`fastpath::orphaned`), nothing the host sends leaves a data port. Frames the fast path
 //! redirects do not pass here (XDP transmits them directly); it stops those itself.
 
-use crate::{counters::this_cpu, fastpath::orphaned, maps::CONFIG};
+use crate::{
+    counters::{Clock, now_ns, this_cpu},
+    fastpath::orphaned,
+    maps::CONFIG,
+};
 
 /// `TC_ACT_OK` and `TC_ACT_SHOT` (linux/pkt_cls.h); the bindings' integer type differs between
 /// targets, the program returns an `i32`.
@@ -18,7 +22,7 @@ const TC_ACT_SHOT: i32 = 2;
 #[inline(always)]
 pub fn run() -> i32 {
     match CONFIG.get(0) {
-        Some(cfg) if orphaned(cfg) => {
+        Some(cfg) if orphaned(cfg, now_ns(cfg, Clock::Tick)) => {
             if let Some(c) = this_cpu() {
                 c.drop_host_tx_not_active += 1;
             }

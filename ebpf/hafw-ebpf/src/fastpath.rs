@@ -12,7 +12,7 @@ use hafw_common::{
 };
 
 use crate::{
-    counters::{now_ns, this_cpu},
+    counters::{Clock, now_ns, this_cpu},
     forward::{self, Route},
     maps::{CONFIG, DEVMAP, FIB_GENERATION},
     parse::{self, IcmpKind, NotIp, Packet, ParseError, Parsed, TCP_ACK, TCP_SYN},
@@ -32,7 +32,8 @@ pub fn run(ctx: &XdpContext) -> u32 {
     let bytes = (ctx.data_end() - ctx.data()) as u64;
     c.rx_packets += 1;
     c.rx_bytes += bytes;
-    if orphaned(cfg) {
+    let now = now_ns(cfg, Clock::Tick);
+    if orphaned(cfg, now) {
         // The controller of this active node stopped refreshing its lease (it died or hangs) and
         // the peer is taking over the virtual MACs and IPs. Even ARP or traffic for the host must
         // not be answered from here: a reply from the virtual MAC would pull the switches' MAC
@@ -42,7 +43,7 @@ pub fn run(ctx: &XdpContext) -> u32 {
     }
     let mut pkt = Packet::empty();
     match parse::parse(ctx, &mut pkt) {
-        Ok(Parsed::Ip) => ip_packet(ctx, cfg, c, &pkt, bytes),
+        Ok(Parsed::Ip) => ip_packet(ctx, cfg, c, &pkt, bytes, now),
         Ok(Parsed::NotIp(NotIp::Other)) => {
             c.pass_non_ip += 1;
             PASS
@@ -62,22 +63,33 @@ pub fn run(ctx: &XdpContext) -> u32 {
     }
 }
 
-/// An active node whose lease lapsed.
+/// An active node whose lease lapsed. `now_tick`: the session clock ([`Clock::Tick`]).
+///
+/// Exact, yet the exact clock is read only near the lease's end: the coarse clock lags the
+/// exact one by at most `coarse_clock_slack_ns`, so a lease that ends later than that on the
+/// coarse clock has certainly not ended. (The exact read costs 40 to 100 ns in this VM. Leases
+/// of the recommended and aggressive profiles are refreshed seconds before their end and never
+/// need it; the fast profile's 10 ms lease is always within the slack, and reads it.)
 #[inline(always)]
-pub fn orphaned(cfg: &DataplaneConfig) -> bool {
-    Role::from_u32(cfg.role) == Role::Active
-        && cfg.active_lease_expires_ns != 0
-        && now_ns(cfg) >= cfg.active_lease_expires_ns
+pub fn orphaned(cfg: &DataplaneConfig, now_tick: u64) -> bool {
+    if Role::from_u32(cfg.role) != Role::Active || cfg.active_lease_expires_ns == 0 {
+        return false;
+    }
+    let slack = match cfg.coarse_clock_slack_ns {
+        0 => u64::MAX,
+        s => s,
+    };
+    if now_tick.saturating_add(slack) < cfg.active_lease_expires_ns {
+        return false;
+    }
+    now_ns(cfg, Clock::Exact) >= cfg.active_lease_expires_ns
 }
 
-/// Whether this node may forward data traffic now.
+/// Whether this node may forward data traffic: not while passive. (An active node whose lease
+/// lapsed never gets here: `run` drops everything first.)
 #[inline(always)]
-fn forwarding_allowed(cfg: &DataplaneConfig, now: u64) -> bool {
-    match Role::from_u32(cfg.role) {
-        Role::Standalone => true,
-        Role::Active => cfg.active_lease_expires_ns == 0 || now < cfg.active_lease_expires_ns,
-        Role::Passive => false,
-    }
+fn forwarding_allowed(cfg: &DataplaneConfig) -> bool {
+    Role::from_u32(cfg.role) != Role::Passive
 }
 
 #[inline(always)]
@@ -87,6 +99,7 @@ fn ip_packet(
     c: &mut Counters,
     pkt: &Packet,
     bytes: u64,
+    now: u64,
 ) -> u32 {
     if pkt.family == FAMILY_IPV6 {
         c.ipv6_packets += 1;
@@ -102,7 +115,6 @@ fn ip_packet(
         c.pass_host += 1;
         return PASS;
     }
-    let now = now_ns(cfg);
 
     // ICMP errors belong to the session of the packet they quote.
     let related = pkt.icmp == IcmpKind::Error;
@@ -146,7 +158,7 @@ fn ip_packet(
     if let Route::Host = route {
         return host_bound(c, pkt);
     }
-    if !forwarding_allowed(cfg, now) {
+    if !forwarding_allowed(cfg) {
         c.drop_not_active += 1;
         return DROP;
     }

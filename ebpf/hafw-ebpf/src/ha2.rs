@@ -23,7 +23,7 @@ use hafw_common::{
 };
 
 use crate::{
-    counters::now_ns,
+    counters::{Clock, now_ns},
     maps::{CONFIG, HA2_CONFIG, HA2_COUNTERS, HA2_RECORDS, HA2_STATE, RecordBlock, SESSIONS},
     parse::ptr_at,
 };
@@ -153,7 +153,10 @@ fn ingest(ctx: &XdpContext, c: &mut Ha2Counters, offset: usize) -> Result<u32, (
             let Some(block) = copy_records(ctx, records, count) else {
                 return Ok(DROP);
             };
-            let now = CONFIG.get(0).map(now_ns).unwrap_or(0);
+            let now = CONFIG
+                .get(0)
+                .map(|cfg| now_ns(cfg, Clock::Tick))
+                .unwrap_or(0);
             // Bounded by MAX_SESSION_RECORDS so the verifier sees a finite loop.
             for (i, r) in block.records.iter().enumerate() {
                 if i >= count {
@@ -200,7 +203,10 @@ fn ingest(ctx: &XdpContext, c: &mut Ha2Counters, offset: usize) -> Result<u32, (
 /// Records when a bulk sync started or ended, on the program's clock.
 #[inline(always)]
 fn stamp(start: bool, sequence: u32) {
-    let now = CONFIG.get(0).map(now_ns).unwrap_or(0);
+    let now = CONFIG
+        .get(0)
+        .map(|cfg| now_ns(cfg, Clock::Exact))
+        .unwrap_or(0);
     if let Some(st) = HA2_STATE.get_ptr_mut(0) {
         // SAFETY: array entry, see `accept_sequence`.
         let st = unsafe { &mut *st };

@@ -633,26 +633,6 @@ pub fn parse_ipv4(frame: &[u8]) -> (Ethernet2Header, Ipv4Header) {
     (eth, ip)
 }
 
-/// Mean ns per run of the pass-through program over `total` runs: the harness's floor.
-pub fn pass_program_ns(f: &Fixture, total: u64) -> anyhow::Result<f64> {
-    let prog = f.dp.pass_program()?;
-    let pkt = tcp(CLIENT, 1, SERVER, 2, 0x10, 64);
-    let ctx = xdp_md(pkt.len(), f.trust);
-    let mut sum = std::time::Duration::ZERO;
-    let mut runs = 0u64;
-    while runs < total {
-        let res = prog.test_run(TestRunOptions {
-            data_in: Some(&pkt),
-            ctx_in: Some(&ctx),
-            repeat: 10_000,
-            ..Default::default()
-        })?;
-        sum += res.duration * 10_000;
-        runs += 10_000;
-    }
-    Ok(sum.as_nanos() as f64 / runs as f64)
-}
-
 /// The lab's new UDP flow number `i`: one datagram to the server's port 53 (allowed by the lab
 /// policy) from its own source, 198.18.1.2 + `i / 50,000`, port 10,000 + `i % 50,000`, addressed
 /// to the pair's virtual MAC on the client side. With `src_mac` the client's MAC.

@@ -535,6 +535,41 @@ fn an_expired_active_lease_stops_forwarding() {
     assert_eq!(f.run(&arp, f.trust).verdict, Verdict::Pass);
 }
 
+/// The program keeps time on the coarse clock and confirms a lease's end on the exact one, only
+/// within the coarse clock's slack of that end.
+#[test]
+fn a_lease_is_judged_on_the_exact_clock_near_its_end() {
+    let mut f = Fixture::new();
+    let slack = hafw::dataplane::coarse_clock_slack_ns();
+    assert!(slack > 0, "CLOCK_MONOTONIC_COARSE has a resolution");
+    let pkt = tcp(CLIENT, 40016, SERVER, 80, SYN, 64);
+    // Ends 1 ms from now: over on the coarse clock plus its slack (it lags by less than a tick),
+    // not on the exact one: still forwarding. A try whose run ends after the lease (the test was
+    // preempted) says nothing and is repeated.
+    let mut conclusive = 0;
+    for _ in 0..50 {
+        let end = hafw::aging::monotonic_now_ns() + 1_000_000;
+        f.set_lease(hafw_common::config::Role::Active, end);
+        let verdict = f.run(&pkt, f.trust).verdict;
+        if hafw::aging::monotonic_now_ns() >= end {
+            continue;
+        }
+        assert_eq!(verdict, Verdict::Redirect, "a lease 1 ms from its end");
+        conclusive += 1;
+        if conclusive == 5 {
+            break;
+        }
+    }
+    assert_eq!(conclusive, 5, "too few runs finished within the lease");
+    // Over on the exact clock, though perhaps not yet on the coarse one: stopped at once.
+    let end = hafw::aging::monotonic_now_ns() + 1_000_000;
+    f.set_lease(hafw_common::config::Role::Active, end);
+    while hafw::aging::monotonic_now_ns() <= end {
+        std::hint::spin_loop();
+    }
+    assert_eq!(f.run(&pkt, f.trust).verdict, Verdict::Drop);
+}
+
 #[test]
 fn sessions_carry_the_program_clock() {
     let mut f = Fixture::new();
