@@ -10,7 +10,7 @@ if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
 # Debian packages: LLVM 22 for bpf-linker, bpftool to read pinned maps, and what the tests and the lab use.
 DEBS=(llvm-22-dev libpolly-22-dev libzstd-dev zlib1g-dev bpftool iproute2 nftables tcpdump iperf3 hping3
-      iputils-ping conntrack keepalived conntrackd netsniff-ng procps psmisc kmod ethtool util-linux)
+      iputils-ping conntrack keepalived conntrackd procps psmisc kmod ethtool util-linux)
 missing=()
 for p in "${DEBS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

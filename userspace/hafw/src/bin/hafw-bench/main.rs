@@ -16,7 +16,10 @@ use serde::Serialize;
 #[derive(Serialize)]
 struct Row {
     case: String,
+    /// The median pass (see [`median_rows`]).
     ns_per_packet: f64,
+    /// The fastest pass.
+    best_ns: f64,
     runs: u64,
     target_ns: Option<f64>,
     note: String,
@@ -38,15 +41,27 @@ fn main() -> Result<()> {
             let only_forwarding = std::env::args().any(|a| a == "--forwarding-only");
             let mut rows = Vec::new();
             if !only_forwarding {
-                // The fixture moves its thread into a private network namespace.
-                rows = std::thread::spawn(fastpath_test_run)
-                    .join()
-                    .map_err(|_| anyhow::anyhow!("benchmark thread panicked"))??;
+                // Whole passes, each in a fresh thread (the fixture moves its thread into a
+                // private network namespace), then per case the median pass: this VM has slow
+                // phases of seconds that move every case of a pass alike.
+                let passes = if quick() { 1 } else { PASSES };
+                let mut all = Vec::with_capacity(passes);
+                for _ in 0..passes {
+                    all.push(
+                        std::thread::spawn(fastpath_test_run)
+                            .join()
+                            .map_err(|_| anyhow::anyhow!("benchmark thread panicked"))??,
+                    );
+                }
+                rows = median_rows(all);
             }
             if std::env::args().any(|a| a == "--test-run-only") {
                 // A partial run prints its rows and leaves the saved results alone.
                 for r in &rows {
-                    println!("{}: {:.1} ns ({})", r.case, r.ns_per_packet, r.note);
+                    println!(
+                        "{}: {:.1} ns, fastest pass {:.1} ({})",
+                        r.case, r.ns_per_packet, r.best_ns, r.note
+                    );
                 }
                 return Ok(());
             }
@@ -139,6 +154,48 @@ fn measure(
     Ok(rounds[ROUNDS / 2])
 }
 
+/// Runs `pkt` for a second, unmeasured. The second after a fixture allocates its 1.25M-entry
+/// table, or after a million sessions were written into it, measures up to a third slower here
+/// (the kernel and the hypervisor are still busy with the fresh memory).
+fn warm_up(f: &Fixture, pkt: &[u8], batch: u32) {
+    let start = std::time::Instant::now();
+    while start.elapsed() < Duration::from_secs(1) {
+        run_packet(&f.dp, pkt, f.trust, batch);
+    }
+}
+
+/// Passes of the per-packet cases in a full `fastpath` run.
+const PASSES: usize = 3;
+
+fn quick() -> bool {
+    std::env::args().any(|a| a == "--quick")
+}
+
+/// Per case, the row of the pass with the median time, with the fastest pass's time beside it.
+/// Every pass measures the same cases in the same order.
+fn median_rows(mut passes: Vec<Vec<Row>>) -> Vec<Row> {
+    let Some(first) = passes.first() else {
+        return Vec::new();
+    };
+    let cases = first.len();
+    let mut rows = Vec::with_capacity(cases);
+    for i in (0..cases).rev() {
+        let mut candidates: Vec<Row> = passes.iter_mut().filter_map(|p| p.pop()).collect();
+        debug_assert!(
+            candidates.iter().all(|r| r.case == candidates[0].case),
+            "case {i}"
+        );
+        candidates.sort_by(|a, b| a.ns_per_packet.total_cmp(&b.ns_per_packet));
+        let best = candidates[0].ns_per_packet;
+        let mid = candidates.len() / 2;
+        let mut row = candidates.swap_remove(mid);
+        row.best_ns = best;
+        rows.push(row);
+    }
+    rows.reverse();
+    rows
+}
+
 /// Rounds per measured case (see [`measure`]).
 const ROUNDS: usize = 25;
 
@@ -218,6 +275,7 @@ fn fastpath_test_run() -> Result<Vec<Row>> {
     rows.push(Row {
         case: "floor: pass-through XDP program".into(),
         ns_per_packet: pass,
+        best_ns: 0.0,
         runs: RUNS,
         target_ns: None,
         note: "same harness, program returns XDP_PASS".into(),
@@ -225,6 +283,7 @@ fn fastpath_test_run() -> Result<Vec<Row>> {
 
     f.handshake(CLIENT, 40000, SERVER, 80);
     let est = tcp(CLIENT, 40000, SERVER, 80, 0x10, 255);
+    warm_up(&f, &est, BATCH);
     // First without the next-hop cache (FIB generation 0: a FIB lookup per packet), then with it
     // on, as the controller runs it.
     let ns = measure(
@@ -238,19 +297,25 @@ fn fastpath_test_run() -> Result<Vec<Row>> {
     rows.push(Row {
         case: "established TCP, 1 session in table, next-hop cache off".into(),
         ns_per_packet: ns,
+        best_ns: 0.0,
         runs: RUNS,
         target_ns: None,
         note: "bpf_fib_lookup on every packet".into(),
     });
     f.dp.fib_generation().bump()?;
     // `--quick`: one session only, for profiling changes (minutes less: no table to fill).
-    let sizes: &[(&str, u32)] = if std::env::args().any(|a| a == "--quick") {
-        &[("1", 1)]
+    let sizes: &[(&str, u32)] = if quick() {
+        &[("1 session", 1)]
     } else {
-        &[("1", 1), ("100k", 100_000), ("1M", 1_000_000)]
+        &[
+            ("1 session", 1),
+            ("100k sessions", 100_000),
+            ("1M sessions", 1_000_000),
+        ]
     };
     for &(label, n) in sizes {
         fill_sessions(&mut f, n)?;
+        warm_up(&f, &est, BATCH);
         let ns = measure(
             f.dp.fast_path()?,
             &est,
@@ -260,8 +325,9 @@ fn fastpath_test_run() -> Result<Vec<Row>> {
             Verdict::Redirect,
         )?;
         rows.push(Row {
-            case: format!("established TCP, {label} sessions in table"),
+            case: format!("established TCP, {label} in table"),
             ns_per_packet: ns,
+            best_ns: 0.0,
             runs: RUNS,
             target_ns: (n == 1_000_000).then_some(120.0),
             note: format!("{} sessions present", f.sessions_len()),
@@ -282,6 +348,7 @@ fn fastpath_test_run() -> Result<Vec<Row>> {
     rows.push(Row {
         case: "established TCP, active node of a pair".into(),
         ns_per_packet: ns,
+        best_ns: 0.0,
         runs: RUNS,
         target_ns: None,
         note: format!(
@@ -294,6 +361,7 @@ fn fastpath_test_run() -> Result<Vec<Row>> {
     // New flows through 1,000 rules. A fresh table so LRU eviction plays no part.
     let mut f = Fixture::with_policy(&big_policy(1000), 1_250_000);
     let denied = tcp(CLIENT, 40001, SERVER, 22, 0x02, 255);
+    warm_up(&f, &denied, BATCH);
     let ns = measure(
         f.dp.fast_path()?,
         &denied,
@@ -305,6 +373,7 @@ fn fastpath_test_run() -> Result<Vec<Row>> {
     rows.push(Row {
         case: "new flow, 1,000 rules, no match (default deny)".into(),
         ns_per_packet: ns,
+        best_ns: 0.0,
         runs: RUNS,
         target_ns: Some(1000.0),
         note: "full classification, no session insert".into(),
@@ -322,6 +391,7 @@ fn fastpath_test_run() -> Result<Vec<Row>> {
     rows.push(Row {
         case: "floor, one run per packet: pass-through XDP program".into(),
         ns_per_packet: sum.as_nanos() as f64 / f64::from(NEW_FLOWS),
+        best_ns: 0.0,
         runs: u64::from(NEW_FLOWS),
         target_ns: None,
         note: "the harness of the next row".into(),
@@ -338,6 +408,7 @@ fn fastpath_test_run() -> Result<Vec<Row>> {
     rows.push(Row {
         case: "new flow, 1,000 rules, allowed by the last rule".into(),
         ns_per_packet: sum.as_nanos() as f64 / f64::from(NEW_FLOWS),
+        best_ns: 0.0,
         runs: u64::from(NEW_FLOWS),
         target_ns: Some(1000.0),
         note: "classification + session insert + ring buffer event, one run per flow".into(),
@@ -355,7 +426,7 @@ fn report(
     forwarding: std::result::Result<forwarding::Comparison, String>,
 ) -> Result<()> {
     let mut md = format!(
-        "# {name} benchmark\n\nkernel {}, {} CPUs\n\n## Per packet, BPF_PROG_TEST_RUN\n\n| case | ns/packet | target | runs | note |\n|---|---:|---:|---:|---|\n",
+        "# {name} benchmark\n\nkernel {}, {} CPUs\n\n## Per packet, BPF_PROG_TEST_RUN\n\nEach case: the median of 25 rounds; three passes of all cases, the median pass shown and the fastest beside it (this VM has slow phases of seconds).\n\n| case | ns/packet | fastest pass | target | runs per pass | note |\n|---|---:|---:|---:|---:|---|\n",
         kernel_release(),
         std::thread::available_parallelism()
             .map(|n| n.get())
@@ -375,8 +446,8 @@ fn report(
         };
         let _ = writeln!(
             md,
-            "| {} | {:.1} | {} | {} | {} |",
-            r.case, r.ns_per_packet, target, r.runs, r.note
+            "| {} | {:.1} | {:.1} | {} | {} | {} |",
+            r.case, r.ns_per_packet, r.best_ns, target, r.runs, r.note
         );
     }
     let _ = write!(
