@@ -311,8 +311,10 @@ impl Drop for Cleanup {
     }
 }
 
-fn lab(dir: &std::path::Path) -> Result<SingleFirewall> {
+/// A lab for one measurement, and the guard that removes its pinned programs.
+fn lab(dir: &std::path::Path) -> Result<(SingleFirewall, Cleanup)> {
     let topo = SingleFirewall::up(&unique_prefix())?;
+    let pins = Cleanup(vec![format!("/sys/fs/bpf/hafw-lab/{}", topo.prefix).into()]);
     for (ns, ifname) in topo.xdp_peer_ends() {
         let pin = format!("/sys/fs/bpf/hafw-lab/{}/{}-{ifname}", topo.prefix, ns.name);
         let mut argv = vec![HAFW, "xdp-pass", "--iface", ifname, "--pin", &pin];
@@ -334,7 +336,7 @@ fn lab(dir: &std::path::Path) -> Result<SingleFirewall> {
         bail!("the firewall did not resolve the server: {neigh:?}");
     }
     std::fs::create_dir_all(dir)?;
-    Ok(topo)
+    Ok((topo, pins))
 }
 
 /// Every path in both placements, and the hafw / nftables ratios.
@@ -368,8 +370,7 @@ fn row(path: String, placement: Placement, b: Burst) -> FwdRow {
 /// The floor: the firewall's port drops every frame it receives (`hafw_sink` on it; the kernel
 /// counts them there).
 fn floor(dir: &std::path::Path, placement: Placement) -> Result<FwdRow> {
-    let topo = lab(dir)?;
-    let _cleanup = Cleanup(vec![format!("/sys/fs/bpf/hafw-lab/{}", topo.prefix).into()]);
+    let (topo, _pins) = lab(dir)?;
     let pin = format!("/sys/fs/bpf/hafw-lab/{}/fw-eth1", topo.prefix);
     topo.fw
         .exec_ok(&[HAFW, "xdp-pass", "--iface", "eth1", "--pin", &pin, "--sink"])?;
@@ -381,8 +382,7 @@ fn floor(dir: &std::path::Path, placement: Placement) -> Result<FwdRow> {
 }
 
 fn kernel_path(dir: &std::path::Path, placement: Placement) -> Result<FwdRow> {
-    let topo = lab(dir)?;
-    let _cleanup = Cleanup(vec![format!("/sys/fs/bpf/hafw-lab/{}", topo.prefix).into()]);
+    let (topo, _pins) = lab(dir)?;
     let rules = dir.join("nft.conf");
     std::fs::write(&rules, NFT_RULESET)?;
     topo.fw
@@ -399,13 +399,12 @@ fn kernel_path(dir: &std::path::Path, placement: Placement) -> Result<FwdRow> {
 
 /// hafw XDP on the same topology and an equivalent policy (the lab's example config).
 fn hafw_path(dir: &std::path::Path, placement: Placement) -> Result<FwdRow> {
-    let topo = lab(dir)?;
+    let (topo, _pins) = lab(dir)?;
     let instance = topo.prefix.clone();
     // Declared before the controller so it drops after it: the controller dies first.
-    let _cleanup = Cleanup(vec![
+    let _hafw_files = Cleanup(vec![
         format!("/sys/fs/bpf/hafw/{instance}").into(),
         hafw::control::socket_path(&instance),
-        format!("/sys/fs/bpf/hafw-lab/{}", topo.prefix).into(),
     ]);
     let config = dir.join("hafw.toml");
     std::fs::write(

@@ -25,6 +25,25 @@ struct Row {
     note: String,
 }
 
+impl Row {
+    fn new(
+        case: impl Into<String>,
+        ns: f64,
+        runs: u64,
+        target_ns: Option<f64>,
+        note: impl Into<String>,
+    ) -> Row {
+        Row {
+            case: case.into(),
+            ns_per_packet: ns,
+            best_ns: ns,
+            runs,
+            target_ns,
+            note: note.into(),
+        }
+    }
+}
+
 /// The `hafw` binary built beside this one.
 fn hafw_binary() -> Result<std::path::PathBuf> {
     Ok(std::env::current_exe()?
@@ -272,36 +291,37 @@ fn fastpath_test_run() -> Result<Vec<Row>> {
         BATCH,
         Verdict::Pass,
     )?;
-    rows.push(Row {
-        case: "floor: pass-through XDP program".into(),
-        ns_per_packet: pass,
-        best_ns: 0.0,
-        runs: RUNS,
-        target_ns: None,
-        note: "same harness, program returns XDP_PASS".into(),
-    });
+    rows.push(Row::new(
+        "floor: pass-through XDP program",
+        pass,
+        RUNS,
+        None,
+        "same harness, program returns XDP_PASS",
+    ));
 
     f.handshake(CLIENT, 40000, SERVER, 80);
     let est = tcp(CLIENT, 40000, SERVER, 80, 0x10, 255);
+    let established = |f: &Fixture| -> Result<f64> {
+        measure(
+            f.dp.fast_path()?,
+            &est,
+            f.trust,
+            RUNS,
+            BATCH,
+            Verdict::Redirect,
+        )
+    };
     warm_up(&f, &est, BATCH);
     // First without the next-hop cache (FIB generation 0: a FIB lookup per packet), then with it
     // on, as the controller runs it.
-    let ns = measure(
-        f.dp.fast_path()?,
-        &est,
-        f.trust,
+    let ns = established(&f)?;
+    rows.push(Row::new(
+        "established TCP, 1 session in table, next-hop cache off",
+        ns,
         RUNS,
-        BATCH,
-        Verdict::Redirect,
-    )?;
-    rows.push(Row {
-        case: "established TCP, 1 session in table, next-hop cache off".into(),
-        ns_per_packet: ns,
-        best_ns: 0.0,
-        runs: RUNS,
-        target_ns: None,
-        note: "bpf_fib_lookup on every packet".into(),
-    });
+        None,
+        "bpf_fib_lookup on every packet",
+    ));
     f.dp.fib_generation().bump()?;
     // `--quick`: one session only, for profiling changes (minutes less: no table to fill).
     let sizes: &[(&str, u32)] = if quick() {
@@ -316,46 +336,30 @@ fn fastpath_test_run() -> Result<Vec<Row>> {
     for &(label, n) in sizes {
         fill_sessions(&mut f, n)?;
         warm_up(&f, &est, BATCH);
-        let ns = measure(
-            f.dp.fast_path()?,
-            &est,
-            f.trust,
+        let ns = established(&f)?;
+        rows.push(Row::new(
+            format!("established TCP, {label} in table"),
+            ns,
             RUNS,
-            BATCH,
-            Verdict::Redirect,
-        )?;
-        rows.push(Row {
-            case: format!("established TCP, {label} in table"),
-            ns_per_packet: ns,
-            best_ns: 0.0,
-            runs: RUNS,
-            target_ns: (n == 1_000_000).then_some(120.0),
-            note: format!("{} sessions present", f.sessions_len()),
-        });
+            (n == 1_000_000).then_some(120.0),
+            format!("sessions present: {}", f.sessions_len()),
+        ));
     }
     // The active node of a pair checks its lease on every packet: on the coarse clock while the
     // lease is far from its end (recommended and aggressive profiles), on the exact clock near
     // it (the fast profile's 10 ms lease always is: see `fastpath::orphaned`).
     f.set_lease(Role::Active, u64::MAX);
-    let ns = measure(
-        f.dp.fast_path()?,
-        &est,
-        f.trust,
+    let ns = established(&f)?;
+    rows.push(Row::new(
+        "established TCP, active node of a pair",
+        ns,
         RUNS,
-        BATCH,
-        Verdict::Redirect,
-    )?;
-    rows.push(Row {
-        case: "established TCP, active node of a pair".into(),
-        ns_per_packet: ns,
-        best_ns: 0.0,
-        runs: RUNS,
-        target_ns: None,
-        note: format!(
-            "{} sessions; lease far from its end, checked on the coarse clock",
+        None,
+        format!(
+            "sessions present: {}; lease far from its end, checked on the coarse clock",
             f.sessions_len()
         ),
-    });
+    ));
     f.set_lease(Role::Standalone, 0);
 
     // New flows through 1,000 rules. A fresh table so LRU eviction plays no part.
@@ -370,14 +374,13 @@ fn fastpath_test_run() -> Result<Vec<Row>> {
         BATCH,
         Verdict::Drop,
     )?;
-    rows.push(Row {
-        case: "new flow, 1,000 rules, no match (default deny)".into(),
-        ns_per_packet: ns,
-        best_ns: 0.0,
-        runs: RUNS,
-        target_ns: Some(1000.0),
-        note: "full classification, no session insert".into(),
-    });
+    rows.push(Row::new(
+        "new flow, 1,000 rules, no match (default deny)",
+        ns,
+        RUNS,
+        Some(1000.0),
+        "full classification, no session insert",
+    ));
     const NEW_FLOWS: u32 = 50_000;
     // A new flow is new once, so each takes a run of its own: the harness's cost per run is then
     // not spread over a batch, and the caches are as cold as a syscall leaves them. The same
@@ -388,14 +391,13 @@ fn fastpath_test_run() -> Result<Vec<Row>> {
     for _ in 0..NEW_FLOWS {
         sum += run_program(pass, &probe, f.trust, 1).1;
     }
-    rows.push(Row {
-        case: "floor, one run per packet: pass-through XDP program".into(),
-        ns_per_packet: sum.as_nanos() as f64 / f64::from(NEW_FLOWS),
-        best_ns: 0.0,
-        runs: u64::from(NEW_FLOWS),
-        target_ns: None,
-        note: "the harness of the next row".into(),
-    });
+    rows.push(Row::new(
+        "floor, one run per packet: pass-through XDP program",
+        sum.as_nanos() as f64 / f64::from(NEW_FLOWS),
+        u64::from(NEW_FLOWS),
+        None,
+        "the harness of the next row",
+    ));
     let mut sum = Duration::ZERO;
     for i in 0..NEW_FLOWS {
         let syn = tcp(CLIENT, 1024 + (i % 60000) as u16, SERVER, 9999, 0x02, 64);
@@ -405,14 +407,13 @@ fn fastpath_test_run() -> Result<Vec<Row>> {
         }
         sum += d;
     }
-    rows.push(Row {
-        case: "new flow, 1,000 rules, allowed by the last rule".into(),
-        ns_per_packet: sum.as_nanos() as f64 / f64::from(NEW_FLOWS),
-        best_ns: 0.0,
-        runs: u64::from(NEW_FLOWS),
-        target_ns: Some(1000.0),
-        note: "classification + session insert + ring buffer event, one run per flow".into(),
-    });
+    rows.push(Row::new(
+        "new flow, 1,000 rules, allowed by the last rule",
+        sum.as_nanos() as f64 / f64::from(NEW_FLOWS),
+        u64::from(NEW_FLOWS),
+        Some(1000.0),
+        "classification + session insert + ring buffer event, one run per flow",
+    ));
     let _ = &mut f;
     Ok(rows)
 }
