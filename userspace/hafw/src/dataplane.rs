@@ -62,6 +62,38 @@ pub const PASS_PROGRAM: &str = "hafw_pass";
 pub const SINK_PROGRAM: &str = "hafw_sink";
 /// Name of the program that transmits every frame (the forwarding benchmark's sender).
 pub const BENCH_TX_PROGRAM: &str = "hafw_bench_tx";
+/// Length of the frame `hafw_bench_tx` sends: a minimum Ethernet frame without its FCS.
+pub const BENCH_FRAME_LEN: usize = 60;
+
+/// The XDP object with `hafw_bench_tx` loaded to send `frame` (the forwarding benchmark's
+/// sender; its `BENCH_FRAME` is set at load). The object's maps are created and unused, the
+/// session table small.
+pub fn load_bench_sender(frame: &[u8]) -> Result<Ebpf> {
+    if frame.len() != BENCH_FRAME_LEN {
+        bail!(
+            "the sender's frame is {} octets, not {BENCH_FRAME_LEN}",
+            frame.len()
+        );
+    }
+    let mut words = [0u64; 8];
+    for (word, chunk) in words.iter_mut().zip(frame.chunks(8)) {
+        let mut octets = [0u8; 8];
+        octets[..chunk.len()].copy_from_slice(chunk);
+        *word = u64::from_ne_bytes(octets);
+    }
+    let mut ebpf = EbpfLoader::new()
+        .map_max_entries("SESSIONS", 1024)
+        .override_global("BENCH_FRAME", &words, true)
+        .load(XDP_OBJECT)
+        .context("loading the XDP object")?;
+    let prog: &mut Xdp = ebpf
+        .program_mut(BENCH_TX_PROGRAM)
+        .ok_or_else(|| anyhow!("program {BENCH_TX_PROGRAM} missing"))?
+        .try_into()?;
+    prog.load()?;
+    Ok(ebpf)
+}
+
 /// Name of the HA2 ingest program in the object.
 pub const HA2_PROGRAM: &str = "hafw_ha2";
 /// Name of the data ports' tc egress program in the object.

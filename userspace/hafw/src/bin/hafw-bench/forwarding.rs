@@ -133,27 +133,17 @@ pub fn xdp_flood(args: &[String]) -> Result<()> {
     set.set(cpu.parse().context("cpu")?)?;
     nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)?;
     let ifindex = nix::net::if_::if_nametoindex(iface.as_str())?;
-    // The sender needs none of the object's maps; keep the session table small.
-    let mut template = [0u8; 64];
-    template[..frame.len()].copy_from_slice(&frame);
-    let words: [u64; 8] =
-        std::array::from_fn(|i| u64::from_ne_bytes(template[i * 8..][..8].try_into().unwrap()));
-    let mut ebpf = aya::EbpfLoader::new()
-        .map_max_entries("SESSIONS", 1024)
-        .override_global("BENCH_FRAME", &words, true)
-        .load(hafw::dataplane::XDP_OBJECT)
-        .context("loading the XDP object")?;
+    let mut ebpf = hafw::dataplane::load_bench_sender(&frame)?;
     let prog: &mut aya::programs::Xdp = ebpf
         .program_mut(hafw::dataplane::BENCH_TX_PROGRAM)
         .context("sender program missing")?
         .try_into()?;
-    prog.load()?;
     // A test run with repeat > 1 puts the program into the kernel's XDP dispatcher and takes it
     // out again, and each change waits for an RCU grace period (~16 ms here, a quarter of a
     // run of 65536 frames at 1 Mpps). Attached to a dummy port for the sender's life, the program stays
     // in the dispatcher and a run costs no change. (A veth: this kernel has no dummy driver.
     // The namespace takes it away with the lab.)
-    // An earlier trial's port, if any, goes first (the attachment went with its process).
+    // An earlier flood's port, if any, goes first (its attachment went with its process).
     let _ = std::process::Command::new("ip")
         .args(["link", "del", GEN_DUMMY])
         .output();

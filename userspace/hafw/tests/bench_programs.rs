@@ -1,0 +1,63 @@
+//! The forwarding benchmark's sender and receiver (`hafw_bench_tx`, `hafw_sink`), which ship in
+//! the XDP object, through BPF_PROG_TEST_RUN.
+//!
+//! Needs root (BPF, netns).
+
+use aya::programs::Xdp;
+use etherparse::PacketBuilder;
+use hafw::{
+    dataplane::{self, BENCH_TX_PROGRAM, SINK_PROGRAM},
+    testkit::{CLIENT, Fixture, SERVER, Verdict, arp_request, run_program, udp},
+};
+
+fn bench_frame() -> Vec<u8> {
+    let mut frame = Vec::new();
+    PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+        .ipv4(CLIENT, SERVER, 64)
+        .udp(40000, 53)
+        .write(&mut frame, &[0x41; 18])
+        .unwrap();
+    frame
+}
+
+/// Live-frame pages come back to the sender with whatever the receiver wrote into them: the
+/// sender writes its whole frame every time.
+#[test]
+fn the_bench_sender_transmits_its_frame_over_whatever_the_page_held() {
+    let f = Fixture::new();
+    let frame = bench_frame();
+    let ebpf = dataplane::load_bench_sender(&frame).unwrap();
+    let prog: &Xdp = ebpf.program(BENCH_TX_PROGRAM).unwrap().try_into().unwrap();
+    let scribbled = vec![0xee; frame.len()];
+    let (out, _) = run_program(prog, &scribbled, f.trust, 1);
+    assert_eq!(out.verdict, Verdict::Tx);
+    assert_eq!(out.data, frame);
+    assert!(
+        dataplane::load_bench_sender(&frame[..59]).is_err(),
+        "a frame of another length is refused"
+    );
+}
+
+#[test]
+fn the_bench_sink_passes_arp_and_drops_the_rest() {
+    let f = Fixture::new();
+    let mut ebpf = aya::Ebpf::load(dataplane::XDP_OBJECT).unwrap();
+    let prog: &mut Xdp = ebpf.program_mut(SINK_PROGRAM).unwrap().try_into().unwrap();
+    prog.load().unwrap();
+    let cases = [
+        ("ARP", arp_request(CLIENT, SERVER), Verdict::Pass),
+        ("UDP", udp(CLIENT, 40000, SERVER, 53, 64), Verdict::Drop),
+        (
+            "a bare Ethernet header (test runs refuse shorter frames)",
+            [[0xff; 12].as_slice(), &[0x88, 0xb5]].concat(),
+            Verdict::Drop,
+        ),
+    ];
+    for (what, frame, verdict) in cases {
+        assert_eq!(
+            run_program(prog, &frame, f.trust, 1).0.verdict,
+            verdict,
+            "{what}"
+        );
+    }
+}
