@@ -120,6 +120,25 @@ impl HaPlan {
     }
 }
 
+/// What woke the HA thread.
+enum Wake {
+    Input(Option<Input>),
+    Lease,
+    Deadline,
+    Carrier,
+}
+
+/// The latest instant a running HA thread that went to sleep at `sleep_from` wakes up: at its
+/// core's deadline or at the next carrier poll (due within `carrier_every`), whichever is first.
+/// A deadline already past when the sleep began fires at once: only the time beyond the sleep's
+/// start counts. Every wake-up is measured against this, not only the deadline's: a thread that
+/// was not running wakes to whatever became ready first, often a queued input, and a pause
+/// measured only on the deadline's branch went unnoticed there, so the timeout that followed
+/// counted it against the peer.
+fn latest_wake(sleep_from: Instant, deadline: Instant, carrier_every: Duration) -> Instant {
+    deadline.min(sleep_from + carrier_every).max(sleep_from)
+}
+
 /// How long the dataplane keeps forwarding as active without a refresh: two thirds of the time
 /// after which the peer declares us dead and takes over (peer-dead time plus promotion hold), so
 /// a controller that stops refreshing stops forwarding before the peer starts.
@@ -470,29 +489,33 @@ impl Shell {
                 .poll_timeout()
                 .map(|t| shell.instant_of(t))
                 .unwrap_or_else(|| sleep_from + Duration::from_secs(1));
-            tokio::select! {
+            let wake = tokio::select! {
                 biased;
-                input = rx.recv() => match input {
-                    Some(Input::Shutdown(done)) => {
-                        shell.hand_over().await;
-                        let _ = done.send(());
-                        return Ok(());
-                    }
-                    Some(input) => shell.on_input(input),
-                    None => return Ok(()),
-                },
-                _ = lease_tick.tick(), if shell.active => shell.refresh_lease(),
-                _ = tokio::time::sleep_until(deadline.into()) => {
-                    // A deadline already past when the sleep began fires at once: only the
-                    // time beyond both counts as lateness.
-                    shell.account_for_pause(deadline.max(sleep_from));
+                input = rx.recv() => Wake::Input(input),
+                _ = lease_tick.tick(), if shell.active => Wake::Lease,
+                _ = tokio::time::sleep_until(deadline.into()) => Wake::Deadline,
+                _ = carrier_tick.tick() => Wake::Carrier,
+            };
+            // Whatever woke the thread, it should have been awake by the deadline or the next
+            // carrier poll; before anything reads the core's clock, time beyond that is a pause.
+            shell.account_for_pause(latest_wake(sleep_from, deadline, carrier_every));
+            match wake {
+                Wake::Input(Some(Input::Shutdown(done))) => {
+                    shell.hand_over().await;
+                    let _ = done.send(());
+                    return Ok(());
+                }
+                Wake::Input(Some(input)) => shell.on_input(input),
+                Wake::Input(None) => return Ok(()),
+                Wake::Lease => shell.refresh_lease(),
+                Wake::Deadline => {
                     // After a pause the peer's heartbeats may be waiting in the sockets: read
                     // them before any timer can declare the peer dead.
                     shell.drain_pending(&mut rx);
                     let now = shell.now();
                     shell.core.handle_timeout(now);
                 }
-                _ = carrier_tick.tick() => shell.poll_carrier(),
+                Wake::Carrier => shell.poll_carrier(),
             }
         }
     }
@@ -529,11 +552,12 @@ impl Shell {
         self.start + self.paused + Duration::from_nanos(t.as_nanos())
     }
 
-    /// Pause detection, as corosync does it: when this thread wakes up well after the deadline it
-    /// asked for, it was not running (host preemption of the virtual CPU, a stalled kernel), and
-    /// neither the peer's heartbeats nor its own could be processed meanwhile. That time is taken
-    /// out of the core's clock, so a pause of this node is never mistaken for the death of the
-    /// peer. A real peer failure during the pause is detected that much later.
+    /// Pause detection, as corosync does it: when this thread wakes up well after the latest time
+    /// it should have (see [`latest_wake`]), it was not running (host preemption of the virtual
+    /// CPU, a kernel that does not preempt), and neither the peer's heartbeats nor its own could
+    /// be processed meanwhile. That time is taken out of the core's clock, so a pause of this node
+    /// is never mistaken for the death of the peer. A real peer failure during the pause is
+    /// detected that much later.
     fn account_for_pause(&mut self, deadline: Instant) {
         let late = Instant::now().saturating_duration_since(deadline);
         if late > self.pause_threshold {
@@ -1262,5 +1286,27 @@ async fn accept_peer(
             debug!("{via}: accept: {e}");
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    #[test]
+    fn a_wake_is_late_after_the_deadline_or_the_next_carrier_poll_whichever_is_first() {
+        let t0 = Instant::now();
+        let carrier = 3 * MS;
+        // The deadline comes first.
+        assert_eq!(latest_wake(t0, t0 + MS, carrier), t0 + MS);
+        // The carrier poll comes first: a thread woken by a queued input 89 ms after it slept,
+        // with its deadline 30 ms out, was not running for 86 ms of that.
+        let woke = t0 + 89 * MS;
+        let latest = latest_wake(t0, t0 + 30 * MS, carrier);
+        assert_eq!(woke - latest, 86 * MS);
+        // A deadline already past fires at once: only time after the sleep began counts.
+        assert_eq!(latest_wake(t0 + 10 * MS, t0, carrier), t0 + 10 * MS);
     }
 }
