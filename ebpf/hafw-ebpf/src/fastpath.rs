@@ -4,7 +4,7 @@
 
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 use hafw_common::{
-    config::{DataplaneConfig, Role},
+    config::{DataplaneConfig, LEASE_COARSE_SLACK_NS, Role},
     counters::Counters,
     ha,
     policy::ACTION_ALLOW,
@@ -65,21 +65,17 @@ pub fn run(ctx: &XdpContext) -> u32 {
 
 /// An active node whose lease lapsed. `now_tick`: the session clock ([`Clock::Tick`]).
 ///
-/// Exact, yet the exact clock is read only near the lease's end: the coarse clock lags the
-/// exact one by at most `coarse_clock_slack_ns`, so a lease that ends later than that on the
-/// coarse clock has certainly not ended. (The exact read costs 40 to 100 ns in this VM. Leases
-/// of the recommended and aggressive profiles are refreshed seconds before their end and never
-/// need it; the fast profile's 10 ms lease is always within the slack, and reads it.)
+/// Exact, yet the exact clock is read only near the lease's end: a lease that ends more than
+/// [`LEASE_COARSE_SLACK_NS`] after the coarse clock's reading has certainly not ended. (The exact
+/// read costs 40 to 100 ns in this VM. Leases of the recommended and aggressive profiles are
+/// refreshed seconds before their end and never need it; the fast profile's 10 ms lease always
+/// does.)
 #[inline(always)]
 pub fn orphaned(cfg: &DataplaneConfig, now_tick: u64) -> bool {
     if Role::from_u32(cfg.role) != Role::Active || cfg.active_lease_expires_ns == 0 {
         return false;
     }
-    let slack = match cfg.coarse_clock_slack_ns {
-        0 => u64::MAX,
-        s => s,
-    };
-    if now_tick.saturating_add(slack) < cfg.active_lease_expires_ns {
+    if now_tick.saturating_add(LEASE_COARSE_SLACK_NS) < cfg.active_lease_expires_ns {
         return false;
     }
     now_ns(cfg, Clock::Exact) >= cfg.active_lease_expires_ns

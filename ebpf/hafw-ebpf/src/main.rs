@@ -50,10 +50,10 @@ pub fn hafw_pass(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
 }
 
-/// The frame `hafw_bench_tx` sends (60 bytes, in 8-byte words), set by the benchmark when it
-/// loads the object; zero otherwise.
+/// The frame `hafw_bench_tx` sends (60 bytes, as 4-byte words in memory order), set by the
+/// benchmark when it loads the object; zero otherwise.
 #[unsafe(no_mangle)]
-static BENCH_FRAME: [u64; 8] = [0; 8];
+static BENCH_FRAME: [u32; 15] = [0; 15];
 
 /// The forwarding benchmark's sender. Run through BPF_PROG_TEST_RUN in live-frames mode, where
 /// XDP_TX transmits the frame out of the context's ingress interface (into the firewall's ring,
@@ -62,19 +62,17 @@ static BENCH_FRAME: [u64; 8] = [0; 8];
 /// firewall rewrites MACs and TTL in place), and the kernel fills a page only when it is new.
 #[xdp]
 pub fn hafw_bench_tx(ctx: XdpContext) -> u32 {
-    const WORDS: usize = 7;
     let start = ctx.data();
-    if start + WORDS * 8 + 4 > ctx.data_end() {
+    if start + size_of::<[u32; 15]>() > ctx.data_end() {
         return xdp_action::XDP_ABORTED;
     }
     // SAFETY: a read of a static the loader may have overwritten (volatile: the compiler must
     // not fold the zero initialiser), and writes inside the 60 bytes checked above.
     unsafe {
         let frame = core::ptr::read_volatile(&raw const BENCH_FRAME);
-        for (i, word) in frame.iter().enumerate().take(WORDS) {
-            ((start + i * 8) as *mut u64).write_unaligned(*word);
+        for (i, word) in frame.iter().enumerate() {
+            ((start + i * 4) as *mut u32).write_unaligned(*word);
         }
-        ((start + WORDS * 8) as *mut u32).write_unaligned(frame[WORDS] as u32);
     }
     xdp_action::XDP_TX
 }

@@ -167,7 +167,7 @@ fn up(hafw: &str) -> Result<()> {
     );
     println!("           hafw --instance fw1 show high-availability all   (or fw2; --json)");
     println!("           hafw --instance fw2 show session all");
-    println!("           bpftool map dump pinned /sys/fs/bpf/hafw/fw1/v4/counters");
+    println!("           bpftool map dump pinned /sys/fs/bpf/hafw/fw1/v3/counters");
     println!("           cargo xtask lab down");
     Ok(())
 }

@@ -63,7 +63,9 @@ impl Timeouts {
     }
 }
 
-/// Whether a session is idle past its timeout at `now_ns` (same clock as `last_seen_ns`).
+/// Whether a session is idle past its timeout at `now_ns` (CLOCK_MONOTONIC; the fast path stamps
+/// `last_seen_ns` on the coarse variant of it, up to a few ms behind, which ages a session that
+/// much early).
 pub fn expired(timeouts: &Timeouts, key: &SessionKey, value: &SessionValue, now_ns: u64) -> bool {
     let idle = now_ns.saturating_sub(value.last_seen_ns);
     u128::from(idle) >= timeouts.for_session(key, value).as_nanos()
@@ -100,7 +102,8 @@ pub fn refresh_due(
     turn > 0 && turn.is_multiple_of(walks_per_period)
 }
 
-/// `CLOCK_MONOTONIC` in ns: the clock `bpf_ktime_get_ns` reads.
+/// `CLOCK_MONOTONIC` in ns: the timeline of the program's clocks (`bpf_ktime_get_ns` reads it,
+/// `bpf_ktime_get_coarse_ns` its coarse variant).
 pub fn monotonic_now_ns() -> u64 {
     let ts = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
         .expect("CLOCK_MONOTONIC is always available on Linux");

@@ -39,21 +39,6 @@ use log::{info, warn};
 /// The XDP object built by `build.rs` from `ebpf/hafw-ebpf`.
 pub static XDP_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/hafw"));
 
-/// How far CLOCK_MONOTONIC_COARSE may lag CLOCK_MONOTONIC: two ticks (its resolution) and a
-/// quarter. The timekeeper is updated once a tick and then only by whole ticks' worth of time, so
-/// the coarse clock is between one and two ticks behind (measured here at HZ=250: 3.3 to 7.4 ms).
-/// 0 if the kernel does not say, which makes the program check the lease on the exact clock on
-/// every packet. See `DataplaneConfig::coarse_clock_slack_ns`.
-pub fn coarse_clock_slack_ns() -> u64 {
-    match nix::time::clock_getres(nix::time::ClockId::CLOCK_MONOTONIC_COARSE) {
-        Ok(ts) => {
-            let tick = ts.tv_sec() as u64 * 1_000_000_000 + ts.tv_nsec() as u64;
-            2 * tick + tick / 4
-        }
-        Err(_) => 0,
-    }
-}
-
 /// Name of the data-port program in the object.
 pub const FAST_PATH_PROGRAM: &str = "hafw_fw";
 /// Name of the pass-through program in the object.
@@ -75,11 +60,9 @@ pub fn load_bench_sender(frame: &[u8]) -> Result<Ebpf> {
             frame.len()
         );
     }
-    let mut words = [0u64; 8];
-    for (word, chunk) in words.iter_mut().zip(frame.chunks(8)) {
-        let mut octets = [0u8; 8];
-        octets[..chunk.len()].copy_from_slice(chunk);
-        *word = u64::from_ne_bytes(octets);
+    let mut words = [0u32; BENCH_FRAME_LEN / 4];
+    for (word, chunk) in words.iter_mut().zip(frame.chunks_exact(4)) {
+        *word = u32::from_ne_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
     }
     let mut ebpf = EbpfLoader::new()
         .map_max_entries("SESSIONS", 1024)
@@ -475,7 +458,7 @@ impl Dataplane {
         Ok(mode)
     }
 
-    /// Test support: attaches each XDP program of the object to one of `idle_ports` (ports that
+    /// Test support: attaches the fast path, pass and HA2 programs to `idle_ports` (ports that
     /// stay down, so nothing ever arrives) to keep it in the kernel's XDP dispatcher. A
     /// BPF_PROG_TEST_RUN with repeat > 1 adds a program that is not there and removes it after,
     /// and each change waits for an RCU grace period (~16 ms on this kernel); with the programs
@@ -509,14 +492,11 @@ impl Dataplane {
         self.config.clone()
     }
 
-    /// Replaces the global config, keeping the live policy slot (only commits change that) and
-    /// filling in this host's clock slack.
+    /// Replaces the global config, keeping the live policy slot (only commits change that).
     pub fn set_config(&mut self, cfg: DataplaneConfig) -> Result<()> {
-        let slack = coarse_clock_slack_ns();
         self.config.update(|c| {
             *c = DataplaneConfig {
                 policy_slot: c.policy_slot,
-                coarse_clock_slack_ns: slack,
                 ..cfg
             }
         })
