@@ -73,6 +73,15 @@ impl Netns {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
+    /// The MAC address of `ifname` in this namespace, as `ip` prints it (`aa:bb:cc:dd:ee:ff`).
+    pub fn mac(&self, ifname: &str) -> Result<String> {
+        let out = self.exec_ok(&["ip", "-br", "link", "show", ifname])?;
+        out.split_whitespace()
+            .nth(2)
+            .map(str::to_owned)
+            .with_context(|| format!("no MAC for {ifname} in {}", self.name))
+    }
+
     /// Starts a long-running process inside the namespace, output to `log`.
     pub fn spawn(&self, argv: &[&str], log: &Path) -> Result<LabProcess> {
         let out = File::create(log).with_context(|| format!("creating {}", log.display()))?;

@@ -17,10 +17,9 @@ pub fn this_cpu() -> Option<&'static mut Counters> {
 pub enum Clock {
     /// Session times (creation, last seen): `bpf_ktime_get_coarse_ns`, CLOCK_MONOTONIC_COARSE.
     /// The same timeline as CLOCK_MONOTONIC, up to two ticks (8 ms at HZ=250) behind it while the
-    /// timekeeper runs on time, and
-    /// read without touching the clock source: `bpf_ktime_get_ns` costs 40 to 100 ns here (a
-    /// TSC read in a VM), as much as a third of an established packet. Session timeouts are
-    /// seconds.
+    /// timekeeper runs on time, and read without touching the clock source: `bpf_ktime_get_ns`
+    /// costs 40 to 100 ns here (a TSC read in a VM), as much as a third of an established
+    /// packet. Session timeouts are seconds.
     Tick,
     /// The active node's lease and the bulk-sync stamps: `bpf_ktime_get_ns`, CLOCK_MONOTONIC.
     /// The lease runs out a third of the failure-detection time before the peer takes over (5 ms

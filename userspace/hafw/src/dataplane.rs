@@ -50,9 +50,29 @@ pub const BENCH_TX_PROGRAM: &str = "hafw_bench_tx";
 /// Length of the frame `hafw_bench_tx` sends: a minimum Ethernet frame without its FCS.
 pub const BENCH_FRAME_LEN: usize = 60;
 
-/// The XDP object with `hafw_bench_tx` loaded to send `frame` (the forwarding benchmark's
-/// sender; its `BENCH_FRAME` is set at load). The object's maps are created and unused, the
-/// session table small.
+/// The XDP object with one program loaded on its own: the lab's and the benchmark's helpers
+/// (pass-through, sink). The object's maps are created and unused, so the session table is kept
+/// small.
+pub fn load_alone(program: &str) -> Result<Ebpf> {
+    load_alone_with(program, &mut EbpfLoader::new())
+}
+
+fn load_alone_with(program: &str, loader: &mut EbpfLoader) -> Result<Ebpf> {
+    let mut ebpf = loader
+        .map_max_entries("SESSIONS", 1024)
+        .load(XDP_OBJECT)
+        .context("loading the XDP object")?;
+    let prog: &mut Xdp = ebpf
+        .program_mut(program)
+        .ok_or_else(|| anyhow!("program {program} missing from the XDP object"))?
+        .try_into()?;
+    prog.load()
+        .with_context(|| format!("loading program {program} (verifier)"))?;
+    Ok(ebpf)
+}
+
+/// [`load_alone`] for `hafw_bench_tx`, set at load to send `frame` (its `BENCH_FRAME`): the
+/// forwarding benchmark's sender.
 pub fn load_bench_sender(frame: &[u8]) -> Result<Ebpf> {
     if frame.len() != BENCH_FRAME_LEN {
         bail!(
@@ -64,17 +84,10 @@ pub fn load_bench_sender(frame: &[u8]) -> Result<Ebpf> {
     for (word, chunk) in words.iter_mut().zip(frame.chunks_exact(4)) {
         *word = u32::from_ne_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
     }
-    let mut ebpf = EbpfLoader::new()
-        .map_max_entries("SESSIONS", 1024)
-        .override_global("BENCH_FRAME", &words, true)
-        .load(XDP_OBJECT)
-        .context("loading the XDP object")?;
-    let prog: &mut Xdp = ebpf
-        .program_mut(BENCH_TX_PROGRAM)
-        .ok_or_else(|| anyhow!("program {BENCH_TX_PROGRAM} missing"))?
-        .try_into()?;
-    prog.load()?;
-    Ok(ebpf)
+    load_alone_with(
+        BENCH_TX_PROGRAM,
+        EbpfLoader::new().override_global("BENCH_FRAME", &words, true),
+    )
 }
 
 /// Name of the HA2 ingest program in the object.

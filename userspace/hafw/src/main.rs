@@ -6,7 +6,7 @@ use anyhow::{Context as _, Result};
 use clap::{Args, Parser, Subcommand};
 use hafw::{
     control::{Request, request},
-    dataplane::{PASS_PROGRAM, SINK_PROGRAM, XDP_OBJECT},
+    dataplane::{self, PASS_PROGRAM, SINK_PROGRAM},
     view,
 };
 
@@ -242,12 +242,11 @@ fn main() -> Result<()> {
 }
 
 fn xdp_pass(iface: &str, pin: &std::path::Path, program: &str) -> Result<()> {
-    let mut ebpf = aya::Ebpf::load(XDP_OBJECT).context("loading the XDP object")?;
+    let mut ebpf = dataplane::load_alone(program)?;
     let prog: &mut aya::programs::Xdp = ebpf
         .program_mut(program)
         .with_context(|| format!("program {program} missing"))?
         .try_into()?;
-    prog.load()?;
     let link_id = prog
         .attach(iface, aya::programs::XdpMode::Driver)
         .or_else(|_| prog.attach(iface, aya::programs::XdpMode::Skb))

@@ -41,9 +41,8 @@ fn the_bench_sender_transmits_its_frame_over_whatever_the_page_held() {
 #[test]
 fn the_bench_sink_passes_arp_and_drops_the_rest() {
     let f = Fixture::new();
-    let mut ebpf = aya::Ebpf::load(dataplane::XDP_OBJECT).unwrap();
-    let prog: &mut Xdp = ebpf.program_mut(SINK_PROGRAM).unwrap().try_into().unwrap();
-    prog.load().unwrap();
+    let ebpf = dataplane::load_alone(SINK_PROGRAM).unwrap();
+    let prog: &Xdp = ebpf.program(SINK_PROGRAM).unwrap().try_into().unwrap();
     let cases = [
         ("ARP", arp_request(CLIENT, SERVER), Verdict::Pass),
         ("UDP", udp(CLIENT, 40000, SERVER, 53, 64), Verdict::Drop),

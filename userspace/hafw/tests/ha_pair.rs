@@ -1007,11 +1007,10 @@ fn sessions_converge_under_ha2_loss_and_survive_a_failover() {
 fn the_active_nodes_neighbours_are_installed_on_the_passive_and_keepalives_flow_back() {
     let pair = Pair::start(&unchanged);
     assert!(pair.connects_within(Duration::from_secs(5)));
-    let mac_of = |ns: &hafw_lab::Netns| {
-        let link = ns.exec_ok(&["ip", "-br", "link", "show", "eth0"]).unwrap();
-        link.split_whitespace().nth(2).unwrap().to_owned()
-    };
-    let (client_mac, server_mac) = (mac_of(&pair.run.topo.client), mac_of(&pair.run.topo.server));
+    let (client_mac, server_mac) = (
+        pair.run.topo.client.mac("eth0").unwrap(),
+        pair.run.topo.server.mac("eth0").unwrap(),
+    );
     let mut neighbours = String::new();
     let installed = wait_until(Duration::from_secs(5), Duration::from_millis(100), || {
         neighbours = pair.run.topo.fw[1]

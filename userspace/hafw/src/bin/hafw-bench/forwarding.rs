@@ -78,14 +78,6 @@ const NFT_RULESET: &str = r#"table inet hafwbench {
 }
 "#;
 
-fn mac_of(ns: &Netns, ifname: &str) -> Result<String> {
-    let out = ns.exec_ok(&["ip", "-br", "link", "show", ifname])?;
-    out.split_whitespace()
-        .nth(2)
-        .map(str::to_owned)
-        .context("no MAC in ip -br link")
-}
-
 /// A receive counter of a port (`packets`, `dropped`).
 fn rx_stat(ns: &Netns, ifname: &str, counter: &str) -> Result<u64> {
     let out = ns.exec_ok(&["ip", "-j", "-s", "link", "show", ifname])?;
@@ -131,9 +123,7 @@ pub fn xdp_flood(args: &[String]) -> Result<()> {
     };
     let frame = udp_frame(parse_mac(dst)?, parse_mac(src)?);
     let seconds: f64 = seconds.parse().context("seconds")?;
-    let mut set = nix::sched::CpuSet::new();
-    set.set(cpu.parse().context("cpu")?)?;
-    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)?;
+    pin_to_cpu(0, cpu.parse().context("cpu")?)?;
     let ifindex = nix::net::if_::if_nametoindex(iface.as_str())?;
     let mut ebpf = hafw::dataplane::load_bench_sender(&frame)?;
     let prog: &mut aya::programs::Xdp = ebpf
@@ -193,6 +183,14 @@ pub fn xdp_flood(args: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// Lets thread `pid` (0: the caller) run on `cpu` only.
+fn pin_to_cpu(pid: i32, cpu: usize) -> Result<()> {
+    let mut set = nix::sched::CpuSet::new();
+    set.set(cpu)?;
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(pid), &set)?;
+    Ok(())
+}
+
 /// Writes a sysfs file of the namespace's devices (`ip netns exec` mounts the namespace's /sys).
 fn write_sysfs(ns: &Netns, path: &str, value: &str) -> Result<()> {
     let out = std::process::Command::new("ip")
@@ -235,11 +233,8 @@ fn place_on_own_core(fw: &Netns) -> Result<()> {
     if ours.is_empty() {
         bail!("no NAPI thread appeared for the firewall's eth1");
     }
-    let mut set = nix::sched::CpuSet::new();
-    set.set(FIREWALL_CPU)?;
     for pid in ours {
-        nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(pid), &set)
-            .with_context(|| format!("pinning NAPI thread {pid}"))?;
+        pin_to_cpu(pid, FIREWALL_CPU).with_context(|| format!("pinning NAPI thread {pid}"))?;
     }
     Ok(())
 }
@@ -276,8 +271,8 @@ fn burst(topo: &SingleFirewall, (rx_ns, rx_port): (&Netns, &str)) -> Result<Burs
         exe.to_str().unwrap_or_default(),
         "xdp-flood",
         "eth0",
-        &mac_of(&topo.fw, "eth1")?,
-        &mac_of(&topo.client, "eth0")?,
+        &topo.fw.mac("eth1")?,
+        &topo.client.mac("eth0")?,
         &FLOOD_SECONDS.to_string(),
         &SENDER_CPU.to_string(),
     ])?;
