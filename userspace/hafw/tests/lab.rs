@@ -454,9 +454,13 @@ fn idle_sessions_age_out_and_the_table_fill_is_shown() {
     let client = in_netns(&lab.topo.client.name, || UdpSocket::bind("198.18.1.2:0"))
         .unwrap()
         .unwrap();
-    client.send_to(b"q", "198.18.2.2:53").unwrap();
+    // Busy until the once-a-second sweep has counted it: with a 1 s timeout, a session left idle
+    // from the start can age out in the very sweep that would first have counted it (the sweep
+    // reads it up to a second after its last packet, and the fast path stamps on the coarse
+    // clock, a few ms behind).
     assert!(
         wait_until(Duration::from_secs(3), Duration::from_millis(50), || {
+            client.send_to(b"q", "198.18.2.2:53").unwrap();
             lab.counter("session_created") >= 1 && lab.counter("session_table_entries") >= 1
         }),
         "{}",
