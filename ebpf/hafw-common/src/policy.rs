@@ -55,10 +55,19 @@ pub const RULE_ID_INTERZONE_DEFAULT: u32 = 0xffff_ffff;
 pub const ACTION_DENY: u8 = 0;
 pub const ACTION_ALLOW: u8 = 1;
 
-/// One bit per rule, bit `i % 64` of word `i / 64` for rule index `i` (256 bytes).
+/// One bit per rule, bit `i % 64` of word `i / 64` for rule index `i`, and a summary of the words
+/// (264 bytes).
+///
+/// The summary makes these aggregated bit vectors (Baboescu and Varghese, "Scalable Packet
+/// Classification", SIGCOMM 2001): bit `w` is set when word `w` has a rule, so the program ANDs the
+/// four fields' summaries first and reads only the words where every field has a rule. A
+/// selective field (a service, an address) leaves one word or two, however many rules there are.
+/// Written only through [`RuleBitmap::set`], which keeps the two in step.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RuleBitmap {
+    /// Bit `w` set iff `words[w] != 0`.
+    pub summary: u64,
     pub words: [u64; RULE_WORDS],
 }
 impl_pod!(RuleBitmap);
@@ -66,6 +75,7 @@ impl_pod!(RuleBitmap);
 impl Default for RuleBitmap {
     fn default() -> Self {
         RuleBitmap {
+            summary: 0,
             words: [0; RULE_WORDS],
         }
     }
@@ -74,12 +84,37 @@ impl Default for RuleBitmap {
 impl RuleBitmap {
     pub fn set(&mut self, rule_index: usize) {
         self.words[rule_index / 64] |= 1u64 << (rule_index % 64);
+        self.summary |= 1u64 << (rule_index / 64);
     }
 
     pub fn contains(&self, rule_index: usize) -> bool {
         self.words[rule_index / 64] & (1u64 << (rule_index % 64)) != 0
     }
 }
+
+/// Index of the lowest set bit of a non-zero word, without a branch: the isolated lowest bit times
+/// a de Bruijn sequence leaves a pattern in the top six bits that is unique to its position, and a
+/// table maps the pattern back. BPF has no count-trailing-zeros instruction, and the verifier
+/// walks every branch of a loop body once per iteration: a loop that looks for the lowest bit by
+/// halving would multiply its paths by 64 per iteration.
+#[inline(always)]
+pub fn lowest_bit(w: u64) -> u32 {
+    DE_BRUIJN_POSITIONS[((w & w.wrapping_neg()).wrapping_mul(DE_BRUIJN) >> 58) as usize] as u32
+}
+
+/// A de Bruijn sequence B(2, 6): each of its 64 six-bit windows is distinct.
+const DE_BRUIJN: u64 = 0x03f7_9d71_b4cb_0a89;
+
+/// Bit position by the top six bits of `(1 << position) * DE_BRUIJN`.
+static DE_BRUIJN_POSITIONS: [u8; 64] = {
+    let mut table = [0u8; 64];
+    let mut position = 0;
+    while position < 64 {
+        table[((1u64 << position).wrapping_mul(DE_BRUIJN) >> 58) as usize] = position as u8;
+        position += 1;
+    }
+    table
+};
 
 /// Bits of [`PolicyAddrKey`] in front of the address; an LPM entry for an address prefix of
 /// length `p` has `prefix_len = POLICY_ADDR_HEADER_BITS + p`.
@@ -115,7 +150,7 @@ impl_pod!(RuleAction);
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PolicyInfo {
-    /// Words of the bitmaps in use: `ceil(rule_count / 64)`. The program ANDs only these.
+    /// Words of the bitmaps in use: `ceil(rule_count / 64)`.
     pub rule_words: u32,
     pub rule_count: u32,
 }
@@ -156,4 +191,36 @@ pub const fn service_bitmap_index(slot: u32, class: u32) -> u32 {
 #[inline(always)]
 pub const fn rule_index(slot: u32, rule: u32) -> u32 {
     slot * MAX_RULES + rule
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_summary_marks_exactly_the_words_with_rules() {
+        let mut b = RuleBitmap::default();
+        for rule in [0, 63, 999, 1000, 2047] {
+            b.set(rule);
+        }
+        for (w, word) in b.words.iter().enumerate() {
+            assert_eq!(b.summary & (1 << w) != 0, *word != 0, "word {w}");
+        }
+        assert_eq!(b.summary, 1 | 1 << 15 | 1 << 31);
+    }
+
+    #[test]
+    fn lowest_bit_is_trailing_zeros() {
+        for position in 0..64 {
+            let bit = 1u64 << position;
+            for w in [
+                bit,
+                bit | 1u64 << 63,
+                bit.wrapping_neg(),
+                bit | 0x5555_0000_0000_0000,
+            ] {
+                assert_eq!(lowest_bit(w), w.trailing_zeros(), "{w:#x}");
+            }
+        }
+    }
 }

@@ -7,7 +7,8 @@
 //!   lapsed (see [`egress`]).
 //! - `hafw_pass`: passes everything; attached to the far end of a veth that `hafw_fw` redirects
 //!   into, because XDP_REDIRECT into a veth delivers nothing unless its peer runs XDP.
-//! - `hafw_bench_tx` and `hafw_sink`: the forwarding benchmark's sender and receiver.
+//! - `hafw_bench_tx` and `hafw_sink`: the forwarding benchmark's sender and receiver;
+//!   `hafw_bench_new_flows`: the fast path on a new flow at every run, for the new-flow benchmark.
 //!
 //! One file per concern, as Cilium's bpf/lib and Katran's balancer split theirs: [`parse`],
 //! [`session`], [`policy`], [`forward`], [`counters`] (and the clock), [`maps`].
@@ -75,6 +76,35 @@ pub fn hafw_bench_tx(ctx: XdpContext) -> u32 {
         }
     }
     xdp_action::XDP_TX
+}
+
+/// How many runs `hafw_bench_new_flows` has made: zero at load.
+static mut BENCH_RUNS: u32 = 0;
+
+/// The fast path with every run a new flow: BPF_PROG_TEST_RUN with repeat replays one frame, new
+/// only on its first run, so the benchmark of new flows runs this instead. It writes the run's
+/// number into the frame's source, then runs the fast path unchanged: the low 16 bits as the TCP
+/// or UDP source port, the next 7 as the last octet of the IPv4 source, in the upper half of its
+/// /24 (an untagged IPv4 frame without options; 8M flows before they repeat). Written, not added:
+/// the frame stays as the previous run left it until the next BPF_PROG_TEST_RUN call copies it in
+/// afresh. The checksums are left as they are: the fast path never checks them.
+#[xdp]
+pub fn hafw_bench_new_flows(ctx: XdpContext) -> u32 {
+    const SRC_LAST_OCTET: usize = 14 + 15;
+    const SRC_PORT: usize = 14 + 20;
+    let start = ctx.data();
+    if start + SRC_PORT + 2 > ctx.data_end() {
+        return xdp_action::XDP_ABORTED;
+    }
+    // SAFETY: the counter is this program's own global (volatile: one load and one store per
+    // run); the frame writes lie inside the octets checked above.
+    unsafe {
+        let run = core::ptr::read_volatile(&raw const BENCH_RUNS);
+        core::ptr::write_volatile(&raw mut BENCH_RUNS, run.wrapping_add(1));
+        *((start + SRC_LAST_OCTET) as *mut u8) = 0x80 | (run >> 16) as u8;
+        *((start + SRC_PORT) as *mut [u8; 2]) = (run as u16).to_be_bytes();
+    }
+    fastpath::run(&ctx)
 }
 
 /// Drops every frame but ARP: the forwarding benchmark's receiver. The veth still counts each

@@ -1,22 +1,21 @@
 //! Security policy for new flows: bit-vector classification (see `hafw_common::policy`).
 //!
 //! Five lookups (zone pair, source LPM, destination LPM, port class, service bitmap), then an AND
-//! over the bitmap words in use and the lowest set bit: the cost grows with rules / 64, not rules.
+//! of the four bitmaps, only over the words their summaries have in common, and the lowest set
+//! bit: the cost grows with the words where every field has a rule, at most rules / 64.
 
 use aya_ebpf::maps::lpm_trie::Key;
 use hafw_common::{
     policy::{
         IfaceInfo, IfaceKey, MAX_SERVICE_CLASSES, MAX_ZONES, POLICY_ADDR_HEADER_BITS,
         PROTO_CLASS_ICMP, PROTO_CLASS_OTHER, PROTO_CLASS_TCP, PROTO_CLASS_UDP, PolicyAddrKey,
-        RULE_WORDS, RuleAction, port_class_index, rule_index, service_bitmap_index,
+        RULE_WORDS, RuleAction, lowest_bit, port_class_index, rule_index, service_bitmap_index,
         zone_pair_index,
     },
     session::{FAMILY_IPV4, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP},
 };
 
-use crate::maps::{
-    DST_ADDRS, IFACES, POLICY_INFO, PORT_CLASSES, RULES, SERVICE_BITMAPS, SRC_ADDRS, ZONE_PAIRS,
-};
+use crate::maps::{DST_ADDRS, IFACES, PORT_CLASSES, RULES, SERVICE_BITMAPS, SRC_ADDRS, ZONE_PAIRS};
 
 /// What the policy needs to know about a new flow.
 pub struct Flow<'a> {
@@ -44,7 +43,6 @@ pub fn classify(
     flow: &Flow,
 ) -> Option<&'static RuleAction> {
     let slot = slot & 1;
-    let words = POLICY_INFO.get(slot)?.rule_words as usize;
     let zones = ZONE_PAIRS.get(zone_pair_index(
         slot,
         from_zone % MAX_ZONES,
@@ -65,17 +63,21 @@ pub fn classify(
     };
     let class = *PORT_CLASSES.get(port_class_index(slot, proto_class, port))?;
     let services = SERVICE_BITMAPS.get(service_bitmap_index(slot, class % MAX_SERVICE_CLASSES))?;
-    // Bounded by RULE_WORDS (32) and cut short at the words in use: the verifier sees a constant
-    // trip count, the CPU does rules / 64 iterations.
-    for i in 0..RULE_WORDS {
-        if i >= words {
+    // The words where all four fields have rules, lowest first. Bounded by RULE_WORDS (32): the
+    // verifier sees a constant trip count, the CPU visits the candidate words only.
+    let mut candidates = zones.summary & src.summary & dst.summary & services.summary;
+    for _ in 0..RULE_WORDS {
+        if candidates == 0 {
             break;
         }
+        // Masked so the verifier sees the index in bounds (RULE_WORDS is a power of two).
+        let i = lowest_bit(candidates) as usize & (RULE_WORDS - 1);
         let w = zones.words[i] & src.words[i] & dst.words[i] & services.words[i];
         if w != 0 {
             let rule = (i as u32) * 64 + lowest_bit(w);
             return RULES.get(rule_index(slot, rule));
         }
+        candidates &= candidates - 1;
     }
     None
 }
@@ -113,36 +115,4 @@ fn addr_lookup(
     } else {
         DST_ADDRS.get(&key)
     }
-}
-
-/// Index of the lowest set bit of a non-zero word. BPF has no count-trailing-zeros instruction;
-/// six branch-free halvings keep this constant time without a lookup table.
-#[inline(always)]
-fn lowest_bit(w: u64) -> u32 {
-    let mut x = w & w.wrapping_neg();
-    let mut n = 0u32;
-    if x & 0xffff_ffff == 0 {
-        n += 32;
-        x >>= 32;
-    }
-    if x & 0xffff == 0 {
-        n += 16;
-        x >>= 16;
-    }
-    if x & 0xff == 0 {
-        n += 8;
-        x >>= 8;
-    }
-    if x & 0xf == 0 {
-        n += 4;
-        x >>= 4;
-    }
-    if x & 0x3 == 0 {
-        n += 2;
-        x >>= 2;
-    }
-    if x & 0x1 == 0 {
-        n += 1;
-    }
-    n
 }

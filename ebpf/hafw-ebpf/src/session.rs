@@ -5,7 +5,7 @@
 //! receive queue, so each direction's counters have a single writer in practice. State and flags
 //! are plain stores; a lost race between two state updates resolves on the flow's next packet.
 
-use aya_ebpf::bindings::BPF_ANY;
+use aya_ebpf::bindings::{BPF_ANY, BPF_NOEXIST};
 use hafw_common::{
     config::{CONFIG_F_SESSION_EVENTS, DataplaneConfig},
     counters::Counters,
@@ -179,7 +179,22 @@ pub fn update(
     TcpVerdict::Accept
 }
 
-/// Creates (or, on reopen, replaces) the session of an allowed new flow.
+/// `bpf_map_update_elem` with `BPF_NOEXIST` on a key present: -EEXIST (errno 17).
+const EEXIST: i32 = 17;
+
+/// What [`create`] did.
+#[derive(PartialEq, Eq)]
+pub enum Created {
+    Yes,
+    /// `if_absent` and a session holds the tuple: nothing written (the new value waits in the
+    /// scratch entry, for [`syn_on_existing`]).
+    Exists,
+    /// The table refused it (counted).
+    Failed,
+}
+
+/// Creates the session of an allowed new flow: only if no session holds its tuple when
+/// `if_absent`, else whatever holds it is replaced (a reopen).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 pub fn create(
@@ -192,11 +207,12 @@ pub fn create(
     egress_zone: u8,
     bytes: u64,
     now: u64,
-) -> bool {
+    if_absent: bool,
+) -> Created {
     // Built in a per-CPU scratch entry: 112 bytes on the stack would not fit beside the parsed
     // packet and the FIB parameters in the program's 512.
     let Some(value) = NEW_SESSION.get_ptr_mut(0) else {
-        return false;
+        return Created::Failed;
     };
     // SAFETY: this CPU's scratch entry; XDP runs with preemption disabled, so nothing else uses
     // it until the program returns.
@@ -223,13 +239,62 @@ pub fn create(
     };
     // By reference: a copy would put the 112 bytes back on the stack.
     let value: &SessionValue = value;
-    if SESSIONS.insert(key, value, BPF_ANY as u64).is_err() {
-        c.drop_session_table_full += 1;
-        return false;
+    let flags = if if_absent { BPF_NOEXIST } else { BPF_ANY };
+    match SESSIONS.insert(key, value, flags as u64) {
+        Ok(()) => {}
+        Err(e) if if_absent && e == -EEXIST => return Created::Exists,
+        Err(_) => {
+            c.drop_session_table_full += 1;
+            return Created::Failed;
+        }
     }
     c.session_created += 1;
     emit(cfg, c, EVENT_CREATED, key, value);
-    true
+    Created::Yes
+}
+
+/// A pure SYN the policy allowed whose tuple has a session ([`Created::Exists`]): the session
+/// decides, as it does for every other packet (a retransmitted SYN passes, a SYN into an
+/// established connection is dropped, one on a closed session reopens it with the value
+/// [`create`] left in the scratch entry). Returns whether the SYN is forwarded.
+#[inline(always)]
+pub fn syn_on_existing(
+    cfg: &DataplaneConfig,
+    c: &mut Counters,
+    key: &SessionKey,
+    src_is_hi: bool,
+    bytes: u64,
+    now: u64,
+) -> bool {
+    let verdict = match lookup(key, src_is_hi) {
+        Some(hit) => {
+            c.session_hit += 1;
+            update(cfg, c, key, &hit, TCP_SYN, bytes, now)
+        }
+        // Removed since the insert failed (aged out, or a synced delete).
+        None => TcpVerdict::Reopen,
+    };
+    match verdict {
+        TcpVerdict::Accept => true,
+        TcpVerdict::Invalid => {
+            c.drop_tcp_invalid += 1;
+            false
+        }
+        TcpVerdict::Reopen => {
+            let Some(value) = NEW_SESSION.get_ptr_mut(0) else {
+                return false;
+            };
+            // SAFETY: this CPU's scratch entry, as `create` left it in this program run.
+            let value: &SessionValue = unsafe { &*value };
+            if SESSIONS.insert(key, value, BPF_ANY as u64).is_err() {
+                c.drop_session_table_full += 1;
+                return false;
+            }
+            c.session_created += 1;
+            emit(cfg, c, EVENT_CREATED, key, value);
+            true
+        }
+    }
 }
 
 #[inline(always)]

@@ -47,6 +47,8 @@ pub const PASS_PROGRAM: &str = "hafw_pass";
 pub const SINK_PROGRAM: &str = "hafw_sink";
 /// Name of the program that transmits every frame (the forwarding benchmark's sender).
 pub const BENCH_TX_PROGRAM: &str = "hafw_bench_tx";
+/// Name of the fast path that makes every run a new flow (the new-flow benchmark's program).
+pub const NEW_FLOWS_BENCH_PROGRAM: &str = "hafw_bench_new_flows";
 /// Length of the frame `hafw_bench_tx` sends: a minimum Ethernet frame without its FCS.
 pub const BENCH_FRAME_LEN: usize = 60;
 
@@ -484,6 +486,28 @@ impl Dataplane {
             self.attach_program(program, port)?;
         }
         Ok(())
+    }
+
+    /// Benchmark support: loads `program` of this object (so it shares this dataplane's maps) and
+    /// keeps it in the XDP dispatcher on `idle_port` (see [`Dataplane::stay_in_dispatcher`]).
+    pub fn load_bench_program(&mut self, program: &str, idle_port: &str) -> Result<()> {
+        let prog: &mut Xdp = self
+            .ebpf
+            .program_mut(program)
+            .ok_or_else(|| anyhow!("program {program} missing from the XDP object"))?
+            .try_into()?;
+        load_retrying(|| prog.load())
+            .with_context(|| format!("loading program {program} (verifier)"))?;
+        self.attach_program(program, idle_port).map(drop)
+    }
+
+    /// A program of the object loaded by [`Dataplane::load_bench_program`].
+    pub fn bench_program(&self, program: &str) -> Result<&Xdp> {
+        Ok(self
+            .ebpf
+            .program(program)
+            .ok_or_else(|| anyhow!("no program {program}"))?
+            .try_into()?)
     }
 
     /// Makes `ifindex` a redirect target of the fast path (the devmap entry).

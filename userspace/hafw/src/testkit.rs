@@ -168,6 +168,8 @@ fn mac(m: [u8; 6]) -> String {
 /// Ports of the private namespace that never come up; they hold the programs in the XDP
 /// dispatcher.
 const IDLE_PORTS: [&str; 3] = ["idle0", "idle1", "idle2"];
+/// A fourth idle port, for a benchmark's own program (`Dataplane::load_bench_program`).
+pub const BENCH_IDLE_PORT: &str = "idle3";
 
 /// Moves the calling thread into a fresh, unnamed network namespace with the two data ports.
 /// Child processes (`ip`, `sysctl`) inherit it; it disappears with the thread.
@@ -209,7 +211,7 @@ pub fn private_netns() {
         sh(&["ip", "link", "set", peer, "up"]);
     }
     // Left down: see `Dataplane::stay_in_dispatcher`.
-    for port in IDLE_PORTS {
+    for port in IDLE_PORTS.into_iter().chain([BENCH_IDLE_PORT]) {
         sh(&[
             "ip",
             "link",

@@ -1,13 +1,16 @@
-//! The forwarding benchmark's sender and receiver (`hafw_bench_tx`, `hafw_sink`), which ship in
-//! the XDP object, through BPF_PROG_TEST_RUN.
+//! The benchmarks' own programs, which ship in the XDP object, through BPF_PROG_TEST_RUN: the
+//! forwarding benchmark's sender and receiver (`hafw_bench_tx`, `hafw_sink`) and the new-flow
+//! benchmark's fast path (`hafw_bench_new_flows`).
 //!
 //! Needs root (BPF, netns).
 
 use aya::programs::Xdp;
 use etherparse::PacketBuilder;
 use hafw::{
-    dataplane::{self, BENCH_TX_PROGRAM, SINK_PROGRAM},
-    testkit::{CLIENT, Fixture, SERVER, Verdict, arp_request, run_program, udp},
+    dataplane::{self, BENCH_TX_PROGRAM, NEW_FLOWS_BENCH_PROGRAM, SINK_PROGRAM},
+    testkit::{
+        BENCH_IDLE_PORT, CLIENT, Fixture, SERVER, Verdict, arp_request, run_program, tcp, udp,
+    },
 };
 
 fn bench_frame() -> Vec<u8> {
@@ -59,4 +62,30 @@ fn the_bench_sink_passes_arp_and_drops_the_rest() {
             "{what}"
         );
     }
+}
+
+/// A repeated test run replays one frame, and the frame keeps what the previous run wrote into it:
+/// the new-flow benchmark's program must still make every run a flow of its own, each allowed,
+/// given a session and forwarded by the fast path.
+#[test]
+fn the_new_flow_bench_program_makes_every_run_a_new_flow() {
+    let mut f = Fixture::new();
+    f.dp.load_bench_program(NEW_FLOWS_BENCH_PROGRAM, BENCH_IDLE_PORT)
+        .unwrap();
+    let prog = f.dp.bench_program(NEW_FLOWS_BENCH_PROGRAM).unwrap();
+    let syn = tcp([198, 18, 1, 200], 40000, SERVER, 80, 0x02, 64);
+    assert_eq!(
+        run_program(prog, &syn, f.trust, 3).0.verdict,
+        Verdict::Redirect
+    );
+    assert_eq!(
+        run_program(prog, &syn, f.trust, 1).0.verdict,
+        Verdict::Redirect
+    );
+    assert_eq!(f.counters().session_created, 4);
+    for run in 0..4u16 {
+        let flow = tcp([198, 18, 1, 128], run, SERVER, 80, 0x02, 64);
+        assert!(f.session_of(&flow).is_some(), "run {run}: no session");
+    }
+    assert_eq!(f.sessions().len(), 4);
 }

@@ -274,6 +274,70 @@ fn policy_allows_and_denies_new_flows_per_rule() {
     }
 }
 
+/// A policy of 131 rules (three bitmap words): filler allow rules on ports 20000 up, and
+/// `(index, source, port, action)` at the given positions.
+fn spread_policy(rules: &[(usize, &str, u16, &str)]) -> String {
+    let mut s = String::from(
+        "instance = \"t\"\n[[interface]]\nname = \"trust0\"\nzone = \"trust\"\n\
+         [[interface]]\nname = \"untrust0\"\nzone = \"untrust\"\n",
+    );
+    for i in 0..131 {
+        let (source, port, action) = rules
+            .iter()
+            .find(|r| r.0 == i)
+            .map_or(("198.18.1.0/24", 20000 + i as u16, "allow"), |r| {
+                (r.1, r.2, r.3)
+            });
+        s += &format!(
+            "[[service]]\nname = \"s{i}\"\nprotocol = \"tcp\"\nports = [\"{port}\"]\n\
+             [[rule]]\nname = \"r{i}\"\nfrom = [\"trust\"]\nto = [\"untrust\"]\n\
+             source = [\"{source}\"]\ndestination = [\"198.18.2.0/24\"]\n\
+             service = [\"s{i}\"]\naction = \"{action}\"\n"
+        );
+    }
+    s
+}
+
+/// The first matching rule wins wherever it lies in the bitmaps, and a word where every field has
+/// rules, but no rule has them all, does not end the search (the classifier visits only the words
+/// the fields' summaries have in common).
+#[test]
+fn the_first_matching_rule_wins_across_bitmap_words() {
+    let mut f = Fixture::new();
+    f.commit(&spread_policy(&[
+        (5, "198.18.1.2/32", 80, "allow"),
+        (10, "198.18.1.99/32", 443, "allow"),
+        (70, "198.18.1.2/32", 8443, "deny"),
+        (129, "198.18.1.0/24", 443, "allow"),
+        (130, "198.18.1.0/24", 8443, "allow"),
+    ]));
+    let cases = [
+        (
+            "word 0 has the source's and the port's rules, none with both: found in word 2",
+            tcp(CLIENT, 1000, SERVER, 443, SYN, 64),
+            Verdict::Redirect,
+        ),
+        (
+            "the deny in word 1 comes before the allow in word 2",
+            tcp(CLIENT, 1001, SERVER, 8443, SYN, 64),
+            Verdict::Drop,
+        ),
+        (
+            "another source skips the deny",
+            tcp([198, 18, 1, 50], 1002, SERVER, 8443, SYN, 64),
+            Verdict::Redirect,
+        ),
+        (
+            "no rule: the inter-zone default",
+            tcp(CLIENT, 1003, SERVER, 22, SYN, 64),
+            Verdict::Drop,
+        ),
+    ];
+    for (what, pkt, verdict) in cases {
+        assert_eq!(f.run(&pkt, f.trust).verdict, verdict, "{what}");
+    }
+}
+
 #[test]
 fn strict_tcp_drops_segments_without_or_against_a_session() {
     let f = Fixture::new();
@@ -316,6 +380,48 @@ fn rst_closes_and_a_new_syn_reopens_through_policy() {
         2,
         "reopen re-ran the policy and created anew"
     );
+}
+
+/// A pure SYN meets the policy before the session table; when its tuple has a session, that
+/// session still decides: a retransmitted SYN passes without a second session, a SYN into an
+/// established connection is dropped and leaves it as it was, and a SYN the policy denies is
+/// dropped by the policy without a session.
+#[test]
+fn a_syn_on_a_tuple_with_a_session_is_decided_by_the_session() {
+    let mut f = Fixture::new();
+    let syn = tcp(CLIENT, 40030, SERVER, 80, SYN, 64);
+    assert_eq!(f.run(&syn, f.trust).verdict, Verdict::Redirect);
+    assert_eq!(
+        f.run(&syn, f.trust).verdict,
+        Verdict::Redirect,
+        "retransmitted"
+    );
+    assert_eq!(f.counter("session_created"), 1);
+    let session = f.session_of(&syn).unwrap();
+    assert_eq!(SessionState::from_u8(session.state), SessionState::New);
+    assert_eq!(
+        session.packets_orig, 2,
+        "the retransmission counted in its session"
+    );
+
+    f.handshake(CLIENT, 40031, SERVER, 80);
+    let syn = tcp(CLIENT, 40031, SERVER, 80, SYN, 64);
+    let before = f.session_of(&syn).unwrap();
+    assert_eq!(f.run(&syn, f.trust).verdict, Verdict::Drop);
+    assert_eq!(f.counter("drop_tcp_invalid"), 1);
+    let after = f.session_of(&syn).unwrap();
+    assert_eq!(
+        SessionState::from_u8(after.state),
+        SessionState::Established
+    );
+    assert_eq!(after.packets_orig, before.packets_orig);
+    assert_eq!(f.counter("session_created"), 2);
+
+    f.commit(testkit::POLICY_WITHOUT_WEB);
+    let denied = tcp(CLIENT, 40032, SERVER, 80, SYN, 64);
+    assert_eq!(f.run(&denied, f.trust).verdict, Verdict::Drop);
+    assert_eq!(f.counter("drop_policy"), 1);
+    assert!(f.session_of(&denied).is_none());
 }
 
 #[test]
