@@ -8,7 +8,8 @@
 //! - `hafw_pass`: passes everything; attached to the far end of a veth that `hafw_fw` redirects
 //!   into, because XDP_REDIRECT into a veth delivers nothing unless its peer runs XDP.
 //! - `hafw_bench_tx` and `hafw_sink`: the forwarding benchmark's sender and receiver;
-//!   `hafw_bench_new_flows`: the fast path on a new flow at every run, for the new-flow benchmark.
+//!   `hafw_bench_new_flows`: the fast path on a new flow at every run, for the new-flow benchmark;
+//!   `hafw_bench_lookup`: one session lookup, the benchmark's calibration.
 //!
 //! One file per concern, as Cilium's bpf/lib and Katran's balancer split theirs: [`parse`],
 //! [`session`], [`policy`], [`forward`], [`counters`] (and the clock), [`maps`].
@@ -30,6 +31,7 @@ use aya_ebpf::{
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
+use hafw_common::session::SessionKey;
 
 #[xdp]
 pub fn hafw_fw(ctx: XdpContext) -> u32 {
@@ -105,6 +107,24 @@ pub fn hafw_bench_new_flows(ctx: XdpContext) -> u32 {
         *((start + SRC_PORT) as *mut [u8; 2]) = (run as u16).to_be_bytes();
     }
     fastpath::run(&ctx)
+}
+
+/// One session lookup and nothing else, the benchmark's calibration of the kernel's part of an
+/// established packet: the frame is a session key (40 octets), copied to the stack and looked up.
+/// Drops when the session is present, passes when not.
+#[xdp]
+pub fn hafw_bench_lookup(ctx: XdpContext) -> u32 {
+    let start = ctx.data();
+    if start + size_of::<SessionKey>() > ctx.data_end() {
+        return xdp_action::XDP_ABORTED;
+    }
+    // SAFETY: inside the frame, checked above; XDP frames start 8-aligned (after the 256-octet
+    // headroom), as the key's alignment needs.
+    let key = unsafe { core::ptr::read(start as *const SessionKey) };
+    match maps::SESSIONS.get_ptr(key) {
+        Some(_) => xdp_action::XDP_DROP,
+        None => xdp_action::XDP_PASS,
+    }
 }
 
 /// Drops every frame but ARP: the forwarding benchmark's receiver. The veth still counts each

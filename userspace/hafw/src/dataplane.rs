@@ -49,6 +49,8 @@ pub const SINK_PROGRAM: &str = "hafw_sink";
 pub const BENCH_TX_PROGRAM: &str = "hafw_bench_tx";
 /// Name of the fast path that makes every run a new flow (the new-flow benchmark's program).
 pub const NEW_FLOWS_BENCH_PROGRAM: &str = "hafw_bench_new_flows";
+/// Name of the program that only looks a session up (the benchmark's calibration).
+pub const LOOKUP_BENCH_PROGRAM: &str = "hafw_bench_lookup";
 /// Length of the frame `hafw_bench_tx` sends: a minimum Ethernet frame without its FCS.
 pub const BENCH_FRAME_LEN: usize = 60;
 

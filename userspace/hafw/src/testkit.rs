@@ -168,8 +168,8 @@ fn mac(m: [u8; 6]) -> String {
 /// Ports of the private namespace that never come up; they hold the programs in the XDP
 /// dispatcher.
 const IDLE_PORTS: [&str; 3] = ["idle0", "idle1", "idle2"];
-/// A fourth idle port, for a benchmark's own program (`Dataplane::load_bench_program`).
-pub const BENCH_IDLE_PORT: &str = "idle3";
+/// Idle ports for a benchmark's own programs (`Dataplane::load_bench_program`).
+pub const BENCH_IDLE_PORTS: [&str; 2] = ["idle3", "idle4"];
 
 /// Moves the calling thread into a fresh, unnamed network namespace with the two data ports.
 /// Child processes (`ip`, `sysctl`) inherit it; it disappears with the thread.
@@ -211,7 +211,7 @@ pub fn private_netns() {
         sh(&["ip", "link", "set", peer, "up"]);
     }
     // Left down: see `Dataplane::stay_in_dispatcher`.
-    for port in IDLE_PORTS.into_iter().chain([BENCH_IDLE_PORT]) {
+    for port in IDLE_PORTS.into_iter().chain(BENCH_IDLE_PORTS) {
         sh(&[
             "ip",
             "link",
@@ -492,6 +492,19 @@ pub fn tuple(pkt: &[u8]) -> Option<Tuple> {
         sport: sport.to_be(),
         dport: dport.to_be(),
     })
+}
+
+/// The octets of a session key: the frame of the calibration program `hafw_bench_lookup`.
+pub fn key_octets(key: &SessionKey) -> Vec<u8> {
+    // SAFETY: SessionKey is #[repr(C)], integers only, with explicit padding (no undefined
+    // octets); the slice is copied before `key` goes.
+    unsafe {
+        std::slice::from_raw_parts(
+            (key as *const SessionKey).cast::<u8>(),
+            size_of::<SessionKey>(),
+        )
+    }
+    .to_vec()
 }
 
 pub fn session_key(pkt: &[u8]) -> SessionKey {

@@ -1,15 +1,19 @@
 //! The benchmarks' own programs, which ship in the XDP object, through BPF_PROG_TEST_RUN: the
 //! forwarding benchmark's sender and receiver (`hafw_bench_tx`, `hafw_sink`) and the new-flow
-//! benchmark's fast path (`hafw_bench_new_flows`).
+//! benchmark's fast path (`hafw_bench_new_flows`) and the calibration's lone session lookup
+//! (`hafw_bench_lookup`).
 //!
 //! Needs root (BPF, netns).
 
 use aya::programs::Xdp;
 use etherparse::PacketBuilder;
 use hafw::{
-    dataplane::{self, BENCH_TX_PROGRAM, NEW_FLOWS_BENCH_PROGRAM, SINK_PROGRAM},
+    dataplane::{
+        self, BENCH_TX_PROGRAM, LOOKUP_BENCH_PROGRAM, NEW_FLOWS_BENCH_PROGRAM, SINK_PROGRAM,
+    },
     testkit::{
-        BENCH_IDLE_PORT, CLIENT, Fixture, SERVER, Verdict, arp_request, run_program, tcp, udp,
+        BENCH_IDLE_PORTS, CLIENT, Fixture, SERVER, Verdict, arp_request, key_octets, run_program,
+        session_key, tcp, udp,
     },
 };
 
@@ -70,7 +74,7 @@ fn the_bench_sink_passes_arp_and_drops_the_rest() {
 #[test]
 fn the_new_flow_bench_program_makes_every_run_a_new_flow() {
     let mut f = Fixture::new();
-    f.dp.load_bench_program(NEW_FLOWS_BENCH_PROGRAM, BENCH_IDLE_PORT)
+    f.dp.load_bench_program(NEW_FLOWS_BENCH_PROGRAM, BENCH_IDLE_PORTS[0])
         .unwrap();
     let prog = f.dp.bench_program(NEW_FLOWS_BENCH_PROGRAM).unwrap();
     let syn = tcp([198, 18, 1, 200], 40000, SERVER, 80, 0x02, 64);
@@ -88,4 +92,24 @@ fn the_new_flow_bench_program_makes_every_run_a_new_flow() {
         assert!(f.session_of(&flow).is_some(), "run {run}: no session");
     }
     assert_eq!(f.sessions().len(), 4);
+}
+
+/// The calibration program looks up the session whose key is the frame: found, dropped; not
+/// found, passed.
+#[test]
+fn the_bench_lookup_finds_the_session_whose_key_is_the_frame() {
+    let mut f = Fixture::new();
+    f.handshake(CLIENT, 40000, SERVER, 80);
+    f.dp.load_bench_program(LOOKUP_BENCH_PROGRAM, BENCH_IDLE_PORTS[1])
+        .unwrap();
+    let prog = f.dp.bench_program(LOOKUP_BENCH_PROGRAM).unwrap();
+    let frame = |port| key_octets(&session_key(&tcp(CLIENT, port, SERVER, 80, 0x10, 64)));
+    assert_eq!(
+        run_program(prog, &frame(40000), f.trust, 1).0.verdict,
+        Verdict::Drop
+    );
+    assert_eq!(
+        run_program(prog, &frame(40001), f.trust, 1).0.verdict,
+        Verdict::Pass
+    );
 }

@@ -8,7 +8,7 @@
 use std::{fmt::Write as _, time::Duration};
 
 use anyhow::{Context as _, Result, bail};
-use hafw::dataplane::NEW_FLOWS_BENCH_PROGRAM;
+use hafw::dataplane::{LOOKUP_BENCH_PROGRAM, NEW_FLOWS_BENCH_PROGRAM};
 use hafw::testkit::{self, CLIENT, Fixture, SERVER, Verdict, run_packet, run_program, tcp};
 use hafw_common::config::Role;
 use hafw_common::session::{FAMILY_IPV4, PROTO_TCP, SessionKey, SessionState, SessionValue};
@@ -342,6 +342,9 @@ fn fastpath_test_run() -> Result<Vec<Row>> {
             ("1M sessions", 1_000_000),
         ]
     };
+    // The calibration: the established packet's session lookup alone, the frame being its key.
+    f.dp.load_bench_program(LOOKUP_BENCH_PROGRAM, testkit::BENCH_IDLE_PORTS[1])?;
+    let key_frame = testkit::key_octets(&testkit::session_key(&est));
     for &(label, n) in sizes {
         fill_sessions(&mut f, n)?;
         warm_up(&f, &est, BATCH);
@@ -353,6 +356,25 @@ fn fastpath_test_run() -> Result<Vec<Row>> {
             (n == 1_000_000).then_some(120.0),
             format!("sessions present: {}", f.sessions_len()),
         ));
+        if Some(&(label, n)) == sizes.last() {
+            let ns = measure(
+                f.dp.bench_program(LOOKUP_BENCH_PROGRAM)?,
+                &key_frame,
+                f.trust,
+                RUNS,
+                BATCH,
+                Verdict::Drop,
+            )?;
+            rows.push(Row::new(
+                format!("calibration: the session lookup alone, {label} in table"),
+                ns,
+                RUNS,
+                None,
+                "the established packet's key copied from the frame and looked up \
+                 (hafw_bench_lookup); the issue's reference: a hot LRU lookup about 58 ns, \
+                 its floor 25",
+            ));
+        }
     }
     // The active node of a pair checks its lease on every packet: on the coarse clock while the
     // lease is far from its end (recommended and aggressive profiles), on the exact clock near
@@ -377,7 +399,7 @@ fn fastpath_test_run() -> Result<Vec<Row>> {
     // lookup's miss in a cold bucket as a real new flow does. A fresh table so LRU eviction plays
     // no part.
     let mut f = Fixture::with_policy(&big_policy(1000), 1_250_000);
-    f.dp.load_bench_program(NEW_FLOWS_BENCH_PROGRAM, testkit::BENCH_IDLE_PORT)?;
+    f.dp.load_bench_program(NEW_FLOWS_BENCH_PROGRAM, testkit::BENCH_IDLE_PORTS[0])?;
     let mut events =
         f.dp.take_events()
             .context("the session event ring buffer")?;
