@@ -144,57 +144,60 @@ fn main() -> Result<()> {
     }
 }
 
-/// Runs `pkt` `total` times in batches of `batch` (the program rewrites TTL, so a batch must stay
-/// below the TTL), in [`ROUNDS`] rounds, and returns the median round's mean ns per run: a VM's
-/// neighbours move single rounds by a third.
-fn measure(
-    prog: &aya::programs::Xdp,
-    pkt: &[u8],
+/// Test runs per batched case and pass.
+const RUNS: u64 = 5_000_000;
+/// Runs per BPF_PROG_TEST_RUN call (the programs rewrite TTL, so a batch stays below the TTL).
+const BATCH: u32 = 200;
+
+/// A batched case: `pkt` through `prog` as received on `ingress`, every run ending in `want`.
+struct Case<'a> {
+    prog: &'a aya::programs::Xdp,
+    pkt: &'a [u8],
     ingress: u32,
-    total: u64,
-    batch: u32,
     want: Verdict,
-) -> Result<f64> {
-    measure_with(prog, pkt, ingress, total, batch, want, || {})
 }
 
-/// [`measure`], calling `between` after every batch (outside the kernel's timing).
-fn measure_with(
-    prog: &aya::programs::Xdp,
-    pkt: &[u8],
-    ingress: u32,
-    total: u64,
-    batch: u32,
-    want: Verdict,
-    mut between: impl FnMut(),
-) -> Result<f64> {
-    let per_round = total / ROUNDS as u64;
-    let mut rounds = Vec::with_capacity(ROUNDS);
-    for _ in 0..ROUNDS {
-        let mut sum = Duration::ZERO;
-        let mut runs = 0u64;
-        while runs < per_round {
-            let (out, avg) = run_program(prog, pkt, ingress, batch);
-            if out.verdict != want {
-                bail!("benchmark packet got {:?}, expected {want:?}", out.verdict);
-            }
-            sum += avg * batch;
-            runs += u64::from(batch);
-            between();
-        }
-        rounds.push(sum.as_nanos() as f64 / runs as f64);
+impl Case<'_> {
+    /// Runs the case `total` times in batches of [`BATCH`], in [`ROUNDS`] rounds, and returns the
+    /// median round's mean ns per run: a VM's neighbours move single rounds by a third.
+    fn measure(&self, total: u64) -> Result<f64> {
+        self.measure_with(total, || {})
     }
-    rounds.sort_by(f64::total_cmp);
-    Ok(rounds[ROUNDS / 2])
-}
 
-/// Runs `pkt` for a second, unmeasured. The second after a fixture allocates its 1.25M-entry
-/// table, or after a million sessions were written into it, measures up to a third slower here
-/// (the kernel and the hypervisor are still busy with the fresh memory).
-fn warm_up(f: &Fixture, pkt: &[u8], batch: u32) {
-    let start = std::time::Instant::now();
-    while start.elapsed() < Duration::from_secs(1) {
-        run_packet(&f.dp, pkt, f.trust, batch);
+    /// Runs the case for a second, unmeasured. The second after a fixture allocates its
+    /// 1.25M-entry table, or after a million sessions were written into it, measures up to a third
+    /// slower here (the kernel and the hypervisor are still busy with the fresh memory).
+    fn warm_up(&self) {
+        let start = std::time::Instant::now();
+        while start.elapsed() < Duration::from_secs(1) {
+            run_program(self.prog, self.pkt, self.ingress, BATCH);
+        }
+    }
+
+    /// [`Case::measure`], calling `between` after every batch (outside the kernel's timing).
+    fn measure_with(&self, total: u64, mut between: impl FnMut()) -> Result<f64> {
+        let per_round = total / ROUNDS as u64;
+        let mut rounds = Vec::with_capacity(ROUNDS);
+        for _ in 0..ROUNDS {
+            let mut sum = Duration::ZERO;
+            let mut runs = 0u64;
+            while runs < per_round {
+                let (out, avg) = run_program(self.prog, self.pkt, self.ingress, BATCH);
+                if out.verdict != self.want {
+                    bail!(
+                        "benchmark packet got {:?}, expected {:?}",
+                        out.verdict,
+                        self.want
+                    );
+                }
+                sum += avg * BATCH;
+                runs += u64::from(BATCH);
+                between();
+            }
+            rounds.push(sum.as_nanos() as f64 / runs as f64);
+        }
+        rounds.sort_by(f64::total_cmp);
+        Ok(rounds[ROUNDS / 2])
     }
 }
 
@@ -287,33 +290,31 @@ fn big_policy(n: usize) -> String {
     s
 }
 
+/// An established TCP packet of the fixture's session through the fast path.
+fn established_case<'a>(f: &'a Fixture, est: &'a [u8]) -> Result<Case<'a>> {
+    Ok(Case {
+        prog: f.dp.fast_path()?,
+        pkt: est,
+        ingress: f.trust,
+        want: Verdict::Redirect,
+    })
+}
+
 fn fastpath_test_run() -> Result<Vec<Row>> {
-    const RUNS: u64 = 5_000_000;
-    const BATCH: u32 = 200;
     let mut rows = Vec::new();
     let mut f = Fixture::with_policy(testkit::POLICY, 1_250_000);
 
     f.handshake(CLIENT, 40000, SERVER, 80);
     let est = tcp(CLIENT, 40000, SERVER, 80, 0x10, 255);
-    let established = |f: &Fixture| -> Result<f64> {
-        measure(
-            f.dp.fast_path()?,
-            &est,
-            f.trust,
-            RUNS,
-            BATCH,
-            Verdict::Redirect,
-        )
-    };
-    warm_up(&f, &est, BATCH);
-    let pass = measure(
-        f.dp.pass_program()?,
-        &tcp(CLIENT, 1, SERVER, 2, 0x10, 64),
-        f.trust,
-        RUNS,
-        BATCH,
-        Verdict::Pass,
-    )?;
+    let established = |f: &Fixture| -> Result<f64> { established_case(f, &est)?.measure(RUNS) };
+    established_case(&f, &est)?.warm_up();
+    let pass = Case {
+        prog: f.dp.pass_program()?,
+        pkt: &tcp(CLIENT, 1, SERVER, 2, 0x10, 64),
+        ingress: f.trust,
+        want: Verdict::Pass,
+    }
+    .measure(RUNS)?;
     rows.push(Row::new(
         "floor: pass-through XDP program",
         pass,
@@ -347,7 +348,7 @@ fn fastpath_test_run() -> Result<Vec<Row>> {
     let key_frame = testkit::key_octets(&testkit::session_key(&est));
     for &(label, n) in sizes {
         fill_sessions(&mut f, n)?;
-        warm_up(&f, &est, BATCH);
+        established_case(&f, &est)?.warm_up();
         let ns = established(&f)?;
         rows.push(Row::new(
             format!("established TCP, {label} in table"),
@@ -357,14 +358,13 @@ fn fastpath_test_run() -> Result<Vec<Row>> {
             format!("sessions present: {}", f.sessions_len()),
         ));
         if Some(&(label, n)) == sizes.last() {
-            let ns = measure(
-                f.dp.bench_program(LOOKUP_BENCH_PROGRAM)?,
-                &key_frame,
-                f.trust,
-                RUNS,
-                BATCH,
-                Verdict::Drop,
-            )?;
+            let ns = Case {
+                prog: f.dp.bench_program(LOOKUP_BENCH_PROGRAM)?,
+                pkt: &key_frame,
+                ingress: f.trust,
+                want: Verdict::Drop,
+            }
+            .measure(RUNS)?;
             rows.push(Row::new(
                 format!("calibration: the session lookup alone, {label} in table"),
                 ns,
@@ -405,11 +405,14 @@ fn fastpath_test_run() -> Result<Vec<Row>> {
             .context("the session event ring buffer")?;
     let new_flows = f.dp.bench_program(NEW_FLOWS_BENCH_PROGRAM)?;
     let denied = tcp([198, 18, 1, 128], 0, SERVER, 22, 0x02, 255);
-    let start = std::time::Instant::now();
-    while start.elapsed() < Duration::from_secs(1) {
-        run_program(new_flows, &denied, f.trust, BATCH);
-    }
-    let ns = measure(new_flows, &denied, f.trust, RUNS, BATCH, Verdict::Drop)?;
+    let deny = Case {
+        prog: new_flows,
+        pkt: &denied,
+        ingress: f.trust,
+        want: Verdict::Drop,
+    };
+    deny.warm_up();
+    let ns = deny.measure(RUNS)?;
     rows.push(Row::new(
         "new flow, 1,000 rules, no match (default deny)",
         ns,
@@ -428,15 +431,13 @@ fn fastpath_test_run() -> Result<Vec<Row>> {
         run_program(new_flows, &syn, f.trust, BATCH);
         drain();
     }
-    let ns = measure_with(
-        new_flows,
-        &syn,
-        f.trust,
-        BATCHED_NEW_FLOWS,
-        BATCH,
-        Verdict::Redirect,
-        &mut drain,
-    )?;
+    let ns = Case {
+        prog: new_flows,
+        pkt: &syn,
+        ingress: f.trust,
+        want: Verdict::Redirect,
+    }
+    .measure_with(BATCHED_NEW_FLOWS, &mut drain)?;
     let after = f.counters();
     let created = after.session_created - before.session_created;
     let runs = WARM_UP_BATCHES * u64::from(BATCH) + BATCHED_NEW_FLOWS;
