@@ -266,7 +266,9 @@ fn ip_packet(
         let forwarded = match created {
             Created::Yes => true,
             Created::Failed => false,
-            Created::Exists => session::syn_on_existing(cfg, c, &key, src_is_hi, bytes, now),
+            Created::Exists => {
+                session::syn_on_existing(cfg, c, &key, src_is_hi, pkt.tcp_flags, bytes, now)
+            }
         };
         if !forwarded {
             return DROP;

@@ -183,7 +183,6 @@ pub fn update(
 const EEXIST: i32 = 17;
 
 /// What [`create`] did.
-#[derive(PartialEq, Eq)]
 pub enum Created {
     Yes,
     /// `if_absent` and a session holds the tuple: nothing written (the new value waits in the
@@ -263,13 +262,14 @@ pub fn syn_on_existing(
     c: &mut Counters,
     key: &SessionKey,
     src_is_hi: bool,
+    tcp_flags: u8,
     bytes: u64,
     now: u64,
 ) -> bool {
     let verdict = match lookup(key, src_is_hi) {
         Some(hit) => {
             c.session_hit += 1;
-            update(cfg, c, key, &hit, TCP_SYN, bytes, now)
+            update(cfg, c, key, &hit, tcp_flags, bytes, now)
         }
         // Removed since the insert failed (aged out, or a synced delete).
         None => TcpVerdict::Reopen,
