@@ -197,16 +197,42 @@ pub const EVENT_CREATED: u32 = 1;
 pub const EVENT_STATE_CHANGED: u32 = 2;
 pub const EVENT_CLOSED: u32 = 3;
 
+/// Octets of [`SessionValue`] before its next-hop cache: the part a session event carries (the
+/// cache is this host's own, never synced).
+pub const SESSION_EVENT_VALUE_LEN: usize = 64;
+const _: () = assert!(core::mem::offset_of!(SessionValue, next_hop) == SESSION_EVENT_VALUE_LEN);
+
 /// A session event sent to userspace through the `SESSION_EVENTS` ring buffer (for HA2 sync).
+/// 112 octets: without the value's next-hop cache, 40% more events fit the ring (140,000 in its
+/// 16 MiB instead of 100,000), so a controller that falls behind loses fewer to a full ring.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SessionEvent {
     pub kind: u32,
     pub _pad: u32,
     pub key: SessionKey,
-    pub value: SessionValue,
+    /// The session's value up to its next-hop cache, as octets in memory order (read it with
+    /// [`SessionEvent::value`]).
+    pub value_head: [u64; SESSION_EVENT_VALUE_LEN / 8],
 }
 impl_pod!(SessionEvent);
+
+impl SessionEvent {
+    /// The session's value, its next-hop cache empty.
+    pub fn value(&self) -> SessionValue {
+        let mut value = SessionValue::default();
+        // SAFETY: SessionValue is #[repr(C)], integers only, and its first
+        // SESSION_EVENT_VALUE_LEN octets are the fields before `next_hop` (asserted above).
+        unsafe {
+            core::ptr::copy_nonoverlapping(
+                self.value_head.as_ptr().cast::<u8>(),
+                (&raw mut value).cast::<u8>(),
+                SESSION_EVENT_VALUE_LEN,
+            );
+        }
+        value
+    }
+}
 
 #[cfg(test)]
 mod tests {
@@ -235,6 +261,43 @@ mod tests {
         assert_eq!(core::mem::size_of::<SessionKey>(), 40);
         assert_eq!(core::mem::size_of::<NextHop>(), 24);
         assert_eq!(core::mem::size_of::<SessionValue>(), 112);
-        assert_eq!(core::mem::size_of::<SessionEvent>(), 160);
+        assert_eq!(core::mem::size_of::<SessionEvent>(), 112);
+    }
+
+    #[test]
+    fn an_event_carries_the_value_but_its_next_hops() {
+        let value = SessionValue {
+            created_ns: 1,
+            last_seen_ns: 2,
+            packets_orig: 3,
+            packets_reply: 4,
+            bytes_orig: 5,
+            bytes_reply: 6,
+            rule_id: 7,
+            state: 8,
+            flags: 9,
+            ingress_zone: 10,
+            egress_zone: 11,
+            policy_slot: 1,
+            _pad: [0; 7],
+            next_hop: [NextHop {
+                generation: 12,
+                ..Default::default()
+            }; 2],
+        };
+        let head: [u64; SESSION_EVENT_VALUE_LEN / 8] =
+            // SAFETY: reading the value's first octets as words, as the program does.
+            unsafe { core::ptr::read((&raw const value).cast()) };
+        let event = SessionEvent {
+            value_head: head,
+            ..Default::default()
+        };
+        assert_eq!(
+            event.value(),
+            SessionValue {
+                next_hop: Default::default(),
+                ..value
+            }
+        );
     }
 }

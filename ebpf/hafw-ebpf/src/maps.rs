@@ -42,8 +42,8 @@ pub static NEW_SESSION: PerCpuArray<SessionValue, 1> = PerCpuArray::new();
 pub static FIB_GENERATION: Array<u32, 1> = Array::new();
 
 /// Session created / state changed / closed events for userspace (HA2 sync). 16 MiB: about
-/// 150,000 events, three seconds of new sessions at the fast path's lab rate; events lost to a
-/// full buffer are counted and make the active node resync.
+/// 140,000 events (120 octets each with the ring's record header); events lost to a full buffer
+/// are counted and make the active node resync.
 #[btf_map]
 pub static SESSION_EVENTS: RingBuf<SessionEvent, { 16 << 20 }> = RingBuf::new();
 

@@ -318,7 +318,9 @@ fn emit(
                 (*ev).kind = kind;
                 (*ev)._pad = 0;
                 (*ev).key = *key;
-                (*ev).value = *value;
+                // The value up to its next-hop cache (see SESSION_EVENT_VALUE_LEN); SessionValue
+                // is 8-aligned, as the words are.
+                (*ev).value_head = *(value as *const SessionValue).cast();
             }
             entry.submit(0);
         }

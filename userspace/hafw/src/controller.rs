@@ -439,7 +439,7 @@ async fn drain_events(node: Shared, ring: aya::maps::RingBuf<aya::maps::MapData>
                     if ev.kind == EVENT_CLOSED {
                         sender.delete(ev.key);
                     } else {
-                        let mut record = sync::record(&ev.key, &ev.value, now);
+                        let mut record = sync::record(&ev.key, &ev.value(), now);
                         if ev.kind == EVENT_CREATED {
                             record.flags |= RECORD_F_NEW;
                         }
