@@ -270,6 +270,9 @@ pub struct Ha2Counters {
     pub keepalives: u64,
     /// The session map refused a synced entry.
     pub session_write_failed: u64,
+    /// Session records skipped because a newer message of the same sender epoch already wrote
+    /// their session (a retransmission that filled its gap after the messages that followed it).
+    pub stale_records: u64,
     /// Messages that arrived after a gap in the sequence (the gap itself is in `HA2_STATE`).
     pub out_of_order: u64,
     pub drop_bad_magic: u64,
@@ -303,6 +306,7 @@ macro_rules! for_each_ha2_counter {
             bulk_ends,
             keepalives,
             session_write_failed,
+            stale_records,
             out_of_order,
             drop_bad_magic,
             drop_bad_version,

@@ -186,7 +186,12 @@ pub struct SessionValue {
     pub egress_zone: u8,
     /// Policy slot that allowed the flow (diagnostics).
     pub policy_slot: u8,
-    pub _pad: [u8; 7],
+    /// On a passive node, the HA2 message that last wrote this session: the low 16 bits of its
+    /// sender epoch and its sequence number. A retransmitted older message of the same epoch
+    /// never overwrites what a newer one wrote (`hafw_ebpf::ha2`). 0 for this node's own
+    /// sessions.
+    pub sync_epoch: u16,
+    pub sync_sequence: u32,
     /// Cached forwarding per direction ([`DIR_ORIG`], [`DIR_REPLY`]).
     pub next_hop: [NextHop; 2],
 }
@@ -279,7 +284,8 @@ mod tests {
             ingress_zone: 10,
             egress_zone: 11,
             policy_slot: 1,
-            _pad: [0; 7],
+            sync_epoch: 13,
+            sync_sequence: 14,
             next_hop: [NextHop {
                 generation: 12,
                 ..Default::default()

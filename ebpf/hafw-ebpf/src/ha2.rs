@@ -9,7 +9,9 @@
 //! Every rejected message is dropped and counted by reason, and leaves the session map as it was.
 
 use aya_ebpf::{
-    bindings::xdp_action, helpers::generated::bpf_xdp_load_bytes, programs::XdpContext,
+    bindings::{BPF_ANY, BPF_NOEXIST, xdp_action},
+    helpers::generated::bpf_xdp_load_bytes,
+    programs::XdpContext,
 };
 use hafw_common::{
     ha,
@@ -26,6 +28,7 @@ use crate::{
     counters::{Clock, now_ns},
     maps::{CONFIG, HA2_CONFIG, HA2_COUNTERS, HA2_RECORDS, HA2_STATE, RecordBlock, SESSIONS},
     parse::ptr_at,
+    session::EEXIST,
 };
 
 const PASS: u32 = xdp_action::XDP_PASS;
@@ -147,7 +150,8 @@ fn ingest(ctx: &XdpContext, c: &mut Ha2Counters, offset: usize) -> Result<u32, (
         return Err(());
     }
     let sequence = u32::from_le(h.sequence);
-    accept_sequence(c, u32::from_le(h.epoch), sequence)?;
+    let epoch = u32::from_le(h.epoch);
+    accept_sequence(c, epoch, sequence)?;
     match h.msg_type {
         HA2_SESSION_UPDATE => {
             let Some(block) = copy_records(ctx, records, count) else {
@@ -162,7 +166,7 @@ fn ingest(ctx: &XdpContext, c: &mut Ha2Counters, offset: usize) -> Result<u32, (
                 if i >= count {
                     break;
                 }
-                write_session(c, r, now);
+                write_session(c, r, now, (epoch as u16, sequence));
             }
             Ok(DROP)
         }
@@ -324,9 +328,15 @@ fn copy_records(ctx: &XdpContext, offset: usize, count: usize) -> Option<&'stati
     Some(unsafe { &*block })
 }
 
-/// Stores one synced session, converting its ages to this node's clock.
+/// Stores one synced session, converting its ages to this node's clock, unless a newer message of
+/// the same sender epoch already wrote it. A retransmitted message fills its gap after the
+/// messages that followed it were applied, and its records are older than theirs: a session's
+/// creation applied after its handshake completed would leave it half-open here, and strict TCP
+/// would drop the connection at the next failover. `written_by`: this message's sender epoch
+/// (low 16 bits) and sequence number, kept in the session.
 #[inline(always)]
-fn write_session(c: &mut Ha2Counters, r: &SessionRecord, now: u64) {
+fn write_session(c: &mut Ha2Counters, r: &SessionRecord, now: u64, written_by: (u16, u32)) {
+    let (epoch, sequence) = written_by;
     let value = SessionValue {
         created_ns: now.saturating_sub(u64::from(r.age_ms) * 1_000_000),
         last_seen_ns: now.saturating_sub(u64::from(r.idle_ms) * 1_000_000),
@@ -340,26 +350,49 @@ fn write_session(c: &mut Ha2Counters, r: &SessionRecord, now: u64) {
         ingress_zone: r.ingress_zone,
         egress_zone: r.egress_zone,
         policy_slot: 0,
-        _pad: [0; 7],
+        sync_epoch: epoch,
+        sync_sequence: sequence,
         next_hop: Default::default(),
     };
     // An existing session is overwritten in place: an LRU map's update always takes a fresh
-    // element off the free list and returns the old one, which costs twice the lookup. A new
-    // one skips the lookup that would miss.
-    let existing = if r.flags & RECORD_F_NEW == 0 {
-        SESSIONS.get_ptr_mut(r.key)
-    } else {
+    // element off the free list and returns the old one, which costs twice the lookup. A new one
+    // is inserted only if absent, which skips the lookup that would miss; present after all (a
+    // retransmission, a rejoin), it is treated as an existing one.
+    let new = r.flags & RECORD_F_NEW != 0;
+    let mut existing = if new {
         None
-    };
-    if let Some(existing) = existing {
-        // SAFETY: a pointer into the map's element, valid for this program run (RCU). On a
-        // passive node nothing else writes the session; a torn read by the aging walk sees
-        // fields of the old or the new record, each of them whole.
-        unsafe { existing.write(value) };
-        c.session_updates += 1;
-    } else if SESSIONS.insert(r.key, value, 0).is_ok() {
-        c.session_updates += 1;
     } else {
-        c.session_write_failed += 1;
+        SESSIONS.get_ptr_mut(r.key)
+    };
+    if existing.is_none() {
+        let flags = if new { BPF_NOEXIST } else { BPF_ANY };
+        #[expect(
+            clippy::needless_borrows_for_generic_args,
+            reason = "by value would copy the 112 octets to the stack again; `value` is used below"
+        )]
+        let inserted = SESSIONS.insert(r.key, &value, flags as u64);
+        match inserted {
+            Ok(()) => {
+                c.session_updates += 1;
+                return;
+            }
+            Err(e) if e == -EEXIST => existing = SESSIONS.get_ptr_mut(r.key),
+            Err(_) => {}
+        }
     }
+    let Some(existing) = existing else {
+        c.session_write_failed += 1;
+        return;
+    };
+    // SAFETY: a pointer into the map's element, valid for this program run (RCU). On a passive
+    // node nothing else writes the session; a torn read by the aging walk sees fields of the old
+    // or the new record, each of them whole.
+    let held = unsafe { &*existing };
+    if held.sync_epoch == epoch && held.sync_sequence > sequence {
+        c.stale_records += 1;
+        return;
+    }
+    // SAFETY: as above.
+    unsafe { existing.write(value) };
+    c.session_updates += 1;
 }

@@ -180,7 +180,7 @@ pub fn update(
 }
 
 /// `bpf_map_update_elem` with `BPF_NOEXIST` on a key present: -EEXIST (errno 17).
-const EEXIST: i32 = 17;
+pub const EEXIST: i32 = 17;
 
 /// What [`create`] did.
 pub enum Created {
@@ -233,7 +233,8 @@ pub fn create(
         ingress_zone,
         egress_zone,
         policy_slot: (cfg.policy_slot & 1) as u8,
-        _pad: [0; 7],
+        sync_epoch: 0,
+        sync_sequence: 0,
         next_hop: Default::default(),
     };
     // By reference: a copy would put the 112 bytes back on the stack.

@@ -167,7 +167,10 @@ fn up(hafw: &str) -> Result<()> {
     );
     println!("           hafw --instance fw1 show high-availability all   (or fw2; --json)");
     println!("           hafw --instance fw2 show session all");
-    println!("           bpftool map dump pinned /sys/fs/bpf/hafw/fw1/v3/counters");
+    println!(
+        "           bpftool map dump pinned /sys/fs/bpf/hafw/fw1/v{}/counters",
+        hafw_common::LAYOUT_VERSION
+    );
     println!("           cargo xtask lab down");
     Ok(())
 }

@@ -324,6 +324,50 @@ fn reordered_messages_fill_the_gap_and_duplicates_are_refused() {
     assert!(st.has(5) && !st.has(1));
 }
 
+/// A retransmission fills its gap after the messages that followed it were applied: its records
+/// are older, and must not undo theirs (a creation applied after the handshake completed would
+/// leave the session half-open, and strict TCP would drop the connection at a failover). The
+/// same records from a newer message, or from another sender epoch, are applied.
+#[test]
+fn a_late_retransmission_does_not_overwrite_newer_records() {
+    let f = fixture();
+    let mut w = writer();
+    let mut created = record(40040);
+    created.flags = RECORD_F_NEW;
+    created.state = SessionState::New as u8;
+    created.packets_orig = 1;
+    let mut updated = record(40041);
+    updated.state = SessionState::SynRecv as u8;
+    let lost = ethernet(&w.message(HA2_SESSION_UPDATE, &[created, updated]));
+    let established = [record(40040), record(40041)];
+    f.run_ha2(&ethernet(&w.message(HA2_SESSION_UPDATE, &established)));
+    f.run_ha2(&lost);
+    assert_eq!(f.dp.ha2_state().unwrap().contiguous, 2, "the gap is filled");
+    for r in &established {
+        let v = f.dp.session(&r.key).unwrap();
+        assert_eq!(v.state, SessionState::Established as u8, "{:?}", r.key);
+        assert_eq!(v.packets_orig, 10);
+    }
+    assert_eq!(counter(&f, "stale_records"), 2);
+    assert_eq!(counter(&f, "session_updates"), 2);
+
+    // A newer message overwrites, whatever its records say.
+    let mut closing = record(40040);
+    closing.state = SessionState::FinWait as u8;
+    f.run_ha2(&ethernet(&w.message(HA2_SESSION_UPDATE, &[closing])));
+    let v = f.dp.session(&closing.key).unwrap();
+    assert_eq!(v.state, SessionState::FinWait as u8);
+    // So does a message of a new sender epoch (the active node restarted), numbered from 1.
+    let mut restarted = MessageWriter::new(GROUP, PEER);
+    restarted.epoch = 8;
+    f.run_ha2(&ethernet(
+        &restarted.message(HA2_SESSION_UPDATE, &[created]),
+    ));
+    let v = f.dp.session(&created.key).unwrap();
+    assert_eq!(v.state, SessionState::New as u8);
+    assert_eq!(counter(&f, "stale_records"), 2);
+}
+
 #[test]
 fn a_synced_session_carries_mid_stream_traffic_in_the_fast_path() {
     let mut f = fixture();
