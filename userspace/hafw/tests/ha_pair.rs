@@ -957,8 +957,8 @@ fn sessions_converge_under_ha2_loss_and_survive_a_failover() {
     // The burst (100,000 new flows in about 2 s through the lab's 2 vCPUs) can hold heartbeats
     // off for longer than the fast profile's 15 ms on a kernel that does not preempt (README,
     // known gaps); a split brain in the middle would send part of the burst through the other
-    // node. What this test is about is HA2, so its pair tolerates 500 ms of heartbeat silence;
-    // the failover at the end cuts the links, which the carrier watch sees at once.
+    // node. What this test is about is HA2, so its pair tolerates 500 ms of heartbeat silence,
+    // which is also how long its failover at the end (SIGKILL, links cut) takes to be noticed.
     let tolerant = |_: usize, text: String| {
         advanced_timers(
             text,
