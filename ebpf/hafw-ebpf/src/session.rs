@@ -237,8 +237,19 @@ pub fn create(
         sync_sequence: 0,
         next_hop: Default::default(),
     };
-    // By reference: a copy would put the 112 bytes back on the stack.
-    let value: &SessionValue = value;
+    store(cfg, c, key, value, if_absent)
+}
+
+/// Writes `value` (by reference: a copy would put the 112 bytes back on the stack) as the new
+/// session of `key`, counts it and announces it; see [`create`] for `if_absent`.
+#[inline(always)]
+fn store(
+    cfg: &DataplaneConfig,
+    c: &mut Counters,
+    key: &SessionKey,
+    value: &SessionValue,
+    if_absent: bool,
+) -> Created {
     let flags = if if_absent { BPF_NOEXIST } else { BPF_ANY };
     match SESSIONS.insert(key, value, flags as u64) {
         Ok(()) => {}
@@ -287,13 +298,7 @@ pub fn syn_on_existing(
             };
             // SAFETY: this CPU's scratch entry, as `create` left it in this program run.
             let value: &SessionValue = unsafe { &*value };
-            if SESSIONS.insert(key, value, BPF_ANY as u64).is_err() {
-                c.drop_session_table_full += 1;
-                return false;
-            }
-            c.session_created += 1;
-            emit(cfg, c, EVENT_CREATED, key, value);
-            true
+            matches!(store(cfg, c, key, value, false), Created::Yes)
         }
     }
 }
