@@ -146,16 +146,6 @@ pub struct RuleAction {
 }
 impl_pod!(RuleAction);
 
-/// Per-slot facts (map `POLICY_INFO`, index = slot).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct PolicyInfo {
-    /// Words of the bitmaps in use: `ceil(rule_count / 64)`.
-    pub rule_words: u32,
-    pub rule_count: u32,
-}
-impl_pod!(PolicyInfo);
-
 /// Key of `IFACES`: which zone an interface belongs to in a policy slot.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

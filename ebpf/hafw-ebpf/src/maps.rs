@@ -13,7 +13,7 @@ use hafw_common::{
     ha2::{Ha2Config, Ha2Counters, Ha2State, MAX_SESSION_RECORDS, SessionRecord},
     policy::{
         IfaceInfo, IfaceKey, MAX_POLICY_PREFIXES, MAX_RULES, MAX_SERVICE_CLASSES, MAX_ZONES,
-        POLICY_SLOTS, PORTS, PROTO_CLASSES, PolicyAddrKey, PolicyInfo, RuleAction, RuleBitmap,
+        POLICY_SLOTS, PORTS, PROTO_CLASSES, PolicyAddrKey, RuleAction, RuleBitmap,
     },
     session::{SessionEvent, SessionKey, SessionValue},
 };
@@ -54,10 +54,6 @@ pub static DEVMAP: DevMapHash<256> = DevMapHash::new();
 /// Zone of each data port, per policy slot.
 #[btf_map]
 pub static IFACES: HashMap<IfaceKey, IfaceInfo, 1024> = HashMap::new();
-
-/// Per-slot policy facts (rule count, bitmap words in use).
-#[btf_map]
-pub static POLICY_INFO: Array<PolicyInfo, { POLICY_SLOTS as usize }> = Array::new();
 
 /// Rule bitmap per (slot, from zone, to zone).
 #[btf_map]

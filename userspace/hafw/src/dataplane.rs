@@ -28,8 +28,8 @@ use hafw_common::{
     ha2::{Ha2Config, Ha2Counters, Ha2State},
     policy::{
         IfaceInfo, IfaceKey, MAX_ZONES, POLICY_ADDR_HEADER_BITS, PORTS, PROTO_CLASSES,
-        PolicyAddrKey, PolicyInfo, RuleAction, RuleBitmap, port_class_index, rule_index,
-        service_bitmap_index, zone_pair_index,
+        PolicyAddrKey, RuleAction, RuleBitmap, port_class_index, rule_index, service_bitmap_index,
+        zone_pair_index,
     },
     session::{SessionKey, SessionValue},
 };
@@ -224,7 +224,6 @@ pub struct Dataplane {
     sessions_fd: std::os::fd::OwnedFd,
     devmap: DevMapHash<MapData>,
     ifaces: HashMap<MapData, IfaceKey, IfaceInfo>,
-    policy_info: Array<MapData, PolicyInfo>,
     zone_pairs: Array<MapData, RuleBitmap>,
     src_addrs: LpmTrie<MapData, PolicyAddrKey, RuleBitmap>,
     dst_addrs: LpmTrie<MapData, PolicyAddrKey, RuleBitmap>,
@@ -317,7 +316,6 @@ impl Dataplane {
             sessions: take!(ebpf, "SESSIONS"),
             devmap: take!(ebpf, "DEVMAP"),
             ifaces: take!(ebpf, "IFACES"),
-            policy_info: take!(ebpf, "POLICY_INFO"),
             zone_pairs: take!(ebpf, "ZONE_PAIRS"),
             src_addrs: take!(ebpf, "SRC_ADDRS"),
             dst_addrs: take!(ebpf, "DST_ADDRS"),
@@ -695,15 +693,6 @@ impl Dataplane {
             self.rules.set(rule_index(slot, i as u32), rule, 0)?;
         }
         shadow.rules = p.rules.len() as u32;
-
-        self.policy_info.set(
-            slot,
-            PolicyInfo {
-                rule_words: p.rule_words,
-                rule_count: p.rule_count,
-            },
-            0,
-        )?;
         Ok(())
     }
 

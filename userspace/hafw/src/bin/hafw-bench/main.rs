@@ -493,7 +493,6 @@ fn fastpath_test_run() -> Result<Vec<Row>> {
         None,
         "as the batched row, in the harness of the floor above",
     ));
-    let _ = &mut f;
     Ok(rows)
 }
 
