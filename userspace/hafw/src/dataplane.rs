@@ -66,12 +66,7 @@ fn load_alone_with(program: &str, loader: &mut EbpfLoader) -> Result<Ebpf> {
         .map_max_entries("SESSIONS", 1024)
         .load(XDP_OBJECT)
         .context("loading the XDP object")?;
-    let prog: &mut Xdp = ebpf
-        .program_mut(program)
-        .ok_or_else(|| anyhow!("program {program} missing from the XDP object"))?
-        .try_into()?;
-    prog.load()
-        .with_context(|| format!("loading program {program} (verifier)"))?;
+    load_xdp(&mut ebpf, program)?;
     Ok(ebpf)
 }
 
@@ -258,6 +253,15 @@ macro_rules! take {
     };
 }
 
+/// Loads (verifies) the XDP program `name` of the object.
+fn load_xdp(ebpf: &mut Ebpf, name: &str) -> Result<()> {
+    let prog: &mut Xdp = ebpf
+        .program_mut(name)
+        .ok_or_else(|| anyhow!("program {name} missing from the XDP object"))?
+        .try_into()?;
+    load_retrying(|| prog.load()).with_context(|| format!("loading program {name} (verifier)"))
+}
+
 /// Runs `load`, retrying when the verifier was interrupted: it gives up with EAGAIN when a signal
 /// is pending for the loading thread (as libbpf does, a few attempts).
 fn load_retrying(mut load: impl FnMut() -> Result<(), ProgramError>) -> Result<(), ProgramError> {
@@ -286,12 +290,7 @@ impl Dataplane {
             pin_maps(&mut ebpf, dir)?;
         }
         for name in [FAST_PATH_PROGRAM, PASS_PROGRAM, HA2_PROGRAM] {
-            let prog: &mut Xdp = ebpf
-                .program_mut(name)
-                .ok_or_else(|| anyhow!("program {name} missing from the XDP object"))?
-                .try_into()?;
-            load_retrying(|| prog.load())
-                .with_context(|| format!("loading program {name} (verifier)"))?;
+            load_xdp(&mut ebpf, name)?;
         }
         let egress: &mut SchedClassifier = ebpf
             .program_mut(EGRESS_PROGRAM)
@@ -341,20 +340,12 @@ impl Dataplane {
 
     /// The data-port program, for `BPF_PROG_TEST_RUN`.
     pub fn fast_path(&self) -> Result<&Xdp> {
-        Ok(self
-            .ebpf
-            .program(FAST_PATH_PROGRAM)
-            .ok_or_else(|| anyhow!("no program {FAST_PATH_PROGRAM}"))?
-            .try_into()?)
+        self.xdp_program(FAST_PATH_PROGRAM)
     }
 
     /// The pass-through program (the benchmark floor).
     pub fn pass_program(&self) -> Result<&Xdp> {
-        Ok(self
-            .ebpf
-            .program(PASS_PROGRAM)
-            .ok_or_else(|| anyhow!("no program {PASS_PROGRAM}"))?
-            .try_into()?)
+        self.xdp_program(PASS_PROGRAM)
     }
 
     /// Attaches the fast path to a data port: native mode, or generic when the driver lacks it.
@@ -491,22 +482,21 @@ impl Dataplane {
     /// Benchmark support: loads `program` of this object (so it shares this dataplane's maps) and
     /// keeps it in the XDP dispatcher on `idle_port` (see [`Dataplane::stay_in_dispatcher`]).
     pub fn load_bench_program(&mut self, program: &str, idle_port: &str) -> Result<()> {
-        let prog: &mut Xdp = self
-            .ebpf
-            .program_mut(program)
-            .ok_or_else(|| anyhow!("program {program} missing from the XDP object"))?
-            .try_into()?;
-        load_retrying(|| prog.load())
-            .with_context(|| format!("loading program {program} (verifier)"))?;
+        load_xdp(&mut self.ebpf, program)?;
         self.attach_program(program, idle_port).map(drop)
     }
 
     /// A program of the object loaded by [`Dataplane::load_bench_program`].
     pub fn bench_program(&self, program: &str) -> Result<&Xdp> {
+        self.xdp_program(program)
+    }
+
+    /// A loaded XDP program of the object, for BPF_PROG_TEST_RUN.
+    fn xdp_program(&self, name: &str) -> Result<&Xdp> {
         Ok(self
             .ebpf
-            .program(program)
-            .ok_or_else(|| anyhow!("no program {program}"))?
+            .program(name)
+            .ok_or_else(|| anyhow!("no program {name}"))?
             .try_into()?)
     }
 
@@ -740,11 +730,7 @@ impl Dataplane {
 
     /// The HA2 ingest program, for `BPF_PROG_TEST_RUN`.
     pub fn ha2_program(&self) -> Result<&Xdp> {
-        Ok(self
-            .ebpf
-            .program(HA2_PROGRAM)
-            .ok_or_else(|| anyhow!("no program {HA2_PROGRAM}"))?
-            .try_into()?)
+        self.xdp_program(HA2_PROGRAM)
     }
 
     /// Whether (and from whom) the HA2 ingest program accepts session sync.
