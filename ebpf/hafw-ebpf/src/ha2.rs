@@ -26,9 +26,9 @@ use hafw_common::{
 
 use crate::{
     counters::{Clock, now_ns},
-    maps::{CONFIG, HA2_CONFIG, HA2_COUNTERS, HA2_RECORDS, HA2_STATE, RecordBlock, SESSIONS},
+    maps::{CONFIG, HA2_CONFIG, HA2_COUNTERS, HA2_RECORDS, HA2_STATE, RecordBlock},
     parse::ptr_at,
-    session::EEXIST,
+    session::{self, EEXIST},
 };
 
 const PASS: u32 = xdp_action::XDP_PASS;
@@ -178,7 +178,7 @@ fn ingest(ctx: &XdpContext, c: &mut Ha2Counters, offset: usize) -> Result<u32, (
                 if i >= count {
                     break;
                 }
-                let _ = SESSIONS.remove(r.key);
+                let _ = session::remove(&r.key);
                 c.session_deletes += 1;
             }
             Ok(DROP)
@@ -359,24 +359,16 @@ fn write_session(c: &mut Ha2Counters, r: &SessionRecord, now: u64, written_by: (
     // is inserted only if absent, which skips the lookup that would miss; present after all (a
     // retransmission, a rejoin), it is treated as an existing one.
     let new = r.flags & RECORD_F_NEW != 0;
-    let mut existing = if new {
-        None
-    } else {
-        SESSIONS.get_ptr_mut(r.key)
-    };
+    let mut existing = if new { None } else { session::get(&r.key) };
     if existing.is_none() {
         let flags = if new { BPF_NOEXIST } else { BPF_ANY };
-        #[expect(
-            clippy::needless_borrows_for_generic_args,
-            reason = "by value would copy the 112 octets to the stack again; `value` is used below"
-        )]
-        let inserted = SESSIONS.insert(r.key, &value, flags as u64);
+        let inserted = session::insert(&r.key, &value, flags as u64);
         match inserted {
             Ok(()) => {
                 c.session_updates += 1;
                 return;
             }
-            Err(e) if e == -EEXIST => existing = SESSIONS.get_ptr_mut(r.key),
+            Err(e) if e == -EEXIST => existing = session::get(&r.key),
             Err(_) => {}
         }
     }

@@ -110,7 +110,8 @@ pub fn hafw_bench_new_flows(ctx: XdpContext) -> u32 {
 }
 
 /// One session lookup and nothing else, the benchmark's calibration of the kernel's part of an
-/// established packet: the frame is a session key (40 octets), copied to the stack and looked up.
+/// established packet: the frame is a session key (40 octets), copied to the stack and looked up
+/// in the table of its family.
 /// Drops when the session is present, passes when not.
 #[xdp]
 pub fn hafw_bench_lookup(ctx: XdpContext) -> u32 {
@@ -121,7 +122,7 @@ pub fn hafw_bench_lookup(ctx: XdpContext) -> u32 {
     // SAFETY: inside the frame, checked above; XDP frames start 8-aligned (after the 256-octet
     // headroom), as the key's alignment needs.
     let key = unsafe { core::ptr::read(start as *const SessionKey) };
-    match maps::SESSIONS.get_ptr(key) {
+    match session::get(&key) {
         Some(_) => xdp_action::XDP_DROP,
         None => xdp_action::XDP_PASS,
     }

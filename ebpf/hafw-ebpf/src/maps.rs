@@ -3,6 +3,7 @@
 //!
 //! All maps are BTF maps (`#[btf_map]`), so `bpftool map dump` prints named fields.
 
+use crate::counters::TickClock;
 use aya_ebpf::{
     btf_maps::{Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
     macros::btf_map,
@@ -15,7 +16,7 @@ use hafw_common::{
         IfaceInfo, IfaceKey, MAX_POLICY_PREFIXES, MAX_RULES, MAX_SERVICE_CLASSES, MAX_ZONES,
         POLICY_SLOTS, PORTS, PROTO_CLASSES, PolicyAddrKey, RuleAction, RuleBitmap,
     },
-    session::{SessionEvent, SessionKey, SessionValue},
+    session::{SessionEvent, SessionKey, SessionKeyV4, SessionValue},
 };
 
 /// Global configuration, one entry (`CONFIG_INDEX`).
@@ -26,10 +27,21 @@ pub static CONFIG: Array<DataplaneConfig, 1> = Array::new();
 #[btf_map]
 pub static COUNTERS: PerCpuArray<Counters, 1> = PerCpuArray::new();
 
-/// The session table. LRU, so a full table evicts the least recently used session rather than
-/// refusing new ones; userspace ages sessions out by state-specific timeouts long before that.
+/// The IPv4 session table (see "Two tables" in `hafw_common::session`). LRU, so a full table
+/// evicts the least recently used session rather than refusing new ones; userspace ages sessions
+/// out by state-specific timeouts long before that. Reach both tables through
+/// `session::{get, insert, remove}`.
 #[btf_map]
-pub static SESSIONS: LruHashMap<SessionKey, SessionValue, 262_144> = LruHashMap::new();
+pub static SESSIONS_V4: LruHashMap<SessionKeyV4, SessionValue, 262_144> = LruHashMap::new();
+
+/// The IPv6 session table, as [`SESSIONS_V4`].
+#[btf_map]
+pub static SESSIONS_V6: LruHashMap<SessionKey, SessionValue, 262_144> = LruHashMap::new();
+
+/// This CPU's last reading of the session clock and the `jiffies` it was taken at (see
+/// `counters::TickClock`).
+#[btf_map]
+pub static TICK_CLOCK: PerCpuArray<TickClock, 1> = PerCpuArray::new();
 
 /// Per-CPU scratch where a new session's value is built (see `session::create`).
 #[btf_map]

@@ -10,13 +10,14 @@ use hafw_common::{
     config::{CONFIG_F_SESSION_EVENTS, DataplaneConfig},
     counters::Counters,
     session::{
-        EVENT_CLOSED, EVENT_CREATED, EVENT_STATE_CHANGED, PROTO_TCP, SESSION_F_FIN_ORIG,
-        SESSION_F_FIN_REPLY, SESSION_F_INITIATOR_IS_HI, SessionKey, SessionState, SessionValue,
+        EVENT_CLOSED, EVENT_CREATED, EVENT_STATE_CHANGED, FAMILY_IPV4, PROTO_TCP,
+        SESSION_F_FIN_ORIG, SESSION_F_FIN_REPLY, SESSION_F_INITIATOR_IS_HI, SessionKey,
+        SessionState, SessionValue,
     },
 };
 
 use crate::{
-    maps::{NEW_SESSION, SESSION_EVENTS, SESSIONS},
+    maps::{NEW_SESSION, SESSION_EVENTS, SESSIONS_V4, SESSIONS_V6},
     parse::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
 };
 
@@ -27,9 +28,39 @@ pub struct Hit {
     pub from_initiator: bool,
 }
 
+/// The session of `key`, in the table of its family.
+#[inline(always)]
+pub fn get(key: &SessionKey) -> Option<*mut SessionValue> {
+    if key.family == FAMILY_IPV4 {
+        SESSIONS_V4.get_ptr_mut(key.v4())
+    } else {
+        SESSIONS_V6.get_ptr_mut(key)
+    }
+}
+
+/// `bpf_map_update_elem` of `key` in the table of its family.
+#[inline(always)]
+pub fn insert(key: &SessionKey, value: &SessionValue, flags: u64) -> Result<(), i32> {
+    if key.family == FAMILY_IPV4 {
+        SESSIONS_V4.insert(key.v4(), value, flags)
+    } else {
+        SESSIONS_V6.insert(key, value, flags)
+    }
+}
+
+/// `bpf_map_delete_elem` of `key` in the table of its family.
+#[inline(always)]
+pub fn remove(key: &SessionKey) -> Result<(), i32> {
+    if key.family == FAMILY_IPV4 {
+        SESSIONS_V4.remove(key.v4())
+    } else {
+        SESSIONS_V6.remove(key)
+    }
+}
+
 #[inline(always)]
 pub fn lookup(key: &SessionKey, src_is_hi: bool) -> Option<Hit> {
-    let value = SESSIONS.get_ptr_mut(key)?;
+    let value = get(key)?;
     // SAFETY: pointer from a successful lookup; valid for the rest of this program run.
     let flags = unsafe { (*value).flags };
     let initiator_is_hi = flags & SESSION_F_INITIATOR_IS_HI != 0;
@@ -251,7 +282,7 @@ fn store(
     if_absent: bool,
 ) -> Created {
     let flags = if if_absent { BPF_NOEXIST } else { BPF_ANY };
-    match SESSIONS.insert(key, value, flags as u64) {
+    match insert(key, value, flags as u64) {
         Ok(()) => {}
         Err(e) if if_absent && e == -EEXIST => return Created::Exists,
         Err(_) => {

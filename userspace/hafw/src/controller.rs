@@ -28,6 +28,7 @@ use crate::{
     control::{Request, Response, socket_path},
     dataplane::{AttachMode, Dataplane, FibGeneration, LoadOptions, ifindex, pin_dir},
     ha::{self, HaHandle, OperatorRequest, SyncCommand},
+    session_tables::FamilyCounts,
     sync, view,
 };
 
@@ -324,17 +325,19 @@ async fn age_sessions(node: Shared) {
                 .lock()
                 .map_err(|_| anyhow!("session map lock poisoned"))?;
             let now = aging::monotonic_now_ns();
-            let mut count = 0u64;
+            let mut live = FamilyCounts::default();
             let mut expired = Vec::new();
             let mut refresh = Vec::new();
             for entry in map.iter() {
                 let (k, v) = entry?;
-                count += 1;
                 // A passive node never ages synced sessions on its own: the active peer syncs
                 // their deletes, and after a takeover they age here from their synced age.
                 if !passive && aging::expired(&timeouts, &k, &v, now) {
                     expired.push(k);
-                } else if syncing && aging::refresh_due(&timeouts, &k, &v, now, AGING_INTERVAL) {
+                    continue;
+                }
+                live.count(&k);
+                if syncing && aging::refresh_due(&timeouts, &k, &v, now, AGING_INTERVAL) {
                     refresh.push(sync::record(&k, &v, now));
                 }
             }
@@ -351,8 +354,7 @@ async fn age_sessions(node: Shared) {
                 sender.flush();
             }
             n.aged_out += expired.len() as u64;
-            n.table
-                .observe(count - expired.len() as u64, u64::from(capacity));
+            n.table.observe(live, u64::from(capacity));
             Ok(expired.len() as u64)
         })
         .await;
@@ -365,28 +367,33 @@ async fn age_sessions(node: Shared) {
     }
 }
 
-/// How full the session table is, watched by the aging walk: an LRU table that fills up evicts
-/// its least recently used sessions, live ones included (on a passive node, synced ones), so
-/// crossing 90% is logged, as is the return below 80%.
+/// How full the session tables are, watched by the aging walk: an LRU table that fills up evicts
+/// its least recently used sessions, live ones included (on a passive node, synced ones), so a
+/// table (IPv4 or IPv6, each of `capacity`) crossing 90% is logged, as is the return below 80%.
 #[derive(Default)]
 struct TableFill {
-    sessions: u64,
+    sessions: FamilyCounts,
     capacity: u64,
     high: bool,
 }
 
 impl TableFill {
-    fn observe(&mut self, sessions: u64, capacity: u64) {
+    fn observe(&mut self, sessions: FamilyCounts, capacity: u64) {
         (self.sessions, self.capacity) = (sessions, capacity);
-        if !self.high && sessions * 10 >= capacity * 9 {
+        let (family, fullest) = if sessions.ipv4 >= sessions.ipv6 {
+            ("IPv4", sessions.ipv4)
+        } else {
+            ("IPv6", sessions.ipv6)
+        };
+        if !self.high && fullest * 10 >= capacity * 9 {
             self.high = true;
             warn!(
-                "session table {sessions} of {capacity} (90% or more): the oldest sessions will be \
-                 evicted; raise session_table_size"
+                "{family} session table {fullest} of {capacity} (90% or more): the oldest \
+                 sessions will be evicted; raise session_table_size"
             );
-        } else if self.high && sessions * 10 < capacity * 8 {
+        } else if self.high && fullest * 10 < capacity * 8 {
             self.high = false;
-            info!("session table back below 80% ({sessions} of {capacity})");
+            info!("session tables back below 80% ({fullest} of {capacity})");
         }
     }
 }
@@ -569,7 +576,9 @@ fn handle(node: &Shared, req: Request) -> Result<serde_json::Value> {
             fields.push(("events_state_changed".into(), n.events.state_changed));
             fields.push(("events_closed".into(), n.events.closed));
             fields.push(("sessions_aged_out".into(), n.aged_out));
-            fields.push(("session_table_entries".into(), n.table.sessions));
+            fields.push(("session_table_entries".into(), n.table.sessions.total()));
+            fields.push(("session_table_entries_ipv4".into(), n.table.sessions.ipv4));
+            fields.push(("session_table_entries_ipv6".into(), n.table.sessions.ipv6));
             fields.push(("session_table_size".into(), n.table.capacity));
             serde_json::Value::Object(fields.into_iter().map(|(k, v)| (k, v.into())).collect())
         }
@@ -1141,18 +1150,22 @@ fn state_sync_view(n: &Node) -> Result<serde_json::Value> {
 #[cfg(test)]
 mod tests {
     use super::TableFill;
+    use crate::session_tables::FamilyCounts;
 
     #[test]
-    fn table_fill_warns_at_90_percent_and_clears_below_80() {
+    fn table_fill_warns_at_90_percent_of_either_table_and_clears_below_80() {
+        let counts = |ipv4, ipv6| FamilyCounts { ipv4, ipv6 };
         let mut t = TableFill::default();
-        t.observe(899, 1000);
-        assert!(!t.high);
-        t.observe(900, 1000);
+        t.observe(counts(899, 899), 1000);
+        assert!(!t.high, "each table holds 1000");
+        t.observe(counts(900, 10), 1000);
         assert!(t.high);
-        t.observe(800, 1000);
+        t.observe(counts(10, 800), 1000);
         assert!(t.high, "hysteresis");
-        t.observe(799, 1000);
+        t.observe(counts(799, 10), 1000);
         assert!(!t.high);
-        assert_eq!((t.sessions, t.capacity), (799, 1000));
+        t.observe(counts(10, 900), 1000);
+        assert!(t.high, "the IPv6 table");
+        assert_eq!((t.sessions.total(), t.capacity), (910, 1000));
     }
 }

@@ -34,6 +34,8 @@ use hafw_common::{
     session::{SessionKey, SessionValue},
 };
 use hafw_config::CompiledPolicy;
+
+use crate::session_tables::{self, SessionTables};
 use log::{info, warn};
 
 /// The XDP object built by `build.rs` from `ebpf/hafw-ebpf`.
@@ -55,15 +57,16 @@ pub const LOOKUP_BENCH_PROGRAM: &str = "hafw_bench_lookup";
 pub const BENCH_FRAME_LEN: usize = 60;
 
 /// The XDP object with one program loaded on its own: the lab's and the benchmark's helpers
-/// (pass-through, sink). The object's maps are created and unused, so the session table is kept
-/// small.
+/// (pass-through, sink). The object's maps are created and unused, so the session tables are
+/// kept small.
 pub fn load_alone(program: &str) -> Result<Ebpf> {
     load_alone_with(program, &mut EbpfLoader::new())
 }
 
 fn load_alone_with(program: &str, loader: &mut EbpfLoader) -> Result<Ebpf> {
     let mut ebpf = loader
-        .map_max_entries("SESSIONS", 1024)
+        .map_max_entries(session_tables::IPV4_MAP, 1024)
+        .map_max_entries(session_tables::IPV6_MAP, 1024)
         .load(XDP_OBJECT)
         .context("loading the XDP object")?;
     load_xdp(&mut ebpf, program)?;
@@ -100,9 +103,10 @@ pub fn pin_dir(instance: &str) -> PathBuf {
 }
 
 /// Maps pinned for operators (`bpftool map dump pinned <dir>/<name>`).
-const PINNED_MAPS: [(&str, &str); 4] = [
+const PINNED_MAPS: [(&str, &str); 5] = [
     ("COUNTERS", "counters"),
-    ("SESSIONS", "sessions"),
+    (session_tables::IPV4_MAP, session_tables::IPV4_PIN),
+    (session_tables::IPV6_MAP, session_tables::IPV6_PIN),
     ("HA2_COUNTERS", "ha2_counters"),
     ("HA2_STATE", "ha2_state"),
 ];
@@ -214,9 +218,7 @@ pub struct Dataplane {
     /// Where links and maps are pinned, when they are.
     pin_dir: Option<PathBuf>,
     counters: PerCpuArray<MapData, Counters>,
-    sessions: HashMap<MapData, SessionKey, SessionValue>,
-    /// A second descriptor of the session map, for [`Dataplane::sessions_handle`].
-    sessions_fd: std::os::fd::OwnedFd,
+    sessions: SessionTables,
     devmap: DevMapHash<MapData>,
     ifaces: HashMap<MapData, IfaceKey, IfaceInfo>,
     zone_pairs: Array<MapData, RuleBitmap>,
@@ -283,7 +285,8 @@ impl Dataplane {
     pub fn load(opts: &LoadOptions) -> Result<Dataplane> {
         raise_memlock_limit();
         let mut ebpf = EbpfLoader::new()
-            .map_max_entries("SESSIONS", opts.session_table_size)
+            .map_max_entries(session_tables::IPV4_MAP, opts.session_table_size)
+            .map_max_entries(session_tables::IPV6_MAP, opts.session_table_size)
             .load(XDP_OBJECT)
             .context("loading the XDP object")?;
         if let Some(dir) = &opts.pin_dir {
@@ -305,14 +308,7 @@ impl Dataplane {
             }))),
             pin_dir: opts.pin_dir.clone(),
             counters: take!(ebpf, "COUNTERS"),
-            sessions_fd: match ebpf.map("SESSIONS") {
-                Some(aya::maps::Map::LruHashMap(data)) => {
-                    use std::os::fd::AsFd as _;
-                    data.fd().as_fd().try_clone_to_owned()?
-                }
-                _ => bail!("map SESSIONS missing from the XDP object or not an LRU hash"),
-            },
-            sessions: take!(ebpf, "SESSIONS"),
+            sessions: SessionTables::take(&mut ebpf)?,
             devmap: take!(ebpf, "DEVMAP"),
             ifaces: take!(ebpf, "IFACES"),
             zone_pairs: take!(ebpf, "ZONE_PAIRS"),
@@ -696,31 +692,27 @@ impl Dataplane {
         Ok(total)
     }
 
-    /// Another handle on the session map, for work that walks the whole table (aging) without
-    /// holding the dataplane, and so without stalling session events and HA2 sync meanwhile.
-    pub fn sessions_handle(&self) -> Result<HashMap<MapData, SessionKey, SessionValue>> {
-        let data = MapData::from_fd(self.sessions_fd.try_clone()?)?;
-        Ok(HashMap::try_from(aya::maps::Map::LruHashMap(data))?)
+    /// Other handles on the session tables, for work that walks them whole (aging) without
+    /// holding the dataplane (see [`SessionTables::try_clone`]).
+    pub fn sessions_handle(&self) -> Result<SessionTables> {
+        self.sessions.try_clone()
     }
 
-    /// Every session in the table.
+    /// Every session of both tables.
     pub fn sessions(&self) -> Result<Vec<(SessionKey, SessionValue)>> {
-        self.sessions
-            .iter()
-            .map(|r| r.context("reading SESSIONS"))
-            .collect()
+        self.sessions.iter().collect()
     }
 
     pub fn session(&self, key: &SessionKey) -> Option<SessionValue> {
-        self.sessions.get(key, 0).ok()
+        self.sessions.get(key)
     }
 
     pub fn insert_session(&mut self, key: &SessionKey, value: &SessionValue) -> Result<()> {
-        Ok(self.sessions.insert(key, value, 0)?)
+        self.sessions.insert(key, value)
     }
 
     pub fn remove_session(&mut self, key: &SessionKey) -> Result<()> {
-        Ok(self.sessions.remove(key)?)
+        self.sessions.remove(key)
     }
 
     /// The FIB generation, for the watcher of the kernel's tables (and tests).

@@ -1,6 +1,7 @@
 //! hafw: the userspace controller of the hafw firewall pair.
 //!
 //! - [`dataplane`]: loads the XDP object, owns its maps, attaches data ports, commits policy.
+//! - [`session_tables`]: the IPv4 and IPv6 session tables behind one interface.
 //! - [`aging`]: which sessions have expired (pure; driven by an injected clock).
 //! - [`view`]: sessions and counters as operators see them (tables and JSON).
 //! - [`control`]: the local control socket's protocol and client.
@@ -13,6 +14,7 @@ pub mod control;
 pub mod controller;
 pub mod dataplane;
 pub mod ha;
+pub mod session_tables;
 pub mod sync;
 pub mod testkit;
 pub mod view;

@@ -690,17 +690,9 @@ pub fn send_lab_udp_flows(
     })?
 }
 
-/// The session map of a running instance, opened through its pin.
-pub fn pinned_sessions(
-    instance: &str,
-) -> anyhow::Result<
-    aya::maps::HashMap<aya::maps::MapData, SessionKey, hafw_common::session::SessionValue>,
-> {
-    let pin = crate::dataplane::pin_dir(instance).join("sessions");
-    let data = aya::maps::MapData::from_pin(&pin)?;
-    Ok(aya::maps::HashMap::try_from(
-        aya::maps::Map::from_map_data(data)?,
-    )?)
+/// The session tables of a running instance, opened through their pins.
+pub fn pinned_sessions(instance: &str) -> anyhow::Result<crate::session_tables::SessionTables> {
+    crate::session_tables::SessionTables::from_pins(&crate::dataplane::pin_dir(instance))
 }
 
 /// Fast path counter `name` of a running instance, summed over CPUs, through its pin.

@@ -754,7 +754,7 @@ fn a_late_passive_gets_the_whole_table_by_bulk_sync() {
             egress_zone: 1,
             ..Default::default()
         };
-        map.insert(key, value, 0).unwrap();
+        map.insert(&key, &value).unwrap();
     }
     eprintln!("{N} sessions written in {:?}", t.elapsed());
     pair.start_node(1);

@@ -423,7 +423,7 @@ fn bpftool_dumps_pinned_counters_with_named_fields() {
             "{field} missing from:\n{counters}"
         );
     }
-    let sessions = bpftool_dump(&lab, "sessions");
+    let sessions = bpftool_dump(&lab, "sessions_v4");
     assert!(
         sessions.contains("\"addr_lo\"") && sessions.contains("\"packets_orig\""),
         "{sessions}"

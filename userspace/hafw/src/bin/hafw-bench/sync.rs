@@ -141,7 +141,7 @@ pub fn bulk(n: u32) -> Result<Row> {
         ..Default::default()
     };
     for i in 0..n {
-        map.insert(key(i), value, 0)?;
+        map.insert(&key(i), &value)?;
     }
     let started = Instant::now();
     run.start_node(1)?;
@@ -203,7 +203,7 @@ pub fn lag(flows: u32) -> Result<Vec<Row>> {
     hafw::testkit::send_lab_udp_flows(&run.topo.client.name, 0, flows, move |frame, sent| {
         let key = hafw::testkit::session_key(frame);
         // Yielding, not spinning: the pair has two CPUs to share with this poll.
-        while passive.get(&key, 0).is_err() && sent.elapsed() < GIVE_UP {
+        while passive.get(&key).is_none() && sent.elapsed() < GIVE_UP {
             std::thread::yield_now();
         }
         if let Ok(mut l) = record.lock() {
