@@ -204,10 +204,54 @@ pub struct NextHop {
     pub ifindex: u32,
     /// FIB generation of the lookup; 0: empty.
     pub generation: u32,
+    /// The frame's new Ethernet addresses (see [`EthAddrs`]).
+    pub eth_addrs: EthAddrs,
     pub max_ip_len: u16,
-    pub smac: [u8; 6],
-    pub dmac: [u8; 6],
     pub _pad: [u8; 2],
+}
+
+impl NextHop {
+    pub fn dmac(&self) -> [u8; 6] {
+        let octets = self.eth_addrs.octets();
+        core::array::from_fn(|i| octets[i])
+    }
+
+    pub fn smac(&self) -> [u8; 6] {
+        let octets = self.eth_addrs.octets();
+        core::array::from_fn(|i| octets[6 + i])
+    }
+}
+
+/// The first 12 octets of an Ethernet header, destination then source MAC, held as 16-bit words
+/// in memory order: the fast path rewrites a frame's addresses with six word stores (as 6-octet
+/// arrays, the BPF backend copies octet by octet, a load, shifts and a store per octet). Words of
+/// 16 bits, not 32: a frame's Ethernet header is only sure to be 2-aligned (generic XDP on
+/// architectures with NET_IP_ALIGN 2).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EthAddrs(pub [u16; 6]);
+
+impl EthAddrs {
+    #[inline(always)]
+    pub fn new(dmac: &[u8; 6], smac: &[u8; 6]) -> EthAddrs {
+        let word = |m: &[u8; 6], i: usize| u16::from_ne_bytes([m[2 * i], m[2 * i + 1]]);
+        EthAddrs([
+            word(dmac, 0),
+            word(dmac, 1),
+            word(dmac, 2),
+            word(smac, 0),
+            word(smac, 1),
+            word(smac, 2),
+        ])
+    }
+
+    pub fn octets(&self) -> [u8; 12] {
+        let mut out = [0; 12];
+        for (i, w) in self.0.iter().enumerate() {
+            out[2 * i..2 * i + 2].copy_from_slice(&w.to_ne_bytes());
+        }
+        out
+    }
 }
 
 /// Index into [`SessionValue::next_hop`] of each direction.

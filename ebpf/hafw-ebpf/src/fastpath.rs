@@ -295,11 +295,7 @@ fn host_bound(c: &mut Counters, pkt: &Packet) -> u32 {
 #[inline(always)]
 fn forward(ctx: &XdpContext, c: &mut Counters, pkt: &Packet, route: Route) -> u32 {
     match route {
-        Route::Forward {
-            ifindex,
-            smac,
-            dmac,
-        } => {
+        Route::Forward { ifindex, eth_addrs } => {
             if pkt.ttl <= 1 {
                 c.pass_ttl += 1;
                 return PASS;
@@ -309,7 +305,7 @@ fn forward(ctx: &XdpContext, c: &mut Counters, pkt: &Packet, route: Route) -> u3
                 c.pass_vlan += 1;
                 return PASS;
             }
-            if forward::rewrite(ctx, pkt, &smac, &dmac).is_err() {
+            if forward::rewrite(ctx, pkt, &eth_addrs).is_err() {
                 c.drop_malformed += 1;
                 return DROP;
             }

@@ -10,8 +10,7 @@ use aya_ebpf::{
     helpers::generated::bpf_fib_lookup,
     programs::XdpContext,
 };
-use hafw_common::session::{DIR_REPLY, FAMILY_IPV4, SessionValue};
-use network_types::eth::EthHdr;
+use hafw_common::session::{DIR_REPLY, EthAddrs, FAMILY_IPV4, SessionValue};
 
 use crate::parse::{Packet, ParseError, ptr_at_mut};
 
@@ -22,11 +21,7 @@ const AF_INET6: u8 = 10;
 #[derive(Clone, Copy)]
 pub enum Route {
     /// Forward out of `ifindex` with these MACs.
-    Forward {
-        ifindex: u32,
-        smac: [u8; 6],
-        dmac: [u8; 6],
-    },
+    Forward { ifindex: u32, eth_addrs: EthAddrs },
     /// Routable out of `ifindex`, but the neighbour is not resolved: the kernel must forward.
     NoNeigh { ifindex: u32 },
     /// Local destination, forwarding disabled, or otherwise not for the fast path.
@@ -71,8 +66,7 @@ pub fn lookup(ctx: &XdpContext, pkt: &Packet) -> Route {
     match rc as u32 {
         BPF_FIB_LKUP_RET_SUCCESS => Route::Forward {
             ifindex: p.ifindex,
-            smac: p.smac,
-            dmac: p.dmac,
+            eth_addrs: EthAddrs::new(&p.dmac, &p.smac),
         },
         BPF_FIB_LKUP_RET_NO_NEIGH => Route::NoNeigh { ifindex: p.ifindex },
         BPF_FIB_LKUP_RET_BLACKHOLE | BPF_FIB_LKUP_RET_UNREACHABLE | BPF_FIB_LKUP_RET_PROHIBIT => {
@@ -101,8 +95,7 @@ pub fn cached(
     }
     Some(Route::Forward {
         ifindex: nh.ifindex,
-        smac: nh.smac,
-        dmac: nh.dmac,
+        eth_addrs: nh.eth_addrs,
     })
 }
 
@@ -118,12 +111,7 @@ pub fn remember(
     route: &Route,
     generation: u32,
 ) {
-    let Route::Forward {
-        ifindex,
-        smac,
-        dmac,
-    } = *route
-    else {
+    let Route::Forward { ifindex, eth_addrs } = *route else {
         return;
     };
     if generation == 0 || dir > DIR_REPLY {
@@ -141,8 +129,7 @@ pub fn remember(
     unsafe {
         core::ptr::write_volatile(&mut nh.generation, 0);
         nh.ifindex = ifindex;
-        nh.smac = smac;
-        nh.dmac = dmac;
+        nh.eth_addrs = eth_addrs;
         nh.max_ip_len = max_ip_len;
         core::ptr::write_volatile(&mut nh.generation, generation);
     }
@@ -151,18 +138,10 @@ pub fn remember(
 /// Rewrites the Ethernet addresses and decrements TTL / hop limit. The caller has checked that
 /// the TTL is above 1.
 #[inline(always)]
-pub fn rewrite(
-    ctx: &XdpContext,
-    pkt: &Packet,
-    smac: &[u8; 6],
-    dmac: &[u8; 6],
-) -> Result<(), ParseError> {
-    let eth = ptr_at_mut::<EthHdr>(ctx, 0)?;
-    // SAFETY: bounds checked by ptr_at_mut.
-    unsafe {
-        (*eth).dst_addr = *dmac;
-        (*eth).src_addr = *smac;
-    }
+pub fn rewrite(ctx: &XdpContext, pkt: &Packet, eth_addrs: &EthAddrs) -> Result<(), ParseError> {
+    let eth = ptr_at_mut::<EthAddrs>(ctx, 0)?;
+    // SAFETY: bounds checked by ptr_at_mut; the frame starts 2-aligned (see `EthAddrs`).
+    unsafe { *eth = *eth_addrs };
     if pkt.family == FAMILY_IPV4 {
         // TTL is byte 8, the checksum bytes 10-11. Decrementing the TTL lowers the 16-bit word
         // (ttl << 8 | proto) by 0x0100, so the complemented sum rises by 0x0100 with end-around

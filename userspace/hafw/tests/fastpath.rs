@@ -132,11 +132,11 @@ fn established_packets_use_the_cached_next_hop_until_the_fib_generation_changes(
     let s = f.session_of(&ack).unwrap();
     let nh = s.next_hop[hafw_common::session::DIR_ORIG];
     assert_eq!(
-        (nh.ifindex, nh.dmac, nh.smac),
+        (nh.ifindex, nh.dmac(), nh.smac()),
         (f.untrust, testkit::SERVER_MAC, f.untrust_mac)
     );
     assert_eq!(
-        s.next_hop[hafw_common::session::DIR_REPLY].dmac,
+        s.next_hop[hafw_common::session::DIR_REPLY].dmac(),
         testkit::CLIENT_MAC
     );
     let cached = f.counter("route_cached");
