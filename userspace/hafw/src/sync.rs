@@ -7,7 +7,7 @@
 //! or with a resync ([`Sender::serve`]).
 
 use std::{
-    collections::{BTreeMap, VecDeque},
+    collections::{BTreeMap, HashMap, VecDeque},
     net::{IpAddr, SocketAddr, UdpSocket},
     time::{Duration, Instant},
 };
@@ -117,6 +117,53 @@ fn encode<T: Copy>(mut header: Ha2Header, records: &[T]) -> Vec<u8> {
         out.extend_from_slice(bytes_of(r));
     }
     out
+}
+
+/// The type of a message this node encoded.
+fn msg_type_of(msg: &[u8]) -> Option<u8> {
+    parse_header(msg).map(|h| h.msg_type)
+}
+
+/// The session records of a message this node encoded (none for other message types).
+fn records_of(msg: &[u8]) -> Vec<SessionRecord> {
+    match msg_type_of(msg) {
+        Some(HA2_SESSION_UPDATE | HA2_SESSION_DELETE) => msg[HA2_HEADER_LEN..]
+            .chunks_exact(size_of::<SessionRecord>())
+            // SAFETY: a chunk of exactly one record's size; SessionRecord is a plain
+            // `#[repr(C)]` integer struct, valid for any bytes.
+            .map(|c| unsafe { c.as_ptr().cast::<SessionRecord>().read_unaligned() })
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// Update message `msg` (number `seq`) without the records of sessions that a later message
+/// deleted, and how many it left out; other messages as they are.
+fn without_deleted_later<'m>(
+    msg: &'m [u8],
+    seq: u32,
+    deleted_in: &HashMap<SessionKey, u32>,
+) -> (std::borrow::Cow<'m, [u8]>, u64) {
+    // Numbers within the resend buffer are less than half the sequence space apart.
+    let later = |deleted: u32| (deleted.wrapping_sub(seq) as i32) > 0;
+    if deleted_in.is_empty() || msg_type_of(msg) != Some(HA2_SESSION_UPDATE) {
+        return (msg.into(), 0);
+    }
+    let records = records_of(msg);
+    let kept: Vec<SessionRecord> = records
+        .iter()
+        .filter(|r| !deleted_in.get(&r.key).is_some_and(|&d| later(d)))
+        .copied()
+        .collect();
+    if kept.len() == records.len() {
+        return (msg.into(), 0);
+    }
+    // SAFETY: `msg` holds at least a header (it has a type); Ha2Header is a plain `#[repr(C)]`
+    // integer struct. Read as stored (little-endian), so it is written back unchanged but for
+    // its record count.
+    let header = unsafe { msg.as_ptr().cast::<Ha2Header>().read_unaligned() };
+    let withheld = (records.len() - kept.len()) as u64;
+    (encode(header, &kept).into(), withheld)
 }
 
 /// Parses a message header (little-endian fields converted).
@@ -287,6 +334,14 @@ impl Link {
     }
 
     #[cfg(test)]
+    fn sent_messages(&self) -> &[Vec<u8>] {
+        match &self.out {
+            Out::Recorded(sent) => sent,
+            _ => &[],
+        }
+    }
+
+    #[cfg(test)]
     fn sent(&self) -> Vec<u32> {
         match &self.out {
             Out::Recorded(sent) => sent
@@ -437,6 +492,9 @@ pub struct SyncStats {
     /// Bulk syncs sent because a lost message was no longer in the resend buffer, or the peer
     /// asked for one.
     pub resyncs_sent: u64,
+    /// Records left out of retransmitted messages because a later message deleted their
+    /// session (see [`Sender::serve`]).
+    pub retransmit_records_withheld: u64,
     /// Duration of the last bulk sync this node sent, and how many sessions it carried.
     pub last_bulk_sent_ms: Option<f64>,
     pub last_bulk_sent_sessions: Option<u64>,
@@ -453,6 +511,8 @@ pub struct Sender {
     deletes: Vec<SessionRecord>,
     /// The last [`RESEND_BUFFER`] sequenced messages, oldest first, numbers contiguous.
     resend: VecDeque<(u32, Vec<u8>)>,
+    /// Each session deleted by a message still in the resend buffer, with that message's number.
+    deleted_in: HashMap<SessionKey, u32>,
     /// Data went out since the last keep-alive (see [`Sender::probe_tail`]).
     unprobed: bool,
     pub stats: SyncStats,
@@ -474,6 +534,7 @@ impl Sender {
             updates: Vec::with_capacity(MAX_SESSION_RECORDS),
             deletes: Vec::with_capacity(MAX_SESSION_RECORDS),
             resend: VecDeque::with_capacity(1024),
+            deleted_in: HashMap::new(),
             unprobed: false,
             stats: SyncStats::default(),
         }
@@ -504,8 +565,20 @@ impl Sender {
         } else {
             self.stats.send_errors += 1;
         }
-        if self.resend.len() == RESEND_BUFFER {
-            self.resend.pop_front();
+        if self.resend.len() == RESEND_BUFFER
+            && let Some((seq, old)) = self.resend.pop_front()
+            && msg_type_of(&old) == Some(HA2_SESSION_DELETE)
+        {
+            for r in records_of(&old) {
+                if self.deleted_in.get(&r.key) == Some(&seq) {
+                    self.deleted_in.remove(&r.key);
+                }
+            }
+        }
+        if msg_type == HA2_SESSION_DELETE {
+            for r in records_of(&msg) {
+                self.deleted_in.insert(r.key, self.writer.sequence);
+            }
         }
         self.resend.push_back((self.writer.sequence, msg));
         self.unprobed = msg_type != HA2_KEEPALIVE;
@@ -513,6 +586,11 @@ impl Sender {
 
     /// Answers a request of the passive peer. Requests about another epoch (an earlier sender)
     /// are stale and ignored.
+    ///
+    /// A message is sent again without the records of sessions a later message deleted: the
+    /// peer applied that delete already (or will have it sent again), and the old record would
+    /// bring the session back there, for good: a passive node never ages synced sessions. (A
+    /// message left without records still goes out, to fill the peer's gap.)
     pub fn serve(&mut self, request: &PeerRequest) -> Served {
         match request {
             PeerRequest::Resync { epoch } if *epoch == self.writer.epoch => Served::NeedsResync,
@@ -532,7 +610,9 @@ impl Sender {
                         else {
                             return Served::NeedsResync;
                         };
-                        if self.link.send(msg) {
+                        let (msg, withheld) = without_deleted_later(msg, seq, &self.deleted_in);
+                        self.stats.retransmit_records_withheld += withheld;
+                        if self.link.send(&msg) {
                             self.stats.messages_retransmitted += 1;
                         } else {
                             self.stats.send_errors += 1;
@@ -1024,6 +1104,53 @@ mod tests {
         );
         assert_eq!(s.serve(&PeerRequest::Resync { epoch }), Served::NeedsResync);
         assert_eq!(s.stats.messages_retransmitted, 2);
+    }
+
+    /// Input: an update of sessions A and B (message 1), a delete of A (2), a new update of A,
+    /// its tuple reused (3); the peer asks for 1 and 3 again. Output: 1 comes back with B only
+    /// (A's old record would bring the deleted session back on the peer for good), 3 whole; once
+    /// the delete leaves the resend buffer, A is forgotten.
+    #[test]
+    fn a_retransmission_leaves_out_sessions_a_later_message_deleted() {
+        let mut s = Sender::new(Link::recorded(), MessageWriter::new(1, 1));
+        let session = |port: u16| SessionRecord {
+            key: SessionKey {
+                port_lo: port,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let (a, b) = (session(1), session(2));
+        s.update(a);
+        s.update(b);
+        s.flush();
+        s.delete(a.key);
+        s.flush();
+        s.update(a);
+        s.flush();
+        let epoch = s.epoch();
+        let ask = |first| PeerRequest::Retransmit {
+            epoch,
+            ranges: vec![RetransmitRange { first, count: 1 }],
+        };
+        let keys =
+            |msg: &[u8]| -> Vec<u16> { records_of(msg).iter().map(|r| r.key.port_lo).collect() };
+        assert_eq!(s.serve(&ask(1)), Served::Done);
+        let resent = s.link.sent_messages().last().unwrap().clone();
+        assert_eq!(parse_header(&resent).unwrap().sequence, 1);
+        assert_eq!(parse_header(&resent).unwrap().count, 1);
+        assert_eq!(keys(&resent), [2], "A was deleted by message 2");
+        assert_eq!(s.stats.retransmit_records_withheld, 1);
+        s.serve(&ask(3));
+        assert_eq!(
+            keys(s.link.sent_messages().last().unwrap()),
+            [1],
+            "after the delete"
+        );
+        for _ in 0..RESEND_BUFFER {
+            s.keepalive();
+        }
+        assert!(s.deleted_in.is_empty(), "the delete left the resend buffer");
     }
 
     #[test]
