@@ -114,13 +114,14 @@ fn ip_packet(
 
     // ICMP errors belong to the session of the packet they quote.
     let related = pkt.icmp == IcmpKind::Error;
-    let t = if related {
-        &pkt.inner
+    // Field by field, not a `Tuple` of the packet's own: building one copied 40 octets per packet.
+    let (proto, src, sport, dst, dport) = if related {
+        let t = &pkt.inner;
+        (t.proto, &t.src, t.sport, &t.dst, t.dport)
     } else {
-        &pkt.outer_tuple()
+        (pkt.proto, &pkt.src, pkt.sport, &pkt.dst, pkt.dport)
     };
-    let (key, src_is_hi) =
-        SessionKey::normalized(pkt.family, t.proto, t.src, t.sport, t.dst, t.dport);
+    let (key, src_is_hi) = SessionKey::normalized(pkt.family, proto, *src, sport, *dst, dport);
     // A pure SYN opens a connection: it meets the policy before the session table, so a flood of
     // SYNs the policy denies never touches the table (a lookup that misses reads a cold bucket
     // of a large table: 250-350 ns of a denied SYN's 750-900 here). One the policy allows is

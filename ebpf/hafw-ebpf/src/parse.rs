@@ -95,18 +95,6 @@ pub struct Tuple {
 }
 
 impl Packet {
-    /// The packet's own 5-tuple.
-    #[inline(always)]
-    pub fn outer_tuple(&self) -> Tuple {
-        Tuple {
-            proto: self.proto,
-            sport: self.sport,
-            dport: self.dport,
-            src: self.src,
-            dst: self.dst,
-        }
-    }
-
     pub const fn empty() -> Packet {
         Packet {
             family: 0,
