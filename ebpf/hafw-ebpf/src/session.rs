@@ -28,13 +28,14 @@ pub struct Hit {
     pub from_initiator: bool,
 }
 
-/// The session of `key`, in the table of its family.
+/// The session of `key`, in the table of its family. (Every table access passes the key as
+/// words: see `hafw_common::session::KeyWords`.)
 #[inline(always)]
 pub fn get(key: &SessionKey) -> Option<*mut SessionValue> {
     if key.family == FAMILY_IPV4 {
-        SESSIONS_V4.get_ptr_mut(key.v4())
+        SESSIONS_V4.get_ptr_mut(key.v4_words().v4())
     } else {
-        SESSIONS_V6.get_ptr_mut(key)
+        SESSIONS_V6.get_ptr_mut(key.words().key())
     }
 }
 
@@ -42,9 +43,9 @@ pub fn get(key: &SessionKey) -> Option<*mut SessionValue> {
 #[inline(always)]
 pub fn insert(key: &SessionKey, value: &SessionValue, flags: u64) -> Result<(), i32> {
     if key.family == FAMILY_IPV4 {
-        SESSIONS_V4.insert(key.v4(), value, flags)
+        SESSIONS_V4.insert(key.v4_words().v4(), value, flags)
     } else {
-        SESSIONS_V6.insert(key, value, flags)
+        SESSIONS_V6.insert(key.words().key(), value, flags)
     }
 }
 
@@ -52,9 +53,9 @@ pub fn insert(key: &SessionKey, value: &SessionValue, flags: u64) -> Result<(), 
 #[inline(always)]
 pub fn remove(key: &SessionKey) -> Result<(), i32> {
     if key.family == FAMILY_IPV4 {
-        SESSIONS_V4.remove(key.v4())
+        SESSIONS_V4.remove(key.v4_words().v4())
     } else {
-        SESSIONS_V6.remove(key)
+        SESSIONS_V6.remove(key.words().key())
     }
 }
 
