@@ -814,3 +814,38 @@ fn mutated_packets_never_abort_or_create_sessions_the_policy_denies() {
         );
     }
 }
+
+/// The verifier resolves a map access at load time (an array lookup inlined, a hash lookup a
+/// direct call into the map's code) only where a call site has one map. A generic
+/// `bpf_map_*_elem` call left in a translated program means the optimizer merged two maps' calls
+/// into one (the session tables, one per family, look alike): that cost the established packet
+/// several ns through the map's operations table.
+#[test]
+fn every_map_access_of_the_programs_is_resolved_at_load() {
+    let f = Fixture::new();
+    for (name, prog) in [
+        ("hafw_fw", f.dp.fast_path().unwrap()),
+        ("hafw_ha2", f.dp.ha2_program().unwrap()),
+    ] {
+        let id = prog.info().unwrap().id();
+        let out = std::process::Command::new("bpftool")
+            .args(["prog", "dump", "xlated", "id", &id.to_string()])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "bpftool: {out:?}");
+        let xlated = String::from_utf8_lossy(&out.stdout);
+        let generic: Vec<&str> = xlated
+            .lines()
+            .filter(|l| {
+                ["lookup", "update", "delete"]
+                    .iter()
+                    .any(|op| l.contains(&format!("call bpf_map_{op}_elem")))
+            })
+            .collect();
+        assert!(generic.is_empty(), "{name}: {generic:#?}");
+        assert!(
+            xlated.contains("call __htab_map_lookup_elem"),
+            "{name}: no direct session lookup"
+        );
+    }
+}
