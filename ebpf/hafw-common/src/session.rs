@@ -481,27 +481,19 @@ mod tests {
     }
 
     #[test]
-    fn an_ipv4_key_survives_the_ipv4_table_and_back() {
-        let (key, _) = SessionKey::normalized(
-            FAMILY_IPV4,
-            PROTO_TCP,
-            [0x0102_12c6, 0, 0, 0],
-            0x5000,
-            [0x0201_12c6, 0, 0, 0],
-            0x401f,
-        );
+    fn keys_survive_their_words_and_the_ipv4_table() {
         assert_eq!(core::mem::size_of::<SessionKeyV4>(), 16);
-        assert_eq!(SessionKey::from(key.v4()), key);
-        assert_eq!(*key.v4_words().v4(), key.v4());
-        assert_eq!(*key.words().key(), key);
-        let (v6, _) = SessionKey::normalized(
-            FAMILY_IPV6,
-            PROTO_UDP,
-            [0x0120_0120, 1, 2, 3],
-            0x3500,
-            [0x0120_0120, 1, 2, 4],
-            0x3412,
-        );
-        assert_eq!(*v6.words().key(), v6);
+        let endpoints = [
+            (FAMILY_IPV4, [0x0102_12c6, 0, 0, 0], [0x0201_12c6, 0, 0, 0]),
+            (FAMILY_IPV6, [0x0120_0120, 1, 2, 3], [0x0120_0120, 1, 2, 4]),
+        ];
+        for (family, a, b) in endpoints {
+            let (key, _) = SessionKey::normalized(family, PROTO_UDP, a, 0x3500, b, 0x3412);
+            assert_eq!(*key.words().key(), key);
+            if family == FAMILY_IPV4 {
+                assert_eq!(SessionKey::from(key.v4()), key);
+                assert_eq!(*key.v4_words().v4(), key.v4());
+            }
+        }
     }
 }
