@@ -119,22 +119,13 @@ fn encode<T: Copy>(mut header: Ha2Header, records: &[T]) -> Vec<u8> {
     out
 }
 
-/// The type of a message this node encoded.
-fn msg_type_of(msg: &[u8]) -> Option<u8> {
-    parse_header(msg).map(|h| h.msg_type)
-}
-
-/// The session records of a message this node encoded (none for other message types).
-fn records_of(msg: &[u8]) -> Vec<SessionRecord> {
-    match msg_type_of(msg) {
-        Some(HA2_SESSION_UPDATE | HA2_SESSION_DELETE) => msg[HA2_HEADER_LEN..]
-            .chunks_exact(size_of::<SessionRecord>())
-            // SAFETY: a chunk of exactly one record's size; SessionRecord is a plain
-            // `#[repr(C)]` integer struct, valid for any bytes.
-            .map(|c| unsafe { c.as_ptr().cast::<SessionRecord>().read_unaligned() })
-            .collect(),
-        _ => Vec::new(),
-    }
+/// The session records of a message this node encoded, if it is of type `msg_type` (none
+/// otherwise).
+fn session_records(msg: &[u8], msg_type: u8) -> Vec<SessionRecord> {
+    parse_header(msg)
+        .filter(|h| h.msg_type == msg_type)
+        .and_then(|h| records(msg, &h))
+        .unwrap_or_default()
 }
 
 /// Update message `msg` (number `seq`) without the records of sessions that a later message
@@ -146,10 +137,13 @@ fn without_deleted_later<'m>(
 ) -> (std::borrow::Cow<'m, [u8]>, u64) {
     // Numbers within the resend buffer are less than half the sequence space apart.
     let later = |deleted: u32| (deleted.wrapping_sub(seq) as i32) > 0;
-    if deleted_in.is_empty() || msg_type_of(msg) != Some(HA2_SESSION_UPDATE) {
+    let header = match parse_header(msg) {
+        Some(h) if h.msg_type == HA2_SESSION_UPDATE && !deleted_in.is_empty() => h,
+        _ => return (msg.into(), 0),
+    };
+    let Some(records) = records::<SessionRecord>(msg, &header) else {
         return (msg.into(), 0);
-    }
-    let records = records_of(msg);
+    };
     let kept: Vec<SessionRecord> = records
         .iter()
         .filter(|r| !deleted_in.get(&r.key).is_some_and(|&d| later(d)))
@@ -158,10 +152,13 @@ fn without_deleted_later<'m>(
     if kept.len() == records.len() {
         return (msg.into(), 0);
     }
-    // SAFETY: `msg` holds at least a header (it has a type); Ha2Header is a plain `#[repr(C)]`
-    // integer struct. Read as stored (little-endian), so it is written back unchanged but for
-    // its record count.
-    let header = unsafe { msg.as_ptr().cast::<Ha2Header>().read_unaligned() };
+    // Back to the wire's little-endian fields: the same header but for its record count.
+    let header = Ha2Header {
+        sequence: header.sequence.to_le(),
+        epoch: header.epoch.to_le(),
+        sender: header.sender.to_le(),
+        ..header
+    };
     let withheld = (records.len() - kept.len()) as u64;
     (encode(header, &kept).into(), withheld)
 }
@@ -567,17 +564,11 @@ impl Sender {
         }
         if self.resend.len() == RESEND_BUFFER
             && let Some((seq, old)) = self.resend.pop_front()
-            && msg_type_of(&old) == Some(HA2_SESSION_DELETE)
         {
-            for r in records_of(&old) {
+            for r in session_records(&old, HA2_SESSION_DELETE) {
                 if self.deleted_in.get(&r.key) == Some(&seq) {
                     self.deleted_in.remove(&r.key);
                 }
-            }
-        }
-        if msg_type == HA2_SESSION_DELETE {
-            for r in records_of(&msg) {
-                self.deleted_in.insert(r.key, self.writer.sequence);
             }
         }
         self.resend.push_back((self.writer.sequence, msg));
@@ -669,6 +660,9 @@ impl Sender {
             let records = std::mem::take(&mut self.deletes);
             self.stats.session_deletes_sent += records.len() as u64;
             self.send(HA2_SESSION_DELETE, &records);
+            for r in &records {
+                self.deleted_in.insert(r.key, self.writer.sequence);
+            }
             self.deletes = records;
             self.deletes.clear();
         }
@@ -1133,8 +1127,12 @@ mod tests {
             epoch,
             ranges: vec![RetransmitRange { first, count: 1 }],
         };
-        let keys =
-            |msg: &[u8]| -> Vec<u16> { records_of(msg).iter().map(|r| r.key.port_lo).collect() };
+        let keys = |msg: &[u8]| -> Vec<u16> {
+            session_records(msg, HA2_SESSION_UPDATE)
+                .iter()
+                .map(|r| r.key.port_lo)
+                .collect()
+        };
         assert_eq!(s.serve(&ask(1)), Served::Done);
         let resent = s.link.sent_messages().last().unwrap().clone();
         assert_eq!(parse_header(&resent).unwrap().sequence, 1);
