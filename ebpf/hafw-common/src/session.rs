@@ -92,17 +92,11 @@ pub struct SessionKeyV4 {
 impl_pod!(SessionKeyV4);
 
 impl SessionKey {
-    /// The IPv4 table's key of this key (meaningful for [`FAMILY_IPV4`] only).
+    /// The IPv4 table's key of this key (meaningful for [`FAMILY_IPV4`] only), as the
+    /// programs build it ([`SessionKey::v4_words`]).
     #[inline(always)]
     pub fn v4(&self) -> SessionKeyV4 {
-        SessionKeyV4 {
-            addr_lo: self.addr_lo[0],
-            addr_hi: self.addr_hi[0],
-            port_lo: self.port_lo,
-            port_hi: self.port_hi,
-            proto: self.proto,
-            _pad: [0; 3],
-        }
+        *self.v4_words().v4()
     }
 }
 

@@ -52,30 +52,22 @@ impl FamilyCounts {
 impl SessionTables {
     /// Takes both tables out of the loaded object.
     pub fn take(ebpf: &mut Ebpf) -> Result<SessionTables> {
-        let fds = [dup(ebpf, IPV4_MAP)?, dup(ebpf, IPV6_MAP)?];
-        Ok(SessionTables {
-            v4: take(ebpf, IPV4_MAP)?.try_into()?,
-            v6: take(ebpf, IPV6_MAP)?.try_into()?,
-            fds,
-        })
+        let mut take = |name: &str| {
+            ebpf.take_map(name)
+                .ok_or_else(|| anyhow!("map {name} missing from the XDP object"))
+        };
+        SessionTables::new(take(IPV4_MAP)?, take(IPV6_MAP)?)
     }
 
     /// The tables a running instance pinned in `dir` (its `dataplane::pin_dir`).
     pub fn from_pins(dir: &Path) -> Result<SessionTables> {
-        let open = |file: &str| -> Result<(Map, OwnedFd)> {
+        let open = |file: &str| -> Result<Map> {
             let path = dir.join(file);
             let data =
                 MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
-            let fd = data.fd().as_fd().try_clone_to_owned()?;
-            Ok((Map::from_map_data(data)?, fd))
+            Ok(Map::from_map_data(data)?)
         };
-        let (v4, fd4) = open(IPV4_PIN)?;
-        let (v6, fd6) = open(IPV6_PIN)?;
-        Ok(SessionTables {
-            v4: v4.try_into()?,
-            v6: v6.try_into()?,
-            fds: [fd4, fd6],
-        })
+        SessionTables::new(open(IPV4_PIN)?, open(IPV6_PIN)?)
     }
 
     /// Other handles on the same tables, for work that walks them (aging) without holding the
@@ -84,10 +76,16 @@ impl SessionTables {
         let reopen = |fd: &OwnedFd| -> Result<Map> {
             Ok(Map::LruHashMap(MapData::from_fd(fd.try_clone()?)?))
         };
+        SessionTables::new(reopen(&self.fds[0])?, reopen(&self.fds[1])?)
+    }
+
+    /// Both tables, each with a second descriptor kept for [`SessionTables::try_clone`].
+    fn new(v4: Map, v6: Map) -> Result<SessionTables> {
+        let fds = [second_fd(&v4)?, second_fd(&v6)?];
         Ok(SessionTables {
-            v4: reopen(&self.fds[0])?.try_into()?,
-            v6: reopen(&self.fds[1])?.try_into()?,
-            fds: [self.fds[0].try_clone()?, self.fds[1].try_clone()?],
+            v4: v4.try_into()?,
+            v6: v6.try_into()?,
+            fds,
         })
     }
 
@@ -138,16 +136,9 @@ impl SessionTables {
     }
 }
 
-fn dup(ebpf: &Ebpf, name: &str) -> Result<OwnedFd> {
-    match ebpf.map(name) {
-        Some(Map::LruHashMap(data)) => Ok(data.fd().as_fd().try_clone_to_owned()?),
-        _ => Err(anyhow!(
-            "map {name} missing from the XDP object or not an LRU hash"
-        )),
+fn second_fd(map: &Map) -> Result<OwnedFd> {
+    match map {
+        Map::LruHashMap(data) => Ok(data.fd().as_fd().try_clone_to_owned()?),
+        _ => Err(anyhow!("a session table is not an LRU hash")),
     }
-}
-
-fn take(ebpf: &mut Ebpf, name: &str) -> Result<Map> {
-    ebpf.take_map(name)
-        .ok_or_else(|| anyhow!("map {name} missing from the XDP object"))
 }
