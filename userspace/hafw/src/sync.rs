@@ -46,9 +46,10 @@ pub fn record(key: &SessionKey, value: &SessionValue, now_ns: u64) -> SessionRec
     }
 }
 
-fn bytes_of<T: Copy>(v: &T) -> &[u8] {
-    // SAFETY: `T` is one of the `#[repr(C)]` integer-only wire structs (explicit padding), so
-    // every byte is initialized.
+/// The octets of a wire or map struct, in memory order.
+pub(crate) fn bytes_of<T: Copy>(v: &T) -> &[u8] {
+    // SAFETY: `T` is one of the `#[repr(C)]` integer-only wire or map structs (explicit
+    // padding), so every byte is initialized.
     unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), size_of::<T>()) }
 }
 

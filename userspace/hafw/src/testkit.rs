@@ -496,15 +496,7 @@ pub fn tuple(pkt: &[u8]) -> Option<Tuple> {
 
 /// The octets of a session key: the frame of the calibration program `hafw_bench_lookup`.
 pub fn key_octets(key: &SessionKey) -> Vec<u8> {
-    // SAFETY: SessionKey is #[repr(C)], integers only, with explicit padding (no undefined
-    // octets); the slice is copied before `key` goes.
-    unsafe {
-        std::slice::from_raw_parts(
-            (key as *const SessionKey).cast::<u8>(),
-            size_of::<SessionKey>(),
-        )
-    }
-    .to_vec()
+    crate::sync::bytes_of(key).to_vec()
 }
 
 pub fn session_key(pkt: &[u8]) -> SessionKey {
