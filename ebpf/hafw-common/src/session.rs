@@ -1,5 +1,5 @@
-//! The session tables (maps `SESSIONS_V4` and `SESSIONS_V6`, LRU hashes) and session events (ring
-//! buffer `SESSION_EVENTS`).
+//! The session tables (maps `SESSIONS_V4` and `SESSIONS_V6`, preallocated hashes) and session
+//! events (ring buffer `SESSION_EVENTS`).
 //!
 //! # Two tables
 //! A [`SessionKey`] holds either family (40 octets); the IPv4 table is keyed by its 16-octet

@@ -354,8 +354,8 @@ fn write_session(c: &mut Ha2Counters, r: &SessionRecord, now: u64, written_by: (
         sync_sequence: sequence,
         next_hop: Default::default(),
     };
-    // An existing session is overwritten in place: an LRU map's update always takes a fresh
-    // element off the free list and returns the old one, which costs twice the lookup. A new one
+    // An existing session is overwritten in place: the map's update of a present key copies key
+    // and value into a spare element under the bucket lock and swaps it in. A new one
     // is inserted only if absent, which skips the lookup that would miss; present after all (a
     // retransmission, a rejoin), it is treated as an existing one.
     let new = r.flags & RECORD_F_NEW != 0;

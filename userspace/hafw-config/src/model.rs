@@ -21,7 +21,7 @@ pub struct Config {
     /// Names the pin directory `/sys/fs/bpf/hafw/<instance>/` and the control socket. Per device.
     #[serde(default = "default_instance")]
     pub instance: String,
-    /// Maximum sessions in the table (LRU beyond it).
+    /// Sessions each of the two tables (IPv4, IPv6) holds; a full table refuses new sessions.
     #[serde(default = "default_session_table_size")]
     pub session_table_size: u32,
     #[serde(default, rename = "interface")]

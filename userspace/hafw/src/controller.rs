@@ -71,6 +71,9 @@ struct SyncState {
     neighbours_installed: u64,
     /// The fast path's count of session events lost to a full ring buffer, last seen.
     events_lost: u64,
+    /// On the passive node: the ingest program's count of synced sessions a full table refused,
+    /// last seen.
+    writes_refused: u64,
     /// On the active node: the passive peer's keep-alives, counted and watched.
     peer_keepalives: u64,
     peer_keepalive: Option<sync::KeepaliveWatch>,
@@ -367,9 +370,9 @@ async fn age_sessions(node: Shared) {
     }
 }
 
-/// How full the session tables are, watched by the aging walk: an LRU table that fills up evicts
-/// its least recently used sessions, live ones included (on a passive node, synced ones), so a
-/// table (IPv4 or IPv6, each of `capacity`) crossing 90% is logged, as is the return below 80%.
+/// How full the session tables are, watched by the aging walk: a full table refuses new sessions
+/// (new flows are dropped; on a passive node, synced sessions are not stored), so a table (IPv4
+/// or IPv6, each of `capacity`) crossing 90% is logged, as is the return below 80%.
 #[derive(Default)]
 struct TableFill {
     sessions: FamilyCounts,
@@ -388,8 +391,8 @@ impl TableFill {
         if !self.high && fullest * 10 >= capacity * 9 {
             self.high = true;
             warn!(
-                "{family} session table {fullest} of {capacity} (90% or more): the oldest \
-                 sessions will be evicted; raise session_table_size"
+                "{family} session table {fullest} of {capacity} (90% or more): when full, \
+                 new sessions are refused; raise session_table_size"
             );
         } else if self.high && fullest * 10 < capacity * 8 {
             self.high = false;
@@ -893,6 +896,15 @@ fn watch_receiving(n: &mut Node) {
     requester.poll(&st, now);
     let event = requester.keepalive.poll(counters.accepted, now);
     log_keepalive(event, requester.keepalive.threshold(), "active peer");
+    if counters.session_write_failed > n.sync.writes_refused {
+        warn!(
+            "HA2: {} synced sessions refused by a full session table (of {} per family) will not \
+             survive a failover; raise session_table_size",
+            counters.session_write_failed - n.sync.writes_refused,
+            n.running.session_table_size
+        );
+        n.sync.writes_refused = counters.session_write_failed;
+    }
 }
 
 /// Serves one request of the passive peer: retransmission from the buffer, else a resync.

@@ -73,9 +73,8 @@ impl SessionTables {
     /// Other handles on the same tables, for work that walks them (aging) without holding the
     /// dataplane, and so without stalling session events and HA2 sync meanwhile.
     pub fn try_clone(&self) -> Result<SessionTables> {
-        let reopen = |fd: &OwnedFd| -> Result<Map> {
-            Ok(Map::LruHashMap(MapData::from_fd(fd.try_clone()?)?))
-        };
+        let reopen =
+            |fd: &OwnedFd| -> Result<Map> { Ok(Map::HashMap(MapData::from_fd(fd.try_clone()?)?)) };
         SessionTables::new(reopen(&self.fds[0])?, reopen(&self.fds[1])?)
     }
 
@@ -138,7 +137,7 @@ impl SessionTables {
 
 fn second_fd(map: &Map) -> Result<OwnedFd> {
     match map {
-        Map::LruHashMap(data) => Ok(data.fd().as_fd().try_clone_to_owned()?),
-        _ => Err(anyhow!("a session table is not an LRU hash")),
+        Map::HashMap(data) => Ok(data.fd().as_fd().try_clone_to_owned()?),
+        _ => Err(anyhow!("a session table is not a hash map")),
     }
 }

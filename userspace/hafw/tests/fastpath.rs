@@ -451,6 +451,37 @@ fn udp_and_icmp_replies_establish_their_sessions() {
     assert_eq!(f.run(&stray, f.untrust).verdict, Verdict::Drop);
 }
 
+/// A full session table refuses new flows (dropped, counted) and evicts none of its sessions to
+/// make room: every flow it holds still passes.
+#[test]
+fn a_full_session_table_refuses_new_flows_and_keeps_its_sessions() {
+    const SIZE: u16 = 64;
+    let f = Fixture::with_policy(testkit::POLICY, SIZE.into());
+    for i in 0..SIZE {
+        let first = udp(CLIENT, 10_000 + i, SERVER, 53, 64);
+        assert_eq!(
+            f.run(&first, f.trust).verdict,
+            Verdict::Redirect,
+            "flow {i}"
+        );
+    }
+    assert_eq!(f.sessions_len(), usize::from(SIZE));
+
+    let one_more = udp(CLIENT, 20_000, SERVER, 53, 64);
+    assert_eq!(f.run(&one_more, f.trust).verdict, Verdict::Drop);
+    assert_eq!(f.counter("drop_session_table_full"), 1);
+    assert!(f.session_of(&one_more).is_none());
+    for i in 0..SIZE {
+        let reply = udp(SERVER, 53, CLIENT, 10_000 + i, 64);
+        assert_eq!(
+            f.run(&reply, f.untrust).verdict,
+            Verdict::Redirect,
+            "reply {i}"
+        );
+    }
+    assert_eq!(f.sessions_len(), usize::from(SIZE));
+}
+
 #[test]
 fn icmp_errors_follow_the_session_they_quote() {
     let mut f = Fixture::new();

@@ -22,7 +22,12 @@ const NOW: u64 = 1_000_000_000_000;
 const ACK: u8 = 0x10;
 
 fn fixture() -> Fixture {
-    let mut f = Fixture::new();
+    fixture_with_table(65536)
+}
+
+/// A receiving fixture whose session tables hold `size` sessions each.
+fn fixture_with_table(size: u32) -> Fixture {
+    let mut f = Fixture::with_policy(testkit::POLICY, size);
     f.set_clock(NOW);
     f.dp.set_ha2(Ha2Config {
         receiving: 1,
@@ -382,6 +387,49 @@ fn a_synced_session_carries_mid_stream_traffic_in_the_fast_path() {
     assert_eq!(out.verdict, Verdict::Redirect, "synced session forwards");
     let reply = tcp(SERVER, 80, CLIENT, 40040, ACK, 64);
     assert_eq!(f.run(&reply, f.untrust).verdict, Verdict::Redirect);
+}
+
+/// A full table refuses synced sessions it has no room for, and counts them; it evicts none of
+/// the sessions it holds, and those still take updates.
+#[test]
+fn a_full_table_refuses_new_synced_sessions_and_keeps_the_ones_it_holds() {
+    const SIZE: u16 = 64;
+    let f = fixture_with_table(SIZE.into());
+    let mut w = writer();
+    let new = |port| SessionRecord {
+        flags: RECORD_F_NEW,
+        ..record(port)
+    };
+    let held: Vec<SessionRecord> = (0..SIZE).map(|i| new(41_000 + i)).collect();
+    for chunk in held.chunks(16) {
+        f.run_ha2(&ethernet(&w.message(HA2_SESSION_UPDATE, chunk)));
+    }
+    assert_eq!(sessions(&f).len(), usize::from(SIZE), "the table is full");
+    assert_eq!(counter(&f, "session_write_failed"), 0);
+
+    let update = SessionRecord {
+        packets_orig: 99,
+        ..record(41_000)
+    };
+    let out = f.run_ha2(&ethernet(
+        &w.message(HA2_SESSION_UPDATE, &[new(42_000), update]),
+    ));
+    assert_eq!(out.verdict, Verdict::Drop);
+    assert_eq!(
+        counter(&f, "session_write_failed"),
+        1,
+        "the new one refused"
+    );
+    assert!(f.dp.session(&new(42_000).key).is_none());
+    assert_eq!(sessions(&f).len(), usize::from(SIZE));
+    for r in &held {
+        assert!(f.dp.session(&r.key).is_some(), "{:?} kept", r.key);
+    }
+    assert_eq!(
+        f.dp.session(&update.key).unwrap().packets_orig,
+        99,
+        "updated"
+    );
 }
 
 #[test]

@@ -396,8 +396,8 @@ fn fastpath_test_run() -> Result<Vec<Row>> {
     // New flows through 1,000 rules, in batches like the cases above: a program that gives every
     // run a flow of its own, then runs the fast path (`hafw_bench_new_flows`: source port and last
     // source octet from a run counter, sources 198.18.1.128-255), so each run pays the session
-    // lookup's miss in a cold bucket as a real new flow does. A fresh table so LRU eviction plays
-    // no part.
+    // lookup's miss in a cold bucket as a real new flow does. A fresh table, large enough for every
+    // flow of the case.
     let mut f = Fixture::with_policy(&big_policy(1000), 1_250_000);
     f.dp.load_bench_program(NEW_FLOWS_BENCH_PROGRAM, testkit::BENCH_IDLE_PORTS[0])?;
     let mut events =
