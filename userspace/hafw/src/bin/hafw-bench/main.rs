@@ -118,27 +118,38 @@ fn main() -> Result<()> {
             report_soak(&rows, minutes >= 10.0)
         }
         "sync" => {
-            // The ingest fixture moves its thread into a private network namespace.
-            let ingest = std::thread::spawn(sync::ingest)
-                .join()
-                .map_err(|_| anyhow::anyhow!("benchmark thread panicked"))??;
-            let mut rows = ingest;
-            if std::env::args().nth(2).as_deref() == Some("ingest") {
-                // A partial run prints its rows and leaves the saved results alone.
-                for r in &rows {
-                    println!(
-                        "{}: {:.2} {} (target {}; {})",
-                        r.case, r.value, r.unit, r.target, r.note
-                    );
+            // `sync <part>` runs one part (ingest, lag, rate, bulk), prints its rows and leaves
+            // the saved results alone.
+            let part = std::env::args().nth(2);
+            let wanted = |name: &str| part.as_deref().is_none_or(|p| p == name);
+            let mut rows = Vec::new();
+            if wanted("ingest") {
+                rows.extend(sync::ingest()?);
+            }
+            if wanted("lag") {
+                rows.extend(sync::lag(2_000)?);
+            }
+            if wanted("rate") {
+                rows.extend(sync::sessions_per_second(200_000)?);
+            }
+            if wanted("bulk") {
+                for n in [100_000, 1_000_000] {
+                    rows.push(sync::bulk(n)?);
                 }
-                return Ok(());
             }
-            rows.extend(sync::lag(2_000)?);
-            rows.extend(sync::sessions_per_second(200_000)?);
-            for n in [100_000, 1_000_000] {
-                rows.push(sync::bulk(n)?);
+            if part.is_none() {
+                return report_sync(&rows);
             }
-            report_sync(&rows)
+            if rows.is_empty() {
+                bail!("unknown part of the sync benchmark (expected: ingest, lag, rate, bulk)");
+            }
+            for r in &rows {
+                println!(
+                    "{}: {:.2} {} (target {}; {})",
+                    r.case, r.value, r.unit, r.target, r.note
+                );
+            }
+            Ok(())
         }
         other => bail!("unknown benchmark {other:?} (expected: fastpath, failover, soak, sync)"),
     }
