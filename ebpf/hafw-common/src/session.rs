@@ -353,6 +353,7 @@ pub struct SessionValue {
     pub egress_zone: u8,
     /// Policy slot that allowed the flow (diagnostics).
     pub policy_slot: u8,
+    pub _pad: u8,
     /// On a passive node, the HA2 message that last wrote this session: the low 16 bits of its
     /// sender epoch and its sequence number. A retransmitted older message of the same epoch
     /// never overwrites what a newer one wrote (`hafw_ebpf::ha2`). 0 for this node's own
@@ -451,6 +452,7 @@ mod tests {
             ingress_zone: 10,
             egress_zone: 11,
             policy_slot: 1,
+            _pad: 0,
             sync_epoch: 13,
             sync_sequence: 14,
             next_hop: [NextHop {

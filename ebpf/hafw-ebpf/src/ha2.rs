@@ -350,6 +350,7 @@ fn write_session(c: &mut Ha2Counters, r: &SessionRecord, now: u64, written_by: (
         ingress_zone: r.ingress_zone,
         egress_zone: r.egress_zone,
         policy_slot: 0,
+        _pad: 0,
         sync_epoch: epoch,
         sync_sequence: sequence,
         next_hop: Default::default(),

@@ -274,6 +274,7 @@ pub fn create(
         ingress_zone,
         egress_zone,
         policy_slot: (cfg.policy_slot & 1) as u8,
+        _pad: 0,
         sync_epoch: 0,
         sync_sequence: 0,
         next_hop: Default::default(),
