@@ -722,7 +722,6 @@ fn established_sessions_survive_the_failover() {
 /// and holds every session.
 #[test]
 fn a_late_passive_gets_the_whole_table_by_bulk_sync() {
-    use hafw_common::session::{FAMILY_IPV4, PROTO_TCP, SessionKey, SessionState, SessionValue};
     const N: u32 = 100_000;
     let mut pair = Pair::new(&unchanged);
     pair.start_node(0);
@@ -733,30 +732,7 @@ fn a_late_passive_gets_the_whole_table_by_bulk_sync() {
         "{}",
         pair.logs()
     );
-    let mut map = hafw::testkit::pinned_sessions(&pair.instances[0]).unwrap();
-    let now = hafw::aging::monotonic_now_ns();
-    let t = Instant::now();
-    for i in 0..N {
-        let key = SessionKey {
-            addr_lo: [u32::from_ne_bytes([198, 18, 1, 2]), 0, 0, 0],
-            addr_hi: [u32::from_ne_bytes([198, 18, 2, 2]), 0, 0, 0],
-            port_lo: 10_000 + (i % 50_000) as u16,
-            port_hi: 80 + (i / 50_000) as u16,
-            proto: PROTO_TCP,
-            family: FAMILY_IPV4,
-            _pad: [0; 2],
-        };
-        let value = SessionValue {
-            created_ns: now,
-            last_seen_ns: now,
-            state: SessionState::Established as u8,
-            rule_id: 2,
-            egress_zone: 1,
-            ..Default::default()
-        };
-        map.insert(&key, &value).unwrap();
-    }
-    eprintln!("{N} sessions written in {:?}", t.elapsed());
+    write_established_sessions(&pair, 0, N);
     pair.start_node(1);
     let complete = wait_until(Duration::from_secs(30), Duration::from_millis(100), || {
         request(&pair.instances[1], &Request::ShowStateSync)
@@ -772,6 +748,86 @@ fn a_late_passive_gets_the_whole_table_by_bulk_sync() {
     eprintln!("bulk sync of {N} sessions: {bulk_ms:.1} ms; passive holds {held}");
     assert!(held >= N as usize, "passive holds {held} of {N}: {sync:#}");
     assert_eq!(sync["sequence"]["missing"], 0, "{sync:#}");
+}
+
+/// Input: the passive node's tables hold 1,024 sessions each; the active node has 2,000 and sends
+/// them by bulk sync. Output: the passive node keeps 1,024, counts the rest as refused
+/// (`session_write_failed`), and logs that they would not survive a failover.
+#[test]
+fn a_passive_with_a_full_table_counts_and_logs_the_sessions_it_refuses() {
+    const N: u32 = 2_000;
+    const PASSIVE_TABLE: u32 = 1_024;
+    let small_passive_table = |i: usize, text: String| {
+        if i == 1 {
+            text.replace(
+                "session_table_size = 262144",
+                &format!("session_table_size = {PASSIVE_TABLE}"),
+            )
+        } else {
+            text
+        }
+    };
+    let mut pair = Pair::new(&small_passive_table);
+    pair.start_node(0);
+    assert!(
+        wait_until(Duration::from_secs(5), Duration::from_millis(20), || {
+            pair.state(0) == "active"
+        }),
+        "{}",
+        pair.logs()
+    );
+    write_established_sessions(&pair, 0, N);
+    pair.start_node(1);
+    let refused = || {
+        request(&pair.instances[1], &Request::ShowStateSync)
+            .ok()
+            .and_then(|v| v["received"]["session_write_failed"].as_u64())
+            .unwrap_or(0)
+    };
+    let counted = wait_until(Duration::from_secs(20), Duration::from_millis(100), || {
+        refused() == u64::from(N - PASSIVE_TABLE)
+    });
+    assert!(counted, "refused {}\n{}", refused(), pair.logs());
+    assert_eq!(session_count(&pair, 1), PASSIVE_TABLE as usize);
+    let logged = wait_until(Duration::from_secs(5), Duration::from_millis(100), || {
+        std::fs::read_to_string(pair.run.log(1)).is_ok_and(|log| {
+            log.contains(&format!(
+                "{} synced sessions refused by a full session table",
+                N - PASSIVE_TABLE
+            ))
+        })
+    });
+    assert!(logged, "{}", pair.logs());
+}
+
+/// Writes `n` established TCP sessions straight into fw `i`'s pinned IPv4 table, without session
+/// events (so only a bulk sync carries them to the peer).
+fn write_established_sessions(pair: &Pair, i: usize, n: u32) {
+    use hafw_common::session::{FAMILY_IPV4, PROTO_TCP, SessionKey, SessionState, SessionValue};
+    let mut map = hafw::testkit::pinned_sessions(&pair.instances[i]).unwrap();
+    let now = hafw::aging::monotonic_now_ns();
+    let t = Instant::now();
+    for k in 0..n {
+        let key = SessionKey {
+            addr_lo: [u32::from_ne_bytes([198, 18, 1, 2]), 0, 0, 0],
+            addr_hi: [u32::from_ne_bytes([198, 18, 2, 2]), 0, 0, 0],
+            port_lo: 10_000 + (k % 50_000) as u16,
+            port_hi: 80 + (k / 50_000) as u16,
+            proto: PROTO_TCP,
+            family: FAMILY_IPV4,
+            _pad: [0; 2],
+        };
+        let value = SessionValue {
+            created_ns: now,
+            last_seen_ns: now,
+            state: SessionState::Established as u8,
+            rule_id: 2,
+            egress_zone: 1,
+            ..Default::default()
+        };
+        map.insert(&key, &value).unwrap();
+    }
+    eprintln!("{n} sessions written in {:?}", t.elapsed());
 }
 
 /// Input: passive link state `shutdown`. Output: the passive node's data links are down while it
