@@ -45,6 +45,10 @@ pub enum Event {
         via: Link,
         /// Its content.
         hello: Hello,
+        /// A newer message of the peer was already heard (a heartbeat that overtook hellos
+        /// queued on HA1 while it connected): the hello still pairs and identifies the peer, but
+        /// the state it reports may have been left since and is not taken.
+        stale: bool,
     },
     /// A heartbeat from the peer arrived on `via`.
     PeerHeartbeat {
@@ -267,7 +271,7 @@ impl Core {
     pub fn handle(&mut self, event: Event, now: Timestamp) {
         let now = self.advance(now);
         match event {
-            Event::PeerHello { via, hello } => self.on_hello(via, hello, now),
+            Event::PeerHello { via, hello, stale } => self.on_hello(via, hello, stale, now),
             Event::PeerHeartbeat { via, heartbeat } => self.on_heartbeat(via, heartbeat, now),
             Event::LinkUp(link) => self.on_link(link, true),
             Event::LinkDown(link) => self.on_link(link, false),
@@ -395,7 +399,7 @@ impl Core {
 
     // ---- Inputs: update facts ----
 
-    fn on_hello(&mut self, via: Link, hello: Hello, now: Timestamp) {
+    fn on_hello(&mut self, via: Link, hello: Hello, stale: bool, now: Timestamp) {
         let revived = self.heard(via, now);
         let check = self.check_hello(&hello);
         // With another protocol version nothing else in the hello can be trusted.
@@ -403,7 +407,9 @@ impl Core {
             self.peer.node_id = Some(hello.node_id);
             self.peer.priority = Some(hello.priority);
             self.peer.preemptive = Some(hello.preemptive);
-            self.peer.state = hello.state.into();
+            if !stale {
+                self.peer.state = hello.state.into();
+            }
         }
         match check {
             Ok(()) => {

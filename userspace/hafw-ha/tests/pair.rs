@@ -356,6 +356,7 @@ fn every_kind_of_mismatch_is_refused() {
             let event = Event::PeerHello {
                 via: Link::Ha1,
                 hello: bad.clone(),
+                stale: false,
             };
             core.handle(event, now);
         }
@@ -364,6 +365,7 @@ fn every_kind_of_mismatch_is_refused() {
         let event = Event::PeerHello {
             via: Link::Ha1,
             hello: hello(State::Passive),
+            stale: false,
         };
         core.handle(event, now);
         assert_eq!(core.state(), State::Active);
@@ -384,6 +386,7 @@ fn a_hello_asking_for_a_reply_gets_exactly_one() {
         Event::PeerHello {
             via: Link::Ha1,
             hello: asking,
+            stale: false,
         },
         now,
     );
@@ -721,6 +724,59 @@ fn session_sync_hooks_follow_the_roles() {
             Action::StartSessionSync
         ]
     );
+}
+
+/// Input: an active node pairs with a peer that says initial, then a heartbeat says the peer is
+/// passive, then hellos the peer sent before that (queued on HA1 while it connected) arrive.
+/// Output: they are stale, the peer stays passive and session sync is started once. Control: the
+/// same hellos taken as fresh flip the peer back to initial and restart sync (a second bulk sync
+/// of the whole table), so the test can fail.
+#[test]
+fn a_stale_hello_does_not_take_the_peer_state_back() {
+    for stale in [true, false] {
+        let mut core = Core::new(fast(1, 100), Timestamp::ZERO).expect("valid");
+        let mut now = Timestamp::ZERO;
+        while core.state() != State::Active {
+            now = now + ms(10);
+            core.handle_timeout(now);
+        }
+        let from_peer = |hello_state: Option<State>, stale: bool| match hello_state {
+            Some(state) => Event::PeerHello {
+                via: Link::Ha1,
+                hello: hello(state),
+                stale,
+            },
+            None => Event::PeerHeartbeat {
+                via: Link::Ha1,
+                heartbeat: hafw_ha::Heartbeat {
+                    group_id: 1,
+                    node_id: 2,
+                    state: State::Passive,
+                    priority: 110,
+                },
+            },
+        };
+        core.handle(from_peer(Some(State::Initial), false), now);
+        core.handle(from_peer(None, false), now);
+        core.handle(from_peer(Some(State::Initial), stale), now);
+        core.handle(from_peer(Some(State::Passive), false), now);
+        let sync: Vec<Action> = std::iter::from_fn(|| core.poll_action())
+            .filter(|a| matches!(a, Action::StartSessionSync | Action::StopSessionSync))
+            .collect();
+        if stale {
+            assert_eq!(sync, [Action::StartSessionSync]);
+        } else {
+            assert_eq!(
+                sync,
+                [
+                    Action::StartSessionSync,
+                    Action::StopSessionSync,
+                    Action::StartSessionSync
+                ]
+            );
+        }
+        assert_eq!(core.status().peer.state, PeerState::Passive);
+    }
 }
 
 /// Input: heartbeat backup configured, 5% loss on every link for 10 simulated minutes.

@@ -322,6 +322,7 @@ impl Pair {
                             let event = Event::PeerHello {
                                 via: link,
                                 hello: hello.clone(),
+                                stale: false,
                             };
                             self.send(i, link, event);
                         }

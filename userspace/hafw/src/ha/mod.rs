@@ -638,6 +638,12 @@ impl Shell {
                 Frame::Hello(h) => {
                     debug!("{via}: hello {:?}", h.hello);
                     self.counters(via).hellos_received += 1;
+                    // Hellos queued on HA1 while it connected can arrive after a heartbeat the
+                    // peer sent later, from the state it moved on to: such a hello still pairs,
+                    // but its state would flip the peer's back (and restart session sync, a bulk
+                    // sync of the whole table each time).
+                    let stale =
+                        self.peer_boot == Some(h.boot_id) && h.sequence < self.peer_sequence;
                     if self.peer_boot != Some(h.boot_id) {
                         self.peer_boot = Some(h.boot_id);
                         self.peer_sequence = h.sequence;
@@ -648,6 +654,7 @@ impl Shell {
                         Event::PeerHello {
                             via,
                             hello: h.hello,
+                            stale,
                         },
                         now,
                     );
