@@ -9,7 +9,8 @@
 //!   into, because XDP_REDIRECT into a veth delivers nothing unless its peer runs XDP.
 //! - `hafw_bench_tx` and `hafw_sink`: the forwarding benchmark's sender and receiver;
 //!   `hafw_bench_new_flows`: the fast path on a new flow at every run, for the new-flow benchmark;
-//!   `hafw_bench_lookup`: one session lookup, the benchmark's calibration.
+//!   `hafw_bench_lookup`: one session lookup, the benchmark's calibration; `hafw_bench_insert`:
+//!   one session insert, the sync benchmark's calibration.
 //!
 //! One file per concern, as Cilium's bpf/lib and Katran's balancer split theirs: [`parse`],
 //! [`session`], [`policy`], [`forward`], [`counters`] (and the clock), [`maps`].
@@ -125,6 +126,41 @@ pub fn hafw_bench_lookup(ctx: XdpContext) -> u32 {
     match session::get(&key) {
         Some(_) => xdp_action::XDP_DROP,
         None => xdp_action::XDP_PASS,
+    }
+}
+
+/// How many runs `hafw_bench_insert` has made: zero at load.
+static mut INSERT_RUNS: u32 = 0;
+
+/// One session insert and nothing else, the sync benchmark's calibration of the kernel's part of
+/// a new HA2 record: the frame is a session key (40 octets), and every run inserts it with the
+/// run's number as its ports, so each run is a new session (4G before they repeat), with this
+/// CPU's scratch value (`maps::NEW_SESSION`, whatever it holds) as the value.
+/// Drops when the session was inserted, passes when not (present, or the table is full).
+#[xdp]
+pub fn hafw_bench_insert(ctx: XdpContext) -> u32 {
+    let start = ctx.data();
+    if start + size_of::<SessionKey>() > ctx.data_end() {
+        return xdp_action::XDP_ABORTED;
+    }
+    let Some(value) = maps::NEW_SESSION.get_ptr(0) else {
+        return xdp_action::XDP_ABORTED;
+    };
+    // SAFETY: the frame holds a key (checked above; 8-aligned, see `hafw_bench_lookup`); the
+    // counter is this program's own global (volatile: one load and one store per run); the value
+    // is this CPU's scratch entry, unused by anything else while the program runs.
+    let (mut key, value) = unsafe {
+        let run = core::ptr::read_volatile(&raw const INSERT_RUNS);
+        core::ptr::write_volatile(&raw mut INSERT_RUNS, run.wrapping_add(1));
+        let mut key = core::ptr::read(start as *const SessionKey);
+        key.port_lo = run as u16;
+        key.port_hi = (run >> 16) as u16;
+        (key, &*value)
+    };
+    key._pad = [0; 2];
+    match session::insert(&key, value, u64::from(aya_ebpf::bindings::BPF_NOEXIST)) {
+        Ok(()) => xdp_action::XDP_DROP,
+        Err(_) => xdp_action::XDP_PASS,
     }
 }
 

@@ -53,6 +53,8 @@ pub const BENCH_TX_PROGRAM: &str = "hafw_bench_tx";
 pub const NEW_FLOWS_BENCH_PROGRAM: &str = "hafw_bench_new_flows";
 /// Name of the program that only looks a session up (the benchmark's calibration).
 pub const LOOKUP_BENCH_PROGRAM: &str = "hafw_bench_lookup";
+/// Name of the program that only inserts a new session (the sync benchmark's calibration).
+pub const INSERT_BENCH_PROGRAM: &str = "hafw_bench_insert";
 /// Length of the frame `hafw_bench_tx` sends: a minimum Ethernet frame without its FCS.
 pub const BENCH_FRAME_LEN: usize = 60;
 

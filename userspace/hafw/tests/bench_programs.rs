@@ -1,7 +1,7 @@
 //! The benchmarks' own programs, which ship in the XDP object, through BPF_PROG_TEST_RUN: the
 //! forwarding benchmark's sender and receiver (`hafw_bench_tx`, `hafw_sink`) and the new-flow
-//! benchmark's fast path (`hafw_bench_new_flows`) and the calibration's lone session lookup
-//! (`hafw_bench_lookup`).
+//! benchmark's fast path (`hafw_bench_new_flows`), the calibration's lone session lookup
+//! (`hafw_bench_lookup`) and the sync benchmark's lone session insert (`hafw_bench_insert`).
 //!
 //! Needs root (BPF, netns).
 
@@ -9,7 +9,8 @@ use aya::programs::Xdp;
 use etherparse::PacketBuilder;
 use hafw::{
     dataplane::{
-        self, BENCH_TX_PROGRAM, LOOKUP_BENCH_PROGRAM, NEW_FLOWS_BENCH_PROGRAM, SINK_PROGRAM,
+        self, BENCH_TX_PROGRAM, INSERT_BENCH_PROGRAM, LOOKUP_BENCH_PROGRAM,
+        NEW_FLOWS_BENCH_PROGRAM, SINK_PROGRAM,
     },
     testkit::{
         BENCH_IDLE_PORTS, CLIENT, Fixture, SERVER, Verdict, arp_request, key_octets, run_program,
@@ -111,5 +112,33 @@ fn the_bench_lookup_finds_the_session_whose_key_is_the_frame() {
     assert_eq!(
         run_program(prog, &frame(40001), f.trust, 1).0.verdict,
         Verdict::Pass
+    );
+}
+
+/// The insert calibration adds a new session at every run (the frame's key with the run's number
+/// as its ports) and drops; once the table is full it passes.
+#[test]
+fn the_bench_insert_adds_a_new_session_at_every_run() {
+    const SIZE: u32 = 64;
+    let mut f = Fixture::with_policy(hafw::testkit::POLICY, SIZE);
+    f.dp.load_bench_program(INSERT_BENCH_PROGRAM, BENCH_IDLE_PORTS[0])
+        .unwrap();
+    let prog = f.dp.bench_program(INSERT_BENCH_PROGRAM).unwrap();
+    let frame = key_octets(&session_key(&tcp(CLIENT, 40000, SERVER, 80, 0x10, 64)));
+    let (out, _) = run_program(prog, &frame, f.trust, SIZE);
+    assert_eq!(out.verdict, Verdict::Drop);
+    let sessions = f.sessions();
+    assert_eq!(sessions.len(), SIZE as usize);
+    let mut ports: Vec<(u16, u16)> = sessions
+        .iter()
+        .map(|(k, _)| (k.port_lo, k.port_hi))
+        .collect();
+    ports.sort();
+    let runs: Vec<(u16, u16)> = (0..SIZE as u16).map(|run| (run, 0)).collect();
+    assert_eq!(ports, runs);
+    assert_eq!(
+        run_program(prog, &frame, f.trust, 1).0.verdict,
+        Verdict::Pass,
+        "full"
     );
 }
