@@ -42,8 +42,8 @@ enum Cmd {
     },
     /// rustfmt check and clippy with -D warnings on every crate, the BPF crate included.
     Clippy,
-    /// Benchmarks: `fastpath`, `failover [PROFILE]`, `soak [MINUTES]`, `sync`. Prints a table and
-    /// writes bench/results/.
+    /// Benchmarks: `fastpath`, `failover [PROFILE]`, `soak [MINUTES]`, `sync [ingest|lag|rate|bulk]`.
+    /// Prints a table and writes bench/results/ (a part of `sync` only prints).
     Bench {
         #[arg(value_parser = ["fastpath", "failover", "soak", "sync"])]
         which: String,

@@ -74,7 +74,10 @@
 //! With a 1,500-octet MTU a message carries [`MAX_SESSION_RECORDS`] session records over every
 //! transport: (1500 - 20 IPv4 - 8 UDP - 24 header) / 80 = 18.
 
-use crate::{impl_pod, session::SessionKey};
+use crate::{
+    impl_pod,
+    session::{SessionKey, SessionValue},
+};
 
 /// Magic octets that open every HA2 message.
 pub const HA2_MAGIC: [u8; 4] = *b"ha2s";
@@ -201,7 +204,8 @@ pub struct Ha2State {
     /// Sequence number of the last bulk-sync end marker: the bulk sync is complete once
     /// `contiguous` reaches it.
     pub bulk_end_sequence: u32,
-    pub _pad: u32,
+    /// Sequence number of the last bulk-sync start marker.
+    pub bulk_start_sequence: u32,
     /// The program's clock when the last bulk-sync start and end markers arrived (0: never).
     pub bulk_started_ns: u64,
     pub bulk_ended_ns: u64,
@@ -217,7 +221,7 @@ impl Default for Ha2State {
             highest: 0,
             skipped: 0,
             bulk_end_sequence: 0,
-            _pad: 0,
+            bulk_start_sequence: 0,
             bulk_started_ns: 0,
             bulk_ended_ns: 0,
             seen: [0; SEQ_WINDOW_WORDS],
@@ -244,6 +248,48 @@ impl Ha2State {
     /// The numbers above `contiguous`, up to `highest`, that have not arrived.
     pub fn missing(&self) -> impl Iterator<Item = u32> + '_ {
         (self.contiguous.saturating_add(1)..=self.highest).filter(|&seq| !self.has(seq))
+    }
+
+    /// The last bulk sync's end marker arrived after its start marker.
+    pub const fn bulk_ended(&self) -> bool {
+        self.bulk_started_ns != 0 && self.bulk_ended_ns >= self.bulk_started_ns
+    }
+
+    /// The last bulk sync ended and every message up to its end arrived: this node holds every
+    /// session the sender had.
+    pub const fn bulk_complete(&self) -> bool {
+        self.bulk_ended() && self.contiguous >= self.bulk_end_sequence
+    }
+
+    /// Once the last bulk sync is complete, where it started: the bulk sync wrote every session
+    /// the sender had, and every message since writes with a later stamp, so a session it did not
+    /// write is one the sender no longer has (deleted while this node was away, or its delete was
+    /// lost in a gap a resync filled).
+    pub const fn current_since(&self) -> Option<BulkMark> {
+        if self.bulk_complete() {
+            Some(BulkMark {
+                epoch: self.epoch as u16,
+                sequence: self.bulk_start_sequence,
+            })
+        } else {
+            None
+        }
+    }
+}
+
+/// Where a complete bulk sync started (see [`Ha2State::current_since`]): its sender epoch (low 16
+/// bits) and start marker's sequence number.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BulkMark {
+    pub epoch: u16,
+    pub sequence: u32,
+}
+
+impl BulkMark {
+    /// `value` was written by the bulk sync or a later message of its sender epoch (the stamp
+    /// `SessionValue::sync_epoch`/`sync_sequence`).
+    pub const fn wrote(&self, value: &SessionValue) -> bool {
+        value.sync_epoch == self.epoch && value.sync_sequence >= self.sequence
     }
 }
 
@@ -345,6 +391,47 @@ impl Ha2Counters {
 
 #[cfg(test)]
 mod tests {
+    /// Input: the bulk-sync facts of the ingest state. Output: a mark only once the bulk sync is
+    /// complete, and it covers exactly the sessions written by the bulk sync or after it.
+    #[test]
+    fn a_complete_bulk_sync_marks_what_it_did_not_write_as_outdated() {
+        let st = |started, ended, start, end, contiguous| Ha2State {
+            epoch: 0x1_0007,
+            contiguous,
+            bulk_start_sequence: start,
+            bulk_end_sequence: end,
+            bulk_started_ns: started,
+            bulk_ended_ns: ended,
+            ..Default::default()
+        };
+        assert_eq!(st(0, 0, 0, 0, 0).current_since(), None, "no bulk sync yet");
+        assert_eq!(st(5, 0, 10, 0, 12).current_since(), None, "in progress");
+        assert_eq!(
+            st(5, 9, 10, 20, 19).current_since(),
+            None,
+            "a message missing"
+        );
+        let mark = st(5, 9, 10, 20, 20).current_since();
+        assert_eq!(
+            mark,
+            Some(BulkMark {
+                epoch: 7,
+                sequence: 10
+            })
+        );
+        let stamped = |epoch, sequence| SessionValue {
+            sync_epoch: epoch,
+            sync_sequence: sequence,
+            ..Default::default()
+        };
+        let mark = mark.unwrap();
+        assert!(mark.wrote(&stamped(7, 10)));
+        assert!(mark.wrote(&stamped(7, 500)));
+        assert!(!mark.wrote(&stamped(7, 9)), "before the bulk sync");
+        assert!(!mark.wrote(&stamped(6, 500)), "another sender epoch");
+        assert!(!mark.wrote(&stamped(0, 0)), "never synced");
+    }
+
     use super::*;
 
     #[test]

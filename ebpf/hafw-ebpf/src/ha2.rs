@@ -221,6 +221,7 @@ fn stamp(start: bool, sequence: u32) {
             }
             st.bulk_started_ns = now;
             st.bulk_ended_ns = 0;
+            st.bulk_start_sequence = sequence;
         } else {
             st.bulk_ended_ns = now;
             st.bulk_end_sequence = sequence;
@@ -249,6 +250,7 @@ fn accept_sequence(c: &mut Ha2Counters, epoch: u32, seq: u32) -> Result<(), ()> 
         st.highest = 0;
         st.skipped = 0;
         st.bulk_end_sequence = 0;
+        st.bulk_start_sequence = 0;
         st.bulk_started_ns = 0;
         st.bulk_ended_ns = 0;
         clear_window(st);
@@ -355,8 +357,8 @@ fn write_session(c: &mut Ha2Counters, r: &SessionRecord, now: u64, written_by: (
         sync_sequence: sequence,
         next_hop: Default::default(),
     };
-    // An existing session is overwritten in place: the map's update of a present key copies key
-    // and value into a spare element under the bucket lock and swaps it in. A new one
+    // An existing session is overwritten in place, not by a map update, which would copy key and
+    // value into a spare element under the bucket lock and swap it in. A new one
     // is inserted only if absent, which skips the lookup that would miss; present after all (a
     // retransmission, a rejoin), it is treated as an existing one.
     let new = r.flags & RECORD_F_NEW != 0;

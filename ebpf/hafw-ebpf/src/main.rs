@@ -81,6 +81,21 @@ pub fn hafw_bench_tx(ctx: XdpContext) -> u32 {
     xdp_action::XDP_TX
 }
 
+/// Returns a bench program's run counter and counts this run: volatile, one load and one store
+/// per run (the benchmark makes one test run at a time).
+///
+/// # Safety
+/// `counter` is the calling program's own global.
+#[inline(always)]
+unsafe fn next_run(counter: *mut u32) -> u32 {
+    // SAFETY: as the caller promises.
+    unsafe {
+        let run = core::ptr::read_volatile(counter);
+        core::ptr::write_volatile(counter, run.wrapping_add(1));
+        run
+    }
+}
+
 /// How many runs `hafw_bench_new_flows` has made: zero at load.
 static mut BENCH_RUNS: u32 = 0;
 
@@ -99,11 +114,10 @@ pub fn hafw_bench_new_flows(ctx: XdpContext) -> u32 {
     if start + SRC_PORT + 2 > ctx.data_end() {
         return xdp_action::XDP_ABORTED;
     }
-    // SAFETY: the counter is this program's own global (volatile: one load and one store per
-    // run); the frame writes lie inside the octets checked above.
+    // SAFETY: the counter is this program's own global; the frame writes lie inside the octets
+    // checked above.
     unsafe {
-        let run = core::ptr::read_volatile(&raw const BENCH_RUNS);
-        core::ptr::write_volatile(&raw mut BENCH_RUNS, run.wrapping_add(1));
+        let run = next_run(&raw mut BENCH_RUNS);
         *((start + SRC_LAST_OCTET) as *mut u8) = 0x80 | (run >> 16) as u8;
         *((start + SRC_PORT) as *mut [u8; 2]) = (run as u16).to_be_bytes();
     }
@@ -147,11 +161,10 @@ pub fn hafw_bench_insert(ctx: XdpContext) -> u32 {
         return xdp_action::XDP_ABORTED;
     };
     // SAFETY: the frame holds a key (checked above; 8-aligned, see `hafw_bench_lookup`); the
-    // counter is this program's own global (volatile: one load and one store per run); the value
-    // is this CPU's scratch entry, unused by anything else while the program runs.
+    // counter is this program's own global; the value is this CPU's scratch entry, unused by
+    // anything else while the program runs.
     let (mut key, value) = unsafe {
-        let run = core::ptr::read_volatile(&raw const INSERT_RUNS);
-        core::ptr::write_volatile(&raw mut INSERT_RUNS, run.wrapping_add(1));
+        let run = next_run(&raw mut INSERT_RUNS);
         let mut key = core::ptr::read(start as *const SessionKey);
         key.port_lo = run as u16;
         key.port_hi = (run >> 16) as u16;

@@ -71,9 +71,13 @@ struct SyncState {
     neighbours_installed: u64,
     /// The fast path's count of session events lost to a full ring buffer, last seen.
     events_lost: u64,
-    /// On the passive node: the ingest program's count of synced sessions a full table refused,
-    /// last seen.
+    /// On the passive node: the ingest program's count of synced records a full table refused,
+    /// as last logged, and when.
     writes_refused: u64,
+    writes_refused_logged: Option<std::time::Instant>,
+    /// On the passive node: sessions removed because the active peer's last complete bulk sync
+    /// showed it no longer has them (see `Ha2State::current_since`).
+    outdated_removed: u64,
     /// On the active node: the passive peer's keep-alives, counted and watched.
     peer_keepalives: u64,
     peer_keepalive: Option<sync::KeepaliveWatch>,
@@ -315,11 +319,13 @@ async fn age_sessions(node: Shared) {
         // Map iteration is a syscall per entry: keep it off the async workers, and off the node
         // lock (session events and HA2 sync need it meanwhile).
         let res = tokio::task::spawn_blocking(move || -> Result<u64> {
-            let (passive, syncing, timeouts, capacity) = {
+            let (passive, syncing, current_since, timeouts, capacity) = {
                 let n = node.lock().map_err(|_| anyhow!("node lock poisoned"))?;
+                let receiving = n.sync.receiving.then(|| n.dp.ha2_state().ok()).flatten();
                 (
                     n.dp.config().role == Role::Passive as u32,
                     n.sync.sender.is_some(),
+                    receiving.and_then(|st| st.current_since()),
                     Timeouts::from(&n.running.timeouts),
                     n.running.session_table_size,
                 )
@@ -330,13 +336,19 @@ async fn age_sessions(node: Shared) {
             let now = aging::monotonic_now_ns();
             let mut live = FamilyCounts::default();
             let mut expired = Vec::new();
+            let mut outdated = Vec::new();
             let mut refresh = Vec::new();
             for entry in map.iter() {
                 let (k, v) = entry?;
                 // A passive node never ages synced sessions on its own: the active peer syncs
-                // their deletes, and after a takeover they age here from their synced age.
+                // their deletes, and after a takeover they age here from their synced age. What
+                // the last complete bulk sync did not write, the active node no longer has.
                 if !passive && aging::expired(&timeouts, &k, &v, now) {
                     expired.push(k);
+                    continue;
+                }
+                if current_since.is_some_and(|bulk| !bulk.wrote(&v)) {
+                    outdated.push(k);
                     continue;
                 }
                 live.count(&k);
@@ -344,7 +356,7 @@ async fn age_sessions(node: Shared) {
                     refresh.push(sync::record(&k, &v, now));
                 }
             }
-            for k in &expired {
+            for k in expired.iter().chain(&outdated) {
                 let _ = map.remove(k);
             }
             drop(map);
@@ -354,7 +366,20 @@ async fn age_sessions(node: Shared) {
                 for r in refresh {
                     sender.update(r);
                 }
+                // The passive peer never ages what it holds: each session aged out here is
+                // deleted there.
+                for k in &expired {
+                    sender.delete(*k);
+                }
                 sender.flush();
+            }
+            if !outdated.is_empty() {
+                info!(
+                    "HA2: removed {} sessions the active peer no longer has (not written by its \
+                     last bulk sync or since)",
+                    outdated.len()
+                );
+                n.sync.outdated_removed += outdated.len() as u64;
             }
             n.aged_out += expired.len() as u64;
             n.table.observe(live, u64::from(capacity));
@@ -896,16 +921,27 @@ fn watch_receiving(n: &mut Node) {
     requester.poll(&st, now);
     let event = requester.keepalive.poll(counters.accepted, now);
     log_keepalive(event, requester.keepalive.threshold(), "active peer");
-    if counters.session_write_failed > n.sync.writes_refused {
+    // This runs every few milliseconds: at most one line per REFUSALS_LOG_INTERVAL.
+    let refused = counters
+        .session_write_failed
+        .saturating_sub(n.sync.writes_refused);
+    let quiet = n
+        .sync
+        .writes_refused_logged
+        .is_some_and(|at| now.duration_since(at) < REFUSALS_LOG_INTERVAL);
+    if refused > 0 && !quiet {
         warn!(
-            "HA2: {} synced sessions refused by a full session table (of {} per family) will not \
-             survive a failover; raise session_table_size",
-            counters.session_write_failed - n.sync.writes_refused,
+            "HA2: {refused} synced session records refused by a full session table (of {} per \
+             family): those sessions will not survive a failover; raise session_table_size",
             n.running.session_table_size
         );
         n.sync.writes_refused = counters.session_write_failed;
+        n.sync.writes_refused_logged = Some(now);
     }
 }
+
+/// How often, at most, the passive node logs synced records refused by a full table.
+const REFUSALS_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Serves one request of the passive peer: retransmission from the buffer, else a resync.
 fn serve_request(node: &Shared, request: &sync::PeerRequest) -> Result<()> {
@@ -1112,14 +1148,11 @@ fn state_sync_view(n: &Node) -> Result<serde_json::Value> {
     } else {
         "idle"
     };
-    // Complete once the end marker arrived and nothing before it is still missing.
     let status = match (st.bulk_started_ns, st.bulk_ended_ns) {
         (0, _) if n.sync.receiving => "waiting for bulk sync",
         (_, 0) if n.sync.receiving => "bulk sync in progress",
-        (s, e) if e >= s && s != 0 && st.contiguous < st.bulk_end_sequence => {
-            "bulk sync recovering losses"
-        }
-        (s, e) if e >= s && s != 0 => "state sync complete",
+        _ if st.bulk_complete() => "state sync complete",
+        _ if st.bulk_ended() => "bulk sync recovering losses",
         _ => "-",
     };
     let missing = st.missing().count();
@@ -1127,7 +1160,8 @@ fn state_sync_view(n: &Node) -> Result<serde_json::Value> {
     if let Some(r) = &n.sync.requester {
         add_gap_stats(&mut gaps, &r.tracker.stats);
     }
-    let bulk_ms = (st.bulk_ended_ns >= st.bulk_started_ns && st.bulk_started_ns != 0)
+    let bulk_ms = st
+        .bulk_ended()
         .then(|| (st.bulk_ended_ns - st.bulk_started_ns) as f64 / 1e6);
     Ok(serde_json::json!({
         "interface": plan.link.interface,
@@ -1149,6 +1183,7 @@ fn state_sync_view(n: &Node) -> Result<serde_json::Value> {
         },
         "recovery": gaps,
         "neighbours_installed": n.sync.neighbours_installed,
+        "outdated_sessions_removed": n.sync.outdated_removed,
         "keepalive": n.sync.requester.as_ref().map(|r| &r.keepalive)
             .or(n.sync.sender.as_ref().and(n.sync.peer_keepalive.as_ref()))
             .map(|k| serde_json::json!({

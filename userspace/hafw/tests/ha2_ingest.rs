@@ -179,6 +179,8 @@ fn markers_and_keepalives_are_counted_and_stamped() {
     assert_eq!(counter(&f, "keepalives"), 1);
     let st = f.dp.ha2_state().unwrap();
     assert_eq!((st.bulk_started_ns, st.bulk_ended_ns), (NOW, NOW));
+    assert_eq!((st.bulk_start_sequence, st.bulk_end_sequence), (1, 3));
+    assert!(st.bulk_complete());
 }
 
 #[test]

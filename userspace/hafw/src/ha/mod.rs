@@ -364,9 +364,10 @@ struct Shell {
     start: Instant,
     boot_id: u64,
     /// One sequence for every frame this boot sends, hellos and heartbeats alike, so that a
-    /// receiver can order a heartbeat against the last (always fresh) TCP hello.
+    /// receiver can order what arrives on TCP (hellos) and UDP (heartbeats) against each other.
     sequence: u64,
-    /// The peer's boot, learned from its hellos, and the highest sequence heard from it.
+    /// The peer's boot, learned from its hellos (or its heartbeats, until a hello came), and the
+    /// highest sequence heard from it.
     peer_boot: Option<u64>,
     peer_sequence: u64,
 
@@ -638,10 +639,10 @@ impl Shell {
                 Frame::Hello(h) => {
                     debug!("{via}: hello {:?}", h.hello);
                     self.counters(via).hellos_received += 1;
-                    // Hellos queued on HA1 while it connected can arrive after a heartbeat the
-                    // peer sent later, from the state it moved on to: such a hello still pairs,
-                    // but its state would flip the peer's back (and restart session sync, a bulk
-                    // sync of the whole table each time).
+                    // Hellos (TCP) and heartbeats (UDP) travel apart, and a hello can arrive
+                    // after a heartbeat the peer sent later, from the state it moved on to: such
+                    // a hello still pairs, but its state would flip the peer's back (and restart
+                    // session sync, a bulk sync of the whole table each time).
                     let stale =
                         self.peer_boot == Some(h.boot_id) && h.sequence < self.peer_sequence;
                     if self.peer_boot != Some(h.boot_id) {
@@ -672,6 +673,7 @@ impl Shell {
                         self.counters(via).dropped_stale += 1;
                         return;
                     }
+                    self.peer_boot.get_or_insert(h.boot_id);
                     self.peer_sequence = self.peer_sequence.max(h.sequence);
                     let at = Instant::now();
                     let c = self.counters(via);

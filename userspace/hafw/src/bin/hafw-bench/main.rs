@@ -67,11 +67,7 @@ fn main() -> Result<()> {
                 let passes = if quick() { 1 } else { PASSES };
                 let mut all = Vec::with_capacity(passes);
                 for _ in 0..passes {
-                    all.push(
-                        std::thread::spawn(fastpath_test_run)
-                            .join()
-                            .map_err(|_| anyhow::anyhow!("benchmark thread panicked"))??,
-                    );
+                    all.push(in_thread(fastpath_test_run)?);
                 }
                 rows = median_rows(all);
             }
@@ -210,6 +206,14 @@ impl Case<'_> {
         rounds.sort_by(f64::total_cmp);
         Ok(rounds[ROUNDS / 2])
     }
+}
+
+/// Runs `pass` in a thread of its own: its fixture moves the thread into a private network
+/// namespace.
+fn in_thread<T: Send + 'static>(pass: fn() -> Result<T>) -> Result<T> {
+    std::thread::spawn(pass)
+        .join()
+        .map_err(|_| anyhow::anyhow!("benchmark thread panicked"))?
 }
 
 /// Passes of the per-packet cases in a full `fastpath` run.

@@ -1,6 +1,7 @@
 //! `sync`: HA2 session sync. Ingest rate of the XDP program (records per second per core, from
 //! the kernel's own timing of BPF_PROG_TEST_RUN on full frames of 18 session records, each frame
-//! a new sequence number so every record is really written), and the bulk sync of a table of
+//! a new sequence number so every record is really written; five passes on fresh tables, the
+//! median reported), beside it the kernel's insert alone (`hafw_bench_insert`), and the bulk sync of a table of
 //! 100k and 1M sessions through the lab pair (active table filled through its pinned map, then
 //! the passive node starts; the time is the passive's, from bulk start to bulk end). Sync lag:
 //! new flows one at a time through the active node, each timed from its first packet until its
@@ -60,8 +61,8 @@ const INGEST_PASSES: usize = 5;
 pub fn ingest() -> Result<Vec<Row>> {
     let mut passes = Vec::with_capacity(INGEST_PASSES);
     for _ in 0..INGEST_PASSES {
-        let [new, update] = in_thread(ingest_pass)?;
-        passes.push([new, update, in_thread(insert_pass)?]);
+        let [new, update] = crate::in_thread(ingest_pass)?;
+        passes.push([new, update, crate::in_thread(insert_pass)?]);
     }
     let median_of = |case: usize| {
         let mut ns: Vec<f64> = passes.iter().map(|pass| pass[case]).collect();
@@ -116,14 +117,6 @@ pub fn ingest() -> Result<Vec<Row>> {
 /// Frames of one ingest pass, and the records they carry.
 const INGEST_FRAMES: u32 = 20_000;
 const INGEST_RECORDS: u64 = INGEST_FRAMES as u64 * MAX_SESSION_RECORDS as u64;
-
-/// Runs `pass` in a thread of its own: its fixture moves the thread into a private network
-/// namespace.
-fn in_thread<T: Send + 'static>(pass: fn() -> Result<T>) -> Result<T> {
-    std::thread::spawn(pass)
-        .join()
-        .map_err(|_| anyhow::anyhow!("benchmark thread panicked"))?
-}
 
 /// Runs per BPF_PROG_TEST_RUN call of the insert calibration.
 const INSERT_BATCH: u64 = 200;
