@@ -202,14 +202,13 @@ pub fn measure(profiles: &[&'static str]) -> Result<Vec<Row>> {
                 eprintln!("failover {profile} {fault:?} run {run}: {w:.1} ms");
                 windows.push(w);
             }
-            let mut sorted = windows.clone();
-            sorted.sort_by(f64::total_cmp);
+            let (min_ms, median_ms, max_ms) = crate::spread(&windows);
             rows.push(Row {
                 profile,
                 fault,
-                median_ms: sorted[RUNS / 2],
-                min_ms: sorted[0],
-                max_ms: sorted[RUNS - 1],
+                median_ms,
+                min_ms,
+                max_ms,
                 windows_ms: windows,
             });
         }

@@ -208,6 +208,13 @@ impl Case<'_> {
     }
 }
 
+/// The smallest, the median and the largest of `values` (not empty).
+fn spread(values: &[f64]) -> (f64, f64, f64) {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    (sorted[0], sorted[sorted.len() / 2], sorted[sorted.len() - 1])
+}
+
 /// Runs `pass` in a thread of its own: its fixture moves the thread into a private network
 /// namespace.
 fn in_thread<T: Send + 'static>(pass: fn() -> Result<T>) -> Result<T> {

@@ -65,9 +65,8 @@ pub fn ingest() -> Result<Vec<Row>> {
         passes.push([new, update, crate::in_thread(insert_pass)?]);
     }
     let median_of = |case: usize| {
-        let mut ns: Vec<f64> = passes.iter().map(|pass| pass[case]).collect();
-        ns.sort_by(f64::total_cmp);
-        (ns[0], ns[ns.len() / 2], ns[ns.len() - 1])
+        let ns: Vec<f64> = passes.iter().map(|pass| pass[case]).collect();
+        crate::spread(&ns)
     };
     let rate = |ns: f64| 1e3 / ns;
     let cases = ["new sessions", "updates of existing sessions"];
@@ -343,11 +342,7 @@ pub fn sessions_per_second(flows: u32) -> Result<Vec<Row>> {
             .join(", ")
     };
     let runs_note = format!("runs: on {}; off {}", runs(&on), runs(&off));
-    let median = |rates: &mut Vec<f64>| {
-        rates.sort_by(f64::total_cmp);
-        rates[rates.len() / 2]
-    };
-    let rates = [median(&mut on), median(&mut off)];
+    let rates = [crate::spread(&on).1, crate::spread(&off).1];
     let ratio = rates[0] / rates[1];
     Ok(vec![
         Row {
