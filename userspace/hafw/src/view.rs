@@ -207,6 +207,11 @@ pub fn state_sync(data: &serde_json::Value) -> String {
         "  Neighbours installed: {}",
         s(&data["neighbours_installed"])
     );
+    let _ = writeln!(
+        out,
+        "  Outdated sessions:    {} removed (not written by the peer's last bulk sync or since)",
+        s(&data["outdated_sessions_removed"])
+    );
     // Counters: only the non-zero ones, as a firewall's counter view does.
     for (title, section) in [("Sent", &data["sent"]), ("Received", &data["received"])] {
         let _ = writeln!(out, "  {title}:");
@@ -383,6 +388,7 @@ mod tests {
                          "messages_requested": 1, "resync_requests_sent": 0},
             "keepalive": {"status": "up", "threshold_failures": 0},
             "neighbours_installed": 2,
+            "outdated_sessions_removed": 3,
             "sent": {"messages_sent": 0},
             "received": {"accepted": 12, "drop_wrong_group": 0},
         });
@@ -396,6 +402,7 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("missing 1"), "{text}");
+        assert!(text.contains("Outdated sessions:    3 removed"), "{text}");
         assert!(
             text.contains("accepted") && !text.contains("drop_wrong_group"),
             "{text}"
