@@ -391,6 +391,8 @@ impl Ha2Counters {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     /// Input: the bulk-sync facts of the ingest state. Output: a mark only once the bulk sync is
     /// complete, and it covers exactly the sessions written by the bulk sync or after it.
     #[test]
@@ -431,8 +433,6 @@ mod tests {
         assert!(!mark.wrote(&stamped(6, 500)), "another sender epoch");
         assert!(!mark.wrote(&stamped(0, 0)), "never synced");
     }
-
-    use super::*;
 
     #[test]
     fn layouts_are_fixed() {

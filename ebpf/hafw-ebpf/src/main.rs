@@ -163,14 +163,13 @@ pub fn hafw_bench_insert(ctx: XdpContext) -> u32 {
     // SAFETY: the frame holds a key (checked above; 8-aligned, see `hafw_bench_lookup`); the
     // counter is this program's own global; the value is this CPU's scratch entry, unused by
     // anything else while the program runs.
-    let (mut key, value) = unsafe {
+    let (key, value) = unsafe {
         let run = next_run(&raw mut INSERT_RUNS);
         let mut key = core::ptr::read(start as *const SessionKey);
         key.port_lo = run as u16;
         key.port_hi = (run >> 16) as u16;
         (key, &*value)
     };
-    key._pad = [0; 2];
     match session::insert(&key, value, u64::from(aya_ebpf::bindings::BPF_NOEXIST)) {
         Ok(()) => xdp_action::XDP_DROP,
         Err(_) => xdp_action::XDP_PASS,

@@ -687,6 +687,35 @@ pub fn pinned_sessions(instance: &str) -> anyhow::Result<crate::session_tables::
     crate::session_tables::SessionTables::from_pins(&crate::dataplane::pin_dir(instance))
 }
 
+/// Writes `n` established TCP sessions (198.18.1.2 to 198.18.2.2, each with ports of its own)
+/// straight into a running instance's IPv4 table through its pin: without session events, so
+/// only a bulk sync carries them to the peer.
+pub fn write_established_sessions(instance: &str, n: u32) -> anyhow::Result<()> {
+    let mut tables = pinned_sessions(instance)?;
+    let now = crate::aging::monotonic_now_ns();
+    let value = SessionValue {
+        created_ns: now,
+        last_seen_ns: now,
+        state: hafw_common::session::SessionState::Established as u8,
+        rule_id: 2,
+        egress_zone: 1,
+        ..Default::default()
+    };
+    for k in 0..n {
+        let key = SessionKey {
+            addr_lo: [u32::from_ne_bytes([198, 18, 1, 2]), 0, 0, 0],
+            addr_hi: [u32::from_ne_bytes([198, 18, 2, 2]), 0, 0, 0],
+            port_lo: 10_000 + (k % 50_000) as u16,
+            port_hi: 80 + (k / 50_000) as u16,
+            proto: hafw_common::session::PROTO_TCP,
+            family: FAMILY_IPV4,
+            _pad: [0; 2],
+        };
+        tables.insert(&key, &value)?;
+    }
+    Ok(())
+}
+
 /// Fast path counter `name` of a running instance, summed over CPUs, through its pin.
 pub fn pinned_counter(instance: &str, name: &str) -> anyhow::Result<u64> {
     use hafw_common::counters::Counters;

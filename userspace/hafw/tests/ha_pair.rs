@@ -88,7 +88,7 @@ impl Pair {
             "{}",
             pair.logs()
         );
-        write_established_sessions(&pair, 0, sessions);
+        hafw::testkit::write_established_sessions(&pair.instances[0], sessions).unwrap();
         pair.start_node(1);
         pair
     }
@@ -888,36 +888,6 @@ fn state_sync_complete(pair: &Pair, wait: Duration) -> bool {
         request(&pair.instances[1], &Request::ShowStateSync)
             .is_ok_and(|v| v["status"] == "state sync complete")
     })
-}
-
-/// Writes `n` established TCP sessions straight into fw `i`'s pinned IPv4 table, without session
-/// events (so only a bulk sync carries them to the peer).
-fn write_established_sessions(pair: &Pair, i: usize, n: u32) {
-    use hafw_common::session::{FAMILY_IPV4, PROTO_TCP, SessionKey, SessionState, SessionValue};
-    let mut map = hafw::testkit::pinned_sessions(&pair.instances[i]).unwrap();
-    let now = hafw::aging::monotonic_now_ns();
-    let t = Instant::now();
-    for k in 0..n {
-        let key = SessionKey {
-            addr_lo: [u32::from_ne_bytes([198, 18, 1, 2]), 0, 0, 0],
-            addr_hi: [u32::from_ne_bytes([198, 18, 2, 2]), 0, 0, 0],
-            port_lo: 10_000 + (k % 50_000) as u16,
-            port_hi: 80 + (k / 50_000) as u16,
-            proto: PROTO_TCP,
-            family: FAMILY_IPV4,
-            _pad: [0; 2],
-        };
-        let value = SessionValue {
-            created_ns: now,
-            last_seen_ns: now,
-            state: SessionState::Established as u8,
-            rule_id: 2,
-            egress_zone: 1,
-            ..Default::default()
-        };
-        map.insert(&key, &value).unwrap();
-    }
-    eprintln!("{n} sessions written in {:?}", t.elapsed());
 }
 
 /// Input: passive link state `shutdown`. Output: the passive node's data links are down while it

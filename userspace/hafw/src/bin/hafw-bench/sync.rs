@@ -19,7 +19,7 @@ use hafw::{
 };
 use hafw_common::{
     ha2::{HA2_SESSION_UPDATE, Ha2Config, MAX_SESSION_RECORDS, RECORD_F_NEW, SessionRecord},
-    session::{FAMILY_IPV4, PROTO_TCP, SessionKey, SessionState, SessionValue},
+    session::{FAMILY_IPV4, PROTO_TCP, SessionKey, SessionState},
 };
 use hafw_lab::{PairRun, wait_until};
 use serde::Serialize;
@@ -208,17 +208,7 @@ pub fn bulk(n: u32) -> Result<Row> {
     }) {
         bail!("fw1 did not become active:\n{}", run.logs());
     }
-    let mut map = pinned_sessions(&run.instances[0])?;
-    let now = hafw::aging::monotonic_now_ns();
-    let value = SessionValue {
-        created_ns: now,
-        last_seen_ns: now,
-        state: SessionState::Established as u8,
-        ..Default::default()
-    };
-    for i in 0..n {
-        map.insert(&key(i), &value)?;
-    }
+    hafw::testkit::write_established_sessions(&run.instances[0], n)?;
     let started = Instant::now();
     run.start_node(1)?;
     let state = |run: &PairRun| -> Option<serde_json::Value> {
