@@ -67,6 +67,9 @@ struct SyncState {
     listener_stop: Option<Arc<std::sync::atomic::AtomicBool>>,
     /// Neighbour entries sent to the current peer (port, family, address) -> MAC.
     neighbours_sent: std::collections::HashMap<(u16, u8, [u8; 16]), [u8; 6]>,
+    /// Woken when the kernel reports a resolved or changed neighbour, and when a new peer needs
+    /// them all: the active node sends the new entries at once (see [`sync_neighbours_on_change`]).
+    neighbours_changed: Arc<tokio::sync::Notify>,
     /// Neighbour entries of the peer installed in this node's kernel.
     neighbours_installed: u64,
     /// The fast path's count of session events lost to a full ring buffer, last seen.
@@ -199,6 +202,7 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
         },
     }));
     tokio::spawn(run_sync(node.clone(), sync_rx));
+    tokio::spawn(sync_neighbours_on_change(node.clone()));
 
     let sock = socket_path(&instance);
     if let Some(dir) = sock.parent() {
@@ -211,7 +215,10 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
 
     tokio::spawn(age_sessions(node.clone()));
     if let Ok(n) = node.lock() {
-        tokio::spawn(watch_fib(n.dp.fib_generation()));
+        tokio::spawn(watch_fib(
+            n.dp.fib_generation(),
+            n.sync.neighbours_changed.clone(),
+        ));
     }
     if let Some(ring) = events {
         tokio::spawn(drain_events(node.clone(), ring));
@@ -251,9 +258,10 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
 /// and link change in this namespace, and each report starts a new FIB generation.
 /// A generation also ends every [`FIB_REFRESH`], in case a report was lost (a netlink socket
 /// overrun drops them). While the monitor is not running the cache is off.
-async fn watch_fib(generation: FibGeneration) {
+/// Reports of a neighbour with a link-layer address also wake `neighbours_changed`.
+async fn watch_fib(generation: FibGeneration, neighbours_changed: Arc<tokio::sync::Notify>) {
     loop {
-        if let Err(e) = monitor_fib(&generation).await {
+        if let Err(e) = monitor_fib(&generation, &neighbours_changed).await {
             warn!("watching routes and neighbours: {e:#}; next-hop cache off");
         }
         let _ = generation.disable();
@@ -264,10 +272,14 @@ async fn watch_fib(generation: FibGeneration) {
 /// At most this long between FIB generations.
 const FIB_REFRESH: Duration = Duration::from_secs(5);
 
-async fn monitor_fib(generation: &FibGeneration) -> Result<()> {
+async fn monitor_fib(
+    generation: &FibGeneration,
+    neighbours_changed: &tokio::sync::Notify,
+) -> Result<()> {
     use tokio::io::AsyncBufReadExt as _;
+    // `label` starts each line with its object ("[NEIGH]10.0.0.1 dev eth1 lladdr ... REACHABLE").
     let mut monitor = tokio::process::Command::new("ip")
-        .args(["-o", "monitor", "route", "neigh", "link"])
+        .args(["-o", "monitor", "label", "route", "neigh", "link"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .kill_on_drop(true)
@@ -288,8 +300,11 @@ async fn monitor_fib(generation: &FibGeneration) -> Result<()> {
     loop {
         tokio::select! {
             line = lines.next_line() => match line? {
-                Some(_) => {
+                Some(line) => {
                     generation.bump()?;
+                    if line.starts_with("[NEIGH]") && line.contains(" lladdr ") {
+                        neighbours_changed.notify_one();
+                    }
                 }
                 None => bail!("ip monitor exited"),
             },
@@ -786,8 +801,13 @@ fn ha2_plan(config: &Config) -> Option<Ha2Plan> {
 const GAP_POLL: Duration = Duration::from_millis(5);
 /// How soon after a burst the active node sends a tail-loss probe.
 const TAIL_PROBE: Duration = Duration::from_millis(10);
-/// How often the active node looks at its neighbour table and at lost session events.
+/// How often the active node looks at its neighbour table and at lost session events. New
+/// neighbours are sent as soon as the kernel reports them; this catches a report lost to a
+/// netlink overrun.
 const HOUSEKEEPING: Duration = Duration::from_secs(1);
+/// The least time between two reads of the neighbour table on the kernel's reports: a busy
+/// table's entries change state all the time, and each read runs `ip neigh`.
+const NEIGHBOUR_SYNC_SPACING: Duration = Duration::from_millis(50);
 
 /// Carries out the election's HA2 hooks; while sending, keep-alives, tail probes and the
 /// passive peer's requests; while receiving, the watch for gaps.
@@ -984,10 +1004,41 @@ fn data_ports(config: &Config) -> Vec<(u16, String)> {
         .collect()
 }
 
-/// The active node's periodic HA2 chores: neighbour entries that are new or changed go to the
-/// peer; session events the fast path lost to a full ring buffer were never synced, so the
-/// table is sent again.
+/// The active node's periodic HA2 chores: session events the fast path lost to a full ring
+/// buffer were never synced, so the table is sent again; neighbour entries that are new or
+/// changed go to the peer.
 fn housekeeping(node: &Shared) -> Result<()> {
+    {
+        let mut n = node.lock().map_err(|_| anyhow!("node lock poisoned"))?;
+        if n.sync.sender.is_none() {
+            return Ok(());
+        }
+        let lost = n.dp.counters()?.event_ringbuf_full;
+        if lost > n.sync.events_lost {
+            n.sync.events_lost = lost;
+            resync(&mut n, "session events were lost to a full ring buffer")?;
+        }
+    }
+    sync_neighbours(node)
+}
+
+/// Sends the passive peer the neighbour entries it lacks as soon as the kernel reports a new or
+/// changed one (or a new peer needs them all), at most once per [`NEIGHBOUR_SYNC_SPACING`].
+async fn sync_neighbours_on_change(node: Shared) {
+    let Some(changed) = node.lock().ok().map(|n| n.sync.neighbours_changed.clone()) else {
+        return;
+    };
+    loop {
+        changed.notified().await;
+        let node = node.clone();
+        blocking("HA2 neighbour sync", move || sync_neighbours(&node)).await;
+        tokio::time::sleep(NEIGHBOUR_SYNC_SPACING).await;
+    }
+}
+
+/// Active node: sends the peer the neighbour entries of the data ports that are new or changed
+/// since it last sent them.
+fn sync_neighbours(node: &Shared) -> Result<()> {
     let ports = {
         let n = node.lock().map_err(|_| anyhow!("node lock poisoned"))?;
         if n.sync.sender.is_none() {
@@ -998,11 +1049,6 @@ fn housekeeping(node: &Shared) -> Result<()> {
     // Outside the lock: it runs a process.
     let neighbours = ha::host::resolved_neighbours(&ports)?;
     let mut n = node.lock().map_err(|_| anyhow!("node lock poisoned"))?;
-    let lost = n.dp.counters()?.event_ringbuf_full;
-    if lost > n.sync.events_lost {
-        n.sync.events_lost = lost;
-        resync(&mut n, "session events were lost to a full ring buffer")?;
-    }
     let fresh: Vec<_> = neighbours
         .into_iter()
         .filter(|r| n.sync.neighbours_sent.get(&(r.port, r.family, r.addr)) != Some(&r.mac))
@@ -1068,6 +1114,7 @@ fn sync_command(
             n.sync.receiving = false;
             n.sync.listener_stop = Some(listen(peer_node_id)?);
             n.sync.neighbours_sent.clear();
+            n.sync.neighbours_changed.notify_one();
             n.sync.peer_keepalive = None;
             n.sync.events_lost = n.dp.counters()?.event_ringbuf_full;
             let writer = sync::MessageWriter::new(plan.group_id, plan.node_id as u32);
