@@ -67,9 +67,8 @@ struct SyncState {
     listener_stop: Option<Arc<std::sync::atomic::AtomicBool>>,
     /// Neighbour entries sent to the current peer (port, family, address) -> MAC.
     neighbours_sent: std::collections::HashMap<(u16, u8, [u8; 16]), [u8; 6]>,
-    /// Woken when the kernel reports a resolved or changed neighbour, and when a new peer needs
-    /// them all: the active node sends the new entries at once (see [`sync_neighbours_on_change`]).
-    neighbours_changed: Arc<tokio::sync::Notify>,
+    /// Woken when a new peer needs every neighbour entry (see [`sync_neighbours_on_change`]).
+    neighbours_wanted: Arc<tokio::sync::Notify>,
     /// Neighbour entries of the peer installed in this node's kernel.
     neighbours_installed: u64,
     /// The fast path's count of session events lost to a full ring buffer, last seen.
@@ -202,7 +201,8 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
         },
     }));
     tokio::spawn(run_sync(node.clone(), sync_rx));
-    tokio::spawn(sync_neighbours_on_change(node.clone()));
+    let (neighbour_tx, neighbour_rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(sync_neighbours_on_change(node.clone(), neighbour_rx));
 
     let sock = socket_path(&instance);
     if let Some(dir) = sock.parent() {
@@ -215,10 +215,7 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
 
     tokio::spawn(age_sessions(node.clone()));
     if let Ok(n) = node.lock() {
-        tokio::spawn(watch_fib(
-            n.dp.fib_generation(),
-            n.sync.neighbours_changed.clone(),
-        ));
+        tokio::spawn(watch_fib(n.dp.fib_generation(), neighbour_tx));
     }
     if let Some(ring) = events {
         tokio::spawn(drain_events(node.clone(), ring));
@@ -258,10 +255,10 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
 /// and link change in this namespace, and each report starts a new FIB generation.
 /// A generation also ends every [`FIB_REFRESH`], in case a report was lost (a netlink socket
 /// overrun drops them). While the monitor is not running the cache is off.
-/// Reports of a neighbour with a link-layer address also wake `neighbours_changed`.
-async fn watch_fib(generation: FibGeneration, neighbours_changed: Arc<tokio::sync::Notify>) {
+/// The neighbour entries it reports go to `neighbours` (for HA2 neighbour sync).
+async fn watch_fib(generation: FibGeneration, neighbours: NeighbourReports) {
     loop {
-        if let Err(e) = monitor_fib(&generation, &neighbours_changed).await {
+        if let Err(e) = monitor_fib(&generation, &neighbours).await {
             warn!("watching routes and neighbours: {e:#}; next-hop cache off");
         }
         let _ = generation.disable();
@@ -272,10 +269,10 @@ async fn watch_fib(generation: FibGeneration, neighbours_changed: Arc<tokio::syn
 /// At most this long between FIB generations.
 const FIB_REFRESH: Duration = Duration::from_secs(5);
 
-async fn monitor_fib(
-    generation: &FibGeneration,
-    neighbours_changed: &tokio::sync::Notify,
-) -> Result<()> {
+/// The kernel's neighbour entries as `ip monitor` reports them, new or changed.
+type NeighbourReports = tokio::sync::mpsc::UnboundedSender<ha::host::NeighbourEntry>;
+
+async fn monitor_fib(generation: &FibGeneration, neighbours: &NeighbourReports) -> Result<()> {
     use tokio::io::AsyncBufReadExt as _;
     // `label` starts each line with its object ("[NEIGH]10.0.0.1 dev eth1 lladdr ... REACHABLE").
     let mut monitor = tokio::process::Command::new("ip")
@@ -302,8 +299,8 @@ async fn monitor_fib(
             line = lines.next_line() => match line? {
                 Some(line) => {
                     generation.bump()?;
-                    if line.starts_with("[NEIGH]") && line.contains(" lladdr ") {
-                        neighbours_changed.notify_one();
+                    if let Some(entry) = ha::host::NeighbourEntry::from_monitor_line(&line) {
+                        let _ = neighbours.send(entry);
                     }
                 }
                 None => bail!("ip monitor exited"),
@@ -805,9 +802,6 @@ const TAIL_PROBE: Duration = Duration::from_millis(10);
 /// neighbours are sent as soon as the kernel reports them; this catches a report lost to a
 /// netlink overrun.
 const HOUSEKEEPING: Duration = Duration::from_secs(1);
-/// The least time between two reads of the neighbour table on the kernel's reports: a busy
-/// table's entries change state all the time, and each read runs `ip neigh`.
-const NEIGHBOUR_SYNC_SPACING: Duration = Duration::from_millis(50);
 
 /// Carries out the election's HA2 hooks; while sending, keep-alives, tail probes and the
 /// passive peer's requests; while receiving, the watch for gaps.
@@ -1022,22 +1016,42 @@ fn housekeeping(node: &Shared) -> Result<()> {
     sync_neighbours(node)
 }
 
-/// Sends the passive peer the neighbour entries it lacks as soon as the kernel reports a new or
-/// changed one (or a new peer needs them all), at most once per [`NEIGHBOUR_SYNC_SPACING`].
-async fn sync_neighbours_on_change(node: Shared) {
-    let Some(changed) = node.lock().ok().map(|n| n.sync.neighbours_changed.clone()) else {
+/// Active node: sends the passive peer each neighbour entry the kernel reports new or changed
+/// (without reading the whole table: a busy one changes all the time), and the whole table when
+/// a new peer needs it.
+async fn sync_neighbours_on_change(
+    node: Shared,
+    mut reports: tokio::sync::mpsc::UnboundedReceiver<ha::host::NeighbourEntry>,
+) {
+    let Some(wanted) = node.lock().ok().map(|n| n.sync.neighbours_wanted.clone()) else {
         return;
     };
     loop {
-        changed.notified().await;
-        let node = node.clone();
-        blocking("HA2 neighbour sync", move || sync_neighbours(&node)).await;
-        tokio::time::sleep(NEIGHBOUR_SYNC_SPACING).await;
+        tokio::select! {
+            report = reports.recv() => {
+                let Some(report) = report else { return };
+                let mut batch = vec![report];
+                while let Ok(more) = reports.try_recv() {
+                    batch.push(more);
+                }
+                if let Ok(mut n) = node.lock()
+                    && n.sync.sender.is_some()
+                {
+                    let ports = data_ports(&n.running);
+                    let records = batch.iter().filter_map(|e| e.record(&ports)).collect();
+                    send_new_neighbours(&mut n, records);
+                }
+            }
+            _ = wanted.notified() => {
+                let node = node.clone();
+                blocking("HA2 neighbour sync", move || sync_neighbours(&node)).await;
+            }
+        }
     }
 }
 
-/// Active node: sends the peer the neighbour entries of the data ports that are new or changed
-/// since it last sent them.
+/// Active node: reads the kernel's neighbour table and sends the peer the entries of the data
+/// ports that are new or changed since it last sent them.
 fn sync_neighbours(node: &Shared) -> Result<()> {
     let ports = {
         let n = node.lock().map_err(|_| anyhow!("node lock poisoned"))?;
@@ -1049,12 +1063,18 @@ fn sync_neighbours(node: &Shared) -> Result<()> {
     // Outside the lock: it runs a process.
     let neighbours = ha::host::resolved_neighbours(&ports)?;
     let mut n = node.lock().map_err(|_| anyhow!("node lock poisoned"))?;
+    send_new_neighbours(&mut n, neighbours);
+    Ok(())
+}
+
+/// Sends the peer those of `neighbours` it was not sent yet, or with another MAC.
+fn send_new_neighbours(n: &mut Node, neighbours: Vec<hafw_common::ha2::NeighbourRecord>) {
     let fresh: Vec<_> = neighbours
         .into_iter()
         .filter(|r| n.sync.neighbours_sent.get(&(r.port, r.family, r.addr)) != Some(&r.mac))
         .collect();
     if fresh.is_empty() {
-        return Ok(());
+        return;
     }
     for r in &fresh {
         n.sync
@@ -1065,7 +1085,6 @@ fn sync_neighbours(node: &Shared) -> Result<()> {
         sender.neighbours(&fresh);
         sender.flush();
     }
-    Ok(())
 }
 
 /// Installs the active peer's neighbour entries (passive node).
@@ -1114,7 +1133,7 @@ fn sync_command(
             n.sync.receiving = false;
             n.sync.listener_stop = Some(listen(peer_node_id)?);
             n.sync.neighbours_sent.clear();
-            n.sync.neighbours_changed.notify_one();
+            n.sync.neighbours_wanted.notify_one();
             n.sync.peer_keepalive = None;
             n.sync.events_lost = n.dp.counters()?.event_ringbuf_full;
             let writer = sync::MessageWriter::new(plan.group_id, plan.node_id as u32);

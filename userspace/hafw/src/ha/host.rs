@@ -88,47 +88,78 @@ fn ip_batch(commands: &[String], force: bool) -> Result<()> {
     Ok(())
 }
 
-/// The neighbour entries (ARP, IPv6 ND) the kernel resolved on data ports `ports` (config
-/// position, 1-based, and name), as HA2 records: what the active node forwards to.
-pub fn resolved_neighbours(ports: &[(u16, String)]) -> Result<Vec<NeighbourRecord>> {
-    #[derive(serde::Deserialize)]
-    struct Entry {
-        dst: IpAddr,
-        dev: String,
-        lladdr: Option<String>,
-        #[serde(default)]
-        state: Vec<String>,
+/// One entry of the kernel's neighbour table (ARP, IPv6 ND), as iproute2 shows it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize)]
+pub struct NeighbourEntry {
+    pub dst: IpAddr,
+    pub dev: String,
+    pub lladdr: Option<String>,
+    /// NUD states, upper case (`REACHABLE`, `STALE`, ...).
+    #[serde(default)]
+    pub state: Vec<String>,
+}
+
+impl NeighbourEntry {
+    /// Parses a neighbour line of `ip -o monitor label neigh`
+    /// (`[NEIGH]198.18.2.2 dev eth2 lladdr 02:00:00:00:00:09 router REACHABLE`); `None` for other
+    /// objects' lines and for deletions.
+    pub fn from_monitor_line(line: &str) -> Option<NeighbourEntry> {
+        let mut words = line.strip_prefix("[NEIGH]")?.split_whitespace();
+        let dst = words.next()?.parse().ok()?;
+        let (mut dev, mut lladdr, mut state) = (None, None, Vec::new());
+        while let Some(word) = words.next() {
+            match word {
+                "dev" => dev = words.next().map(str::to_owned),
+                "lladdr" => lladdr = words.next().map(str::to_owned),
+                _ if word.bytes().all(|b| b.is_ascii_uppercase()) => state.push(word.to_owned()),
+                _ => {}
+            }
+        }
+        Some(NeighbourEntry {
+            dst,
+            dev: dev?,
+            lladdr,
+            state,
+        })
     }
+
+    /// The entry as an HA2 record, if it is resolved and on one of the data ports `ports`
+    /// (config position, 1-based, and name).
+    pub fn record(&self, ports: &[(u16, String)]) -> Option<NeighbourRecord> {
+        const USABLE: [&str; 5] = ["REACHABLE", "STALE", "DELAY", "PROBE", "PERMANENT"];
+        if !self.state.iter().any(|s| USABLE.contains(&s.as_str())) {
+            return None;
+        }
+        let port = ports.iter().find(|(_, name)| *name == self.dev)?.0;
+        let mac = hafw_config::parse_mac(self.lladdr.as_deref()?)?;
+        let (family, addr) = match self.dst {
+            IpAddr::V4(a) => {
+                let mut addr = [0u8; 16];
+                addr[..4].copy_from_slice(&a.octets());
+                (libc::AF_INET as u8, addr)
+            }
+            IpAddr::V6(a) => (libc::AF_INET6 as u8, a.octets()),
+        };
+        Some(NeighbourRecord {
+            addr,
+            mac,
+            port,
+            family,
+            _pad: [0; 7],
+        })
+    }
+}
+
+/// The neighbour entries the kernel resolved on data ports `ports` (config position, 1-based,
+/// and name), as HA2 records: what the active node forwards to.
+pub fn resolved_neighbours(ports: &[(u16, String)]) -> Result<Vec<NeighbourRecord>> {
     let out = Command::new("ip")
         .args(["-j", "neigh", "show"])
         .output()
         .context("running ip neigh (iproute2)")?;
-    let entries: Vec<Entry> =
+    let entries: Vec<NeighbourEntry> =
         serde_json::from_slice(&out.stdout).context("parsing `ip -j neigh show`")?;
-    let usable = ["REACHABLE", "STALE", "DELAY", "PROBE", "PERMANENT"];
-    Ok(entries
-        .into_iter()
-        .filter(|e| e.state.iter().any(|s| usable.contains(&s.as_str())))
-        .filter_map(|e| {
-            let port = ports.iter().find(|(_, name)| *name == e.dev)?.0;
-            let mac = hafw_config::parse_mac(e.lladdr.as_deref()?)?;
-            let (family, addr) = match e.dst {
-                IpAddr::V4(a) => {
-                    let mut addr = [0u8; 16];
-                    addr[..4].copy_from_slice(&a.octets());
-                    (libc::AF_INET as u8, addr)
-                }
-                IpAddr::V6(a) => (libc::AF_INET6 as u8, a.octets()),
-            };
-            Some(NeighbourRecord {
-                addr,
-                mac,
-                port,
-                family,
-                _pad: [0; 7],
-            })
-        })
-        .collect())
+    Ok(entries.iter().filter_map(|e| e.record(ports)).collect())
 }
 
 /// Installs the peer's neighbour entries on data ports `ports` (position, name) as `stale`:
@@ -440,6 +471,46 @@ pub fn unsolicited_na(mac: [u8; 6], ip: Ipv6Addr) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Lines as `ip -o monitor label route neigh link` printed them (iproute2 6.1).
+    #[test]
+    fn monitor_neighbour_lines_become_records_when_resolved_on_a_data_port() {
+        let ports = [(1, "eth1".to_owned()), (2, "eth2".to_owned())];
+        let line = "[NEIGH]198.18.2.11 dev eth2 lladdr 02:00:00:00:00:09 REACHABLE ";
+        let entry = NeighbourEntry::from_monitor_line(line).unwrap();
+        assert_eq!(
+            entry,
+            NeighbourEntry {
+                dst: "198.18.2.11".parse().unwrap(),
+                dev: "eth2".into(),
+                lladdr: Some("02:00:00:00:00:09".into()),
+                state: vec!["REACHABLE".into()],
+            }
+        );
+        let record = entry.record(&ports).unwrap();
+        assert_eq!(
+            (record.port, record.family, record.mac),
+            (2, libc::AF_INET as u8, [2, 0, 0, 0, 0, 9])
+        );
+        assert_eq!(record.addr[..4], [198, 18, 2, 11]);
+        let v6 = "[NEIGH]2001:db8::2 dev eth1 lladdr 02:00:00:00:00:0a router STALE";
+        let record = NeighbourEntry::from_monitor_line(v6)
+            .unwrap()
+            .record(&ports)
+            .unwrap();
+        assert_eq!((record.port, record.family), (1, libc::AF_INET6 as u8));
+        // Not resolved, not a data port, deleted, other objects: nothing to send.
+        for line in [
+            "[NEIGH]198.18.2.11 dev eth2  INCOMPLETE ",
+            "[NEIGH]198.18.2.11 dev eth2 FAILED ",
+            "[NEIGH]169.254.1.2 dev ha1 lladdr 02:00:00:00:00:01 REACHABLE ",
+            "[NEIGH]Deleted 198.18.2.11 dev eth2 lladdr 02:00:00:00:00:09 STALE ",
+            "[ROUTE]198.18.78.0/24 via 198.18.77.9 dev v0 ",
+        ] {
+            let record = NeighbourEntry::from_monitor_line(line).and_then(|e| e.record(&ports));
+            assert_eq!(record, None, "{line}");
+        }
+    }
 
     #[test]
     fn gratuitous_arp_announces_the_address_from_the_virtual_mac() {
