@@ -1250,6 +1250,85 @@ fn a_new_neighbour_reaches_the_passive_node_at_once() {
     );
 }
 
+/// Input: traffic through fw1, which resolves client and server; fw2 holds the synced entries;
+/// a capture of ARP on both switches; fw1 suspended. Output: new connections succeed through fw2
+/// and it never asks who has the client or the server: the first packets after the takeover are
+/// forwarded at once, not held behind address resolution. The takeover sets the ports' MACs,
+/// which flushes their neighbour entries: without putting them back, fw2 asked for both.
+#[test]
+fn after_a_takeover_the_new_active_node_forwards_without_resolving_addresses() {
+    takes_over_without_resolving_addresses(&unchanged);
+}
+
+/// As [`after_a_takeover_the_new_active_node_forwards_without_resolving_addresses`], with the
+/// passive node's data links down until it takes over (passive link state `shutdown`).
+#[test]
+fn with_its_links_down_while_passive_the_new_active_node_forwards_without_resolving_addresses() {
+    takes_over_without_resolving_addresses(&|_, text: String| {
+        text.replace(
+            "passive_link_state = \"auto\"",
+            "passive_link_state = \"shutdown\"",
+        )
+    });
+}
+
+fn takes_over_without_resolving_addresses(edit: &dyn Fn(usize, String) -> String) {
+    let pair = Pair::start(edit);
+    assert!(pair.connects_within(Duration::from_secs(5)));
+    let fw2 = &pair.run.topo.fw[1];
+    let synced = wait_until(Duration::from_secs(5), Duration::from_millis(20), || {
+        [(HaPair::CLIENT_IP, "eth1"), (HaPair::SERVER_IP, "eth2")]
+            .iter()
+            .all(|(ip, dev)| {
+                fw2.exec_ok(&["ip", "neigh", "show", ip, "dev", dev])
+                    .is_ok_and(|out| out.contains("lladdr"))
+            })
+    });
+    assert!(synced, "{}", pair.logs());
+    let capture = pair.run.dir.join("arp.txt");
+    let _tcpdump = pair
+        .run
+        .topo
+        .switch
+        .spawn(&["tcpdump", "-i", "any", "-n", "-l", "-U", "arp"], &capture)
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    request(
+        &pair.instances[0],
+        &Request::RequestHighAvailabilityState { functional: false },
+    )
+    .unwrap();
+    assert!(
+        pair.wait_states(["suspended", "active"], Duration::from_secs(2)),
+        "{:?}",
+        pair.states()
+    );
+    assert!(
+        pair.connects_within(Duration::from_secs(5)),
+        "{}",
+        pair.logs()
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let arp = std::fs::read_to_string(&capture).unwrap_or_default();
+    let asked: Vec<_> = arp
+        .lines()
+        .filter(|l| {
+            [HaPair::CLIENT_IP, HaPair::SERVER_IP]
+                .iter()
+                .any(|ip| l.contains(&format!("who-has {ip} ")))
+        })
+        .collect();
+    assert!(
+        asked.is_empty(),
+        "the new active node resolved addresses:\n{}\nwhole capture:\n{arp}\n{}",
+        asked.join("\n"),
+        pair.logs()
+    );
+    // The capture saw the takeover (fw2's gratuitous ARPs), so an empty result is not an idle
+    // capture's.
+    assert!(arp.contains("who-has 198.18.1.1 tell 198.18.1.1"), "{arp}");
+}
+
 /// Input: the HA2 link loses carrier, then 2,000 new sessions are created through the active
 /// node. Output: sync moves to the HA2 backup link and the passive node's table converges to
 /// the active node's.

@@ -123,11 +123,16 @@ impl NeighbourEntry {
         })
     }
 
+    /// Whether the entry holds a usable link-layer address.
+    fn is_resolved(&self) -> bool {
+        const USABLE: [&str; 5] = ["REACHABLE", "STALE", "DELAY", "PROBE", "PERMANENT"];
+        self.lladdr.is_some() && self.state.iter().any(|s| USABLE.contains(&s.as_str()))
+    }
+
     /// The entry as an HA2 record, if it is resolved and on one of the data ports `ports`
     /// (config position, 1-based, and name).
     pub fn record(&self, ports: &[(u16, String)]) -> Option<NeighbourRecord> {
-        const USABLE: [&str; 5] = ["REACHABLE", "STALE", "DELAY", "PROBE", "PERMANENT"];
-        if !self.state.iter().any(|s| USABLE.contains(&s.as_str())) {
+        if !self.is_resolved() {
             return None;
         }
         let port = ports.iter().find(|(_, name)| *name == self.dev)?.0;
@@ -153,13 +158,66 @@ impl NeighbourEntry {
 /// The neighbour entries the kernel resolved on data ports `ports` (config position, 1-based,
 /// and name), as HA2 records: what the active node forwards to.
 pub fn resolved_neighbours(ports: &[(u16, String)]) -> Result<Vec<NeighbourRecord>> {
+    Ok(neighbour_table()?
+        .iter()
+        .filter_map(|e| e.record(ports))
+        .collect())
+}
+
+/// The kernel's neighbour table.
+fn neighbour_table() -> Result<Vec<NeighbourEntry>> {
     let out = Command::new("ip")
         .args(["-j", "neigh", "show"])
         .output()
         .context("running ip neigh (iproute2)")?;
-    let entries: Vec<NeighbourEntry> =
-        serde_json::from_slice(&out.stdout).context("parsing `ip -j neigh show`")?;
-    Ok(entries.iter().filter_map(|e| e.record(ports)).collect())
+    serde_json::from_slice(&out.stdout).context("parsing `ip -j neigh show`")
+}
+
+/// `ip` commands that put back the resolved neighbour entries of `ports`, to follow a change of
+/// their MACs: the kernel flushes an interface's neighbour entries when its MAC changes
+/// (NETDEV_CHANGEADDR), the ones synced from the peer and permanent ones included, and a new
+/// active node would then hold its first packets to every host behind address resolution.
+/// Each port's commands go right after its MAC change: a packet forwarded between the two would
+/// find no entry and start resolution. They cannot fail where the change did not: each puts
+/// back an entry the kernel held on the same interface a moment before.
+fn neighbours_to_restore(ports: &[DataPort]) -> Vec<(String, String)> {
+    let table = match neighbour_table() {
+        Ok(table) => table,
+        Err(e) => {
+            warn!("reading the neighbour entries to keep across the MAC change: {e:#}");
+            return Vec::new();
+        }
+    };
+    table
+        .iter()
+        .filter(|e| e.is_resolved() && ports.iter().any(|p| p.name == e.dev))
+        .filter_map(|e| {
+            let nud = if e.state.iter().any(|s| s == "PERMANENT") {
+                "permanent"
+            } else {
+                "stale"
+            };
+            let command = neigh_replace(e.dst, e.lladdr.as_deref()?, &e.dev, nud);
+            Some((e.dev.clone(), command))
+        })
+        .collect()
+}
+
+/// `ip` commands setting port `name`'s MAC, then putting back its entries of `neighbours`.
+fn set_mac(name: &str, mac: [u8; 6], neighbours: &[(String, String)]) -> Vec<String> {
+    std::iter::once(format!("link set dev {name} address {}", format_mac(mac)))
+        .chain(
+            neighbours
+                .iter()
+                .filter(|(dev, _)| dev == name)
+                .map(|(_, command)| command.clone()),
+        )
+        .collect()
+}
+
+/// The `ip` command that sets a neighbour entry.
+fn neigh_replace(addr: IpAddr, lladdr: &str, dev: &str, nud: &str) -> String {
+    format!("neigh replace {addr} lladdr {lladdr} dev {dev} nud {nud}")
 }
 
 /// Installs the peer's neighbour entries on data ports `ports` (position, name) as `stale`:
@@ -174,25 +232,20 @@ pub fn install_neighbours(records: &[NeighbourRecord], ports: &[(u16, String)]) 
                 libc::AF_INET6 => IpAddr::from(r.addr),
                 _ => return None,
             };
-            Some(format!(
-                "neigh replace {addr} lladdr {} dev {dev} nud stale",
-                format_mac(r.mac)
-            ))
+            Some(neigh_replace(addr, &format_mac(r.mac), dev, "stale"))
         })
         .collect();
     ip_batch(&commands, true)?;
     Ok(commands.len())
 }
 
-/// Takes the ports' virtual MACs and floating addresses (idempotent: `replace`).
+/// Takes the ports' virtual MACs and floating addresses (idempotent: `replace`), keeping their
+/// neighbour entries (see [`neighbours_to_restore`]).
 pub fn claim(ports: &[DataPort], bring_up: bool) -> Result<()> {
+    let neighbours = neighbours_to_restore(ports);
     let mut cmds = Vec::new();
     for p in ports {
-        cmds.push(format!(
-            "link set dev {} address {}",
-            p.name,
-            format_mac(p.virtual_mac)
-        ));
+        cmds.extend(set_mac(&p.name, p.virtual_mac, &neighbours));
         if bring_up {
             cmds.push(format!("link set dev {} up", p.name));
         }
@@ -213,7 +266,8 @@ pub const STANDBY_ROUTE_METRIC: u32 = 4242;
 
 /// Gives the ports' virtual MACs and floating addresses back; never fails half-way (every
 /// command is tried). With `shut_down`, the data links are set down too (passive link state
-/// `shutdown`).
+/// `shutdown`). Neighbour entries are kept (see [`neighbours_to_restore`]): a new active peer
+/// may have sent its own already, for this node's next takeover.
 ///
 /// Otherwise each floating address's prefix keeps a **standby route** on its port
 /// ([`STANDBY_ROUTE_METRIC`]): without it a passive node has no route to its data networks, so
@@ -222,6 +276,7 @@ pub const STANDBY_ROUTE_METRIC: u32 = 4242;
 /// failure). With it the new active node forwards from its first packet. The passive node's own
 /// traffic does not leave by these routes: the egress program drops it on data ports.
 pub fn release(ports: &[DataPort], shut_down: bool) -> Result<()> {
+    let neighbours = neighbours_to_restore(ports);
     let mut cmds = Vec::new();
     for p in ports {
         for a in &p.addresses {
@@ -234,11 +289,7 @@ pub fn release(ports: &[DataPort], shut_down: bool) -> Result<()> {
                 ));
             }
         }
-        cmds.push(format!(
-            "link set dev {} address {}",
-            p.name,
-            format_mac(p.own_mac)
-        ));
+        cmds.extend(set_mac(&p.name, p.own_mac, &neighbours));
         if shut_down {
             cmds.push(format!("link set dev {} down", p.name));
         }
