@@ -71,6 +71,11 @@ struct SyncState {
     neighbours_wanted: Arc<tokio::sync::Notify>,
     /// Neighbour entries of the peer installed in this node's kernel.
     neighbours_installed: u64,
+    /// On the passive node: the peer's entries it holds, until the peer stops sending them.
+    neighbour_leases: sync::NeighbourLeases,
+    /// On the active node: when every neighbour entry was last sent (see
+    /// [`sync::NEIGHBOUR_REFRESH`]).
+    neighbours_refreshed: Option<std::time::Instant>,
     /// The fast path's count of session events lost to a full ring buffer, last seen.
     events_lost: u64,
     /// On the passive node: the ingest program's count of synced records a full table refused,
@@ -998,12 +1003,20 @@ fn data_ports(config: &Config) -> Vec<(u16, String)> {
         .collect()
 }
 
-/// The active node's periodic HA2 chores: session events the fast path lost to a full ring
+/// The periodic HA2 chores. Active node: session events the fast path lost to a full ring
 /// buffer were never synced, so the table is sent again; neighbour entries that are new or
-/// changed go to the peer.
+/// changed go to the peer, and all of them every [`sync::NEIGHBOUR_REFRESH`]. Passive node: the
+/// peer's neighbour entries it stopped sending are removed.
 fn housekeeping(node: &Shared) -> Result<()> {
     {
         let mut n = node.lock().map_err(|_| anyhow!("node lock poisoned"))?;
+        if n.sync.receiving {
+            let expired = n.sync.neighbour_leases.expire(std::time::Instant::now());
+            let ports = data_ports(&n.running);
+            drop(n);
+            // Outside the lock: it runs a process.
+            return ha::host::remove_neighbours(&expired, &ports);
+        }
         if n.sync.sender.is_none() {
             return Ok(());
         }
@@ -1011,6 +1024,14 @@ fn housekeeping(node: &Shared) -> Result<()> {
         if lost > n.sync.events_lost {
             n.sync.events_lost = lost;
             resync(&mut n, "session events were lost to a full ring buffer")?;
+        }
+        let now = std::time::Instant::now();
+        if n.sync
+            .neighbours_refreshed
+            .is_none_or(|at| now.duration_since(at) >= sync::NEIGHBOUR_REFRESH)
+        {
+            n.sync.neighbours_sent.clear();
+            n.sync.neighbours_refreshed = Some(now);
         }
     }
     sync_neighbours(node)
@@ -1099,6 +1120,9 @@ fn install_neighbours(node: &Shared, records: &[hafw_common::ha2::NeighbourRecor
     let installed = ha::host::install_neighbours(records, &ports)?;
     if let Ok(mut n) = node.lock() {
         n.sync.neighbours_installed += installed as u64;
+        n.sync
+            .neighbour_leases
+            .renew(records, std::time::Instant::now());
     }
     Ok(())
 }
@@ -1131,8 +1155,10 @@ fn sync_command(
         SyncCommand::Send { peer_node_id } => {
             n.dp.set_ha2(Ha2Config::default())?;
             n.sync.receiving = false;
+            n.sync.neighbour_leases.clear();
             n.sync.listener_stop = Some(listen(peer_node_id)?);
             n.sync.neighbours_sent.clear();
+            n.sync.neighbours_refreshed = Some(std::time::Instant::now());
             n.sync.neighbours_wanted.notify_one();
             n.sync.peer_keepalive = None;
             n.sync.events_lost = n.dp.counters()?.event_ringbuf_full;
@@ -1167,6 +1193,7 @@ fn sync_command(
         SyncCommand::Stop => {
             n.dp.set_ha2(Ha2Config::default())?;
             n.sync.receiving = false;
+            n.sync.neighbour_leases.clear();
         }
     }
     Ok(())
@@ -1249,6 +1276,7 @@ fn state_sync_view(n: &Node) -> Result<serde_json::Value> {
         },
         "recovery": gaps,
         "neighbours_installed": n.sync.neighbours_installed,
+        "neighbours_held": n.sync.neighbour_leases.len(),
         "outdated_sessions_removed": n.sync.outdated_removed,
         "keepalive": n.sync.requester.as_ref().map(|r| &r.keepalive)
             .or(n.sync.sender.as_ref().and(n.sync.peer_keepalive.as_ref()))

@@ -821,6 +821,57 @@ impl GapTracker {
     }
 }
 
+/// How often the active node sends the passive one every neighbour entry again, changed or not:
+/// the passive node holds each for [`NEIGHBOUR_LEASE`] after it last came.
+pub const NEIGHBOUR_REFRESH: Duration = Duration::from_secs(20);
+/// How long a passive node keeps a synced neighbour entry the active node stopped sending (it no
+/// longer has it): three refreshes, so one or two lost messages lose nothing.
+pub const NEIGHBOUR_LEASE: Duration = Duration::from_secs(60);
+
+/// The neighbour entries a passive node installed for its active peer, each with when the peer
+/// last sent it. The kernel never ages them out (they are installed `extern_learn`: a passive
+/// node does not use them, and garbage collection would drop unused entries after a minute), so
+/// the node removes itself those the peer stopped sending.
+#[derive(Debug, Default)]
+pub struct NeighbourLeases {
+    held: HashMap<(u16, u8, [u8; 16]), (NeighbourRecord, Instant)>,
+}
+
+impl NeighbourLeases {
+    /// The peer sent `records` at `now`.
+    pub fn renew(&mut self, records: &[NeighbourRecord], now: Instant) {
+        for r in records {
+            self.held.insert((r.port, r.family, r.addr), (*r, now));
+        }
+    }
+
+    /// Forgets and returns the entries not sent again within [`NEIGHBOUR_LEASE`] of `now`.
+    pub fn expire(&mut self, now: Instant) -> Vec<NeighbourRecord> {
+        let mut expired = Vec::new();
+        self.held.retain(|_, (record, renewed)| {
+            let live = now.saturating_duration_since(*renewed) < NEIGHBOUR_LEASE;
+            if !live {
+                expired.push(*record);
+            }
+            live
+        });
+        expired
+    }
+
+    /// Forgets every entry (the node stopped receiving: a takeover made the entries its own).
+    pub fn clear(&mut self) {
+        self.held.clear();
+    }
+
+    pub fn len(&self) -> usize {
+        self.held.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.held.is_empty()
+    }
+}
+
 /// HA2 keep-alive monitoring (PAN-OS "HA2 Keep-alive", action log), on either node: the peer
 /// sends at least a keep-alive every interval, so silence longer than the threshold means the
 /// HA2 link or the peer's sender failed; it is logged once, and so is the recovery.
@@ -938,6 +989,37 @@ impl Requester {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn neighbour_leases_expire_the_entries_the_peer_stopped_sending() {
+        let t0 = Instant::now();
+        let entry = |last: u8| NeighbourRecord {
+            addr: [198, 18, 2, last, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            mac: [2, 0, 0, 0, 0, last],
+            port: 2,
+            family: libc::AF_INET as u8,
+            _pad: [0; 7],
+        };
+        let mut leases = NeighbourLeases::default();
+        leases.renew(&[entry(1), entry(2)], t0);
+        // Every refresh renews the entries the peer still has: entry 2 is gone from it.
+        let mut now = t0;
+        while now < t0 + NEIGHBOUR_LEASE - NEIGHBOUR_REFRESH {
+            now += NEIGHBOUR_REFRESH;
+            leases.renew(&[entry(1)], now);
+            assert_eq!(leases.expire(now), vec![], "{:?}", now - t0);
+        }
+        assert_eq!(leases.len(), 2);
+        assert_eq!(leases.expire(t0 + NEIGHBOUR_LEASE), vec![entry(2)]);
+        assert_eq!(leases.len(), 1);
+        // Entry 1, renewed last at `now`, lasts a lease from then.
+        assert_eq!(
+            leases.expire(now + NEIGHBOUR_LEASE - Duration::from_millis(1)),
+            vec![]
+        );
+        assert_eq!(leases.expire(now + NEIGHBOUR_LEASE), vec![entry(1)]);
+        assert!(leases.is_empty());
+    }
 
     #[test]
     fn messages_carry_header_and_records_little_endian() {

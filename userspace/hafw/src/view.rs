@@ -204,8 +204,9 @@ pub fn state_sync(data: &serde_json::Value) -> String {
     }
     let _ = writeln!(
         out,
-        "  Neighbours installed: {}",
-        s(&data["neighbours_installed"])
+        "  Neighbours installed: {} ({} of the peer's held now)",
+        s(&data["neighbours_installed"]),
+        s(&data["neighbours_held"])
     );
     let _ = writeln!(
         out,

@@ -1250,6 +1250,70 @@ fn a_new_neighbour_reaches_the_passive_node_at_once() {
     );
 }
 
+/// Input: fw2 holds the client's and the server's entries, synced from fw1; the kernel's
+/// neighbour table holds more than `gc_thresh1` (128) entries, and fw2's data ports forget an
+/// unused entry after 1 s (`gc_stale_time`, 60 s by default). Output: the synced entries stay on
+/// fw2 through 18 s (more than one garbage-collection pass, every 15 s): the passive node never
+/// uses them itself, and the kernel would otherwise drop them, by default a minute after they
+/// came, and the takeover would have to resolve every host again.
+#[test]
+fn the_passive_node_keeps_synced_neighbours_it_never_uses() {
+    let pair = Pair::start(&unchanged);
+    assert!(pair.connects_within(Duration::from_secs(5)));
+    let fw2 = &pair.run.topo.fw[1];
+    let entries = [(HaPair::CLIENT_IP, "eth1"), (HaPair::SERVER_IP, "eth2")];
+    let held = || {
+        entries.iter().all(|(ip, dev)| {
+            fw2.exec_ok(&["ip", "neigh", "show", ip, "dev", dev])
+                .is_ok_and(|out| out.contains("lladdr"))
+        })
+    };
+    assert!(
+        wait_until(Duration::from_secs(5), Duration::from_millis(20), held),
+        "{}",
+        pair.logs()
+    );
+    let server = fw2
+        .exec_ok(&["ip", "neigh", "show", HaPair::SERVER_IP, "dev", "eth2"])
+        .unwrap();
+    assert!(server.contains("extern_learn"), "{server}");
+    // The table's size counts every namespace's entries: 150 permanent ones on the server.
+    let fill: Vec<String> = (100..250)
+        .map(|i| {
+            format!(
+                "neigh replace 198.18.2.{i} lladdr 02:00:00:00:01:{:02x} dev eth0 nud permanent",
+                i - 100
+            )
+        })
+        .collect();
+    let batch = pair.run.dir.join("neigh-fill.txt");
+    std::fs::write(&batch, fill.join("\n") + "\n").unwrap();
+    pair.run
+        .topo
+        .server
+        .exec_ok(&["ip", "-batch", batch.to_str().unwrap()])
+        .unwrap();
+    for (_, dev) in entries {
+        fw2.exec_ok(&[
+            "sysctl",
+            "-w",
+            &format!("net.ipv4.neigh.{dev}.gc_stale_time=1"),
+        ])
+        .unwrap();
+    }
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(18) {
+        assert!(
+            held(),
+            "fw2 lost a synced entry after {:?}:\n{}\n{}",
+            start.elapsed(),
+            fw2.exec_ok(&["ip", "neigh", "show"]).unwrap_or_default(),
+            pair.logs()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// Input: traffic through fw1, which resolves client and server; fw2 holds the synced entries;
 /// a capture of ARP on both switches; fw1 suspended. Output: new connections succeed through fw2
 /// and it never asks who has the client or the server: the first packets after the takeover are
@@ -1327,6 +1391,14 @@ fn takes_over_without_resolving_addresses(edit: &dyn Fn(usize, String) -> String
     // The capture saw the takeover (fw2's gratuitous ARPs), so an empty result is not an idle
     // capture's.
     assert!(arp.contains("who-has 198.18.1.1 tell 198.18.1.1"), "{arp}");
+    // The entries are fw2's own now, no longer `extern_learn`: the kernel ages them out again.
+    let server = fw2
+        .exec_ok(&["ip", "neigh", "show", HaPair::SERVER_IP, "dev", "eth2"])
+        .unwrap();
+    assert!(
+        server.contains("lladdr") && !server.contains("extern_learn"),
+        "{server}"
+    );
 }
 
 /// Input: the HA2 link loses carrier, then 2,000 new sessions are created through the active

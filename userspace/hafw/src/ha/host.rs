@@ -221,22 +221,42 @@ fn neigh_replace(addr: IpAddr, lladdr: &str, dev: &str, nud: &str) -> String {
 }
 
 /// Installs the peer's neighbour entries on data ports `ports` (position, name) as `stale`:
-/// used at once for forwarding, and confirmed by the kernel on first use. Returns how many.
+/// used at once for forwarding, and confirmed by the kernel on first use. `extern_learn`: learned
+/// by a control plane, so the kernel's garbage collection leaves them alone (the passive node
+/// never uses them; see `sync::NeighbourLeases` for who removes them). Returns how many.
 pub fn install_neighbours(records: &[NeighbourRecord], ports: &[(u16, String)]) -> Result<usize> {
     let commands: Vec<String> = records
         .iter()
         .filter_map(|r| {
-            let dev = &ports.iter().find(|(pos, _)| *pos == r.port)?.1;
-            let addr = match i32::from(r.family) {
-                libc::AF_INET => IpAddr::from([r.addr[0], r.addr[1], r.addr[2], r.addr[3]]),
-                libc::AF_INET6 => IpAddr::from(r.addr),
-                _ => return None,
-            };
-            Some(neigh_replace(addr, &format_mac(r.mac), dev, "stale"))
+            let (addr, dev) = record_place(r, ports)?;
+            Some(neigh_replace(addr, &format_mac(r.mac), dev, "stale") + " extern_learn")
         })
         .collect();
     ip_batch(&commands, true)?;
     Ok(commands.len())
+}
+
+/// Removes the peer's neighbour entries `records` from data ports `ports` (position, name).
+pub fn remove_neighbours(records: &[NeighbourRecord], ports: &[(u16, String)]) -> Result<()> {
+    let commands: Vec<String> = records
+        .iter()
+        .filter_map(|r| {
+            let (addr, dev) = record_place(r, ports)?;
+            Some(format!("neigh del {addr} dev {dev}"))
+        })
+        .collect();
+    ip_batch(&commands, true)
+}
+
+/// A neighbour record's address and the name of its port.
+fn record_place<'a>(r: &NeighbourRecord, ports: &'a [(u16, String)]) -> Option<(IpAddr, &'a str)> {
+    let dev = &ports.iter().find(|(pos, _)| *pos == r.port)?.1;
+    let addr = match i32::from(r.family) {
+        libc::AF_INET => IpAddr::from([r.addr[0], r.addr[1], r.addr[2], r.addr[3]]),
+        libc::AF_INET6 => IpAddr::from(r.addr),
+        _ => return None,
+    };
+    Some((addr, dev))
 }
 
 /// Takes the ports' virtual MACs and floating addresses (idempotent: `replace`), keeping their
