@@ -143,6 +143,20 @@ impl Pair {
         })
     }
 
+    /// Suspends fw1 by the operator's request and waits until fw2 has taken over.
+    fn suspend_fw1(&self) {
+        request(
+            &self.instances[0],
+            &Request::RequestHighAvailabilityState { functional: false },
+        )
+        .unwrap();
+        assert!(
+            self.wait_states(["suspended", "active"], Duration::from_secs(2)),
+            "{:?}",
+            self.states()
+        );
+    }
+
     /// Asserts that fw2 becomes active within `timeout`.
     fn assert_fw2_takes_over(&self, timeout: Duration) {
         assert!(
@@ -449,16 +463,7 @@ fn preemption_returns_the_active_role_after_the_hold() {
 #[test]
 fn operator_suspend_hands_over_and_functional_returns_passive() {
     let pair = Pair::start(&unchanged);
-    request(
-        &pair.instances[0],
-        &Request::RequestHighAvailabilityState { functional: false },
-    )
-    .unwrap();
-    assert!(
-        pair.wait_states(["suspended", "active"], Duration::from_secs(2)),
-        "{:?}",
-        pair.states()
-    );
+    pair.suspend_fw1();
     assert!(pair.connects_within(Duration::from_secs(5)));
     request(
         &pair.instances[0],
@@ -1357,16 +1362,7 @@ fn takes_over_without_resolving_addresses(edit: &dyn Fn(usize, String) -> String
         .spawn(&["tcpdump", "-i", "any", "-n", "-l", "-U", "arp"], &capture)
         .unwrap();
     std::thread::sleep(Duration::from_millis(500));
-    request(
-        &pair.instances[0],
-        &Request::RequestHighAvailabilityState { functional: false },
-    )
-    .unwrap();
-    assert!(
-        pair.wait_states(["suspended", "active"], Duration::from_secs(2)),
-        "{:?}",
-        pair.states()
-    );
+    pair.suspend_fw1();
     assert!(
         pair.connects_within(Duration::from_secs(5)),
         "{}",
