@@ -1011,10 +1011,18 @@ fn housekeeping(node: &Shared) -> Result<()> {
     {
         let mut n = node.lock().map_err(|_| anyhow!("node lock poisoned"))?;
         if n.sync.receiving {
-            let expired = n.sync.neighbour_leases.expire(std::time::Instant::now());
             let ports = data_ports(&n.running);
+            if n.sync.neighbour_leases.needs_seed() {
+                drop(n);
+                // Outside the lock: it runs a process.
+                let found = ha::host::synced_neighbours(&ports)?;
+                n = node.lock().map_err(|_| anyhow!("node lock poisoned"))?;
+                n.sync
+                    .neighbour_leases
+                    .seed(&found, std::time::Instant::now());
+            }
+            let expired = n.sync.neighbour_leases.expire(std::time::Instant::now());
             drop(n);
-            // Outside the lock: it runs a process.
             return ha::host::remove_neighbours(&expired, &ports);
         }
         if n.sync.sender.is_none() {
@@ -1118,7 +1126,9 @@ fn install_neighbours(node: &Shared, records: &[hafw_common::ha2::NeighbourRecor
         data_ports(&n.running)
     };
     let installed = ha::host::install_neighbours(records, &ports)?;
-    if let Ok(mut n) = node.lock() {
+    if let Ok(mut n) = node.lock()
+        && n.sync.receiving
+    {
         n.sync.neighbours_installed += installed as u64;
         n.sync
             .neighbour_leases

@@ -835,9 +835,27 @@ pub const NEIGHBOUR_LEASE: Duration = Duration::from_secs(60);
 #[derive(Debug, Default)]
 pub struct NeighbourLeases {
     held: HashMap<(u16, u8, [u8; 16]), (NeighbourRecord, Instant)>,
+    seeded: bool,
 }
 
 impl NeighbourLeases {
+    /// Whether the entries found in the kernel are still to be taken in (see [`Self::seed`]).
+    pub fn needs_seed(&self) -> bool {
+        !self.seeded
+    }
+
+    /// Takes in the synced entries the kernel holds when the node starts receiving: some may
+    /// come from a peer (or a controller of this node) that ran before, and unless the peer
+    /// sends them again they expire like the others.
+    pub fn seed(&mut self, found: &[NeighbourRecord], now: Instant) {
+        for r in found {
+            self.held
+                .entry((r.port, r.family, r.addr))
+                .or_insert((*r, now));
+        }
+        self.seeded = true;
+    }
+
     /// The peer sent `records` at `now`.
     pub fn renew(&mut self, records: &[NeighbourRecord], now: Instant) {
         for r in records {
@@ -861,6 +879,7 @@ impl NeighbourLeases {
     /// Forgets every entry (the node stopped receiving: a takeover made the entries its own).
     pub fn clear(&mut self) {
         self.held.clear();
+        self.seeded = false;
     }
 
     pub fn len(&self) -> usize {
@@ -1019,6 +1038,14 @@ mod tests {
         );
         assert_eq!(leases.expire(now + NEIGHBOUR_LEASE), vec![entry(1)]);
         assert!(leases.is_empty());
+        // Entries found in the kernel when receiving starts expire unless the peer sends them.
+        let mut leases = NeighbourLeases::default();
+        assert!(leases.needs_seed());
+        leases.renew(&[entry(1)], t0 + Duration::from_secs(5));
+        leases.seed(&[entry(1), entry(3)], t0);
+        assert!(!leases.needs_seed());
+        assert_eq!(leases.expire(t0 + NEIGHBOUR_LEASE), vec![entry(3)]);
+        assert_eq!(leases.len(), 1);
     }
 
     #[test]

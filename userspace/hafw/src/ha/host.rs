@@ -97,6 +97,15 @@ pub struct NeighbourEntry {
     /// NUD states, upper case (`REACHABLE`, `STALE`, ...).
     #[serde(default)]
     pub state: Vec<String>,
+    /// Installed by a control plane (`NTF_EXT_LEARNED`): on a passive node, synced from the peer.
+    #[serde(default, deserialize_with = "present")]
+    pub extern_learn: bool,
+}
+
+/// For a JSON flag iproute2 shows as a key with a null value: true when the key is there.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    <serde::de::IgnoredAny as serde::Deserialize>::deserialize(d)?;
+    Ok(true)
 }
 
 impl NeighbourEntry {
@@ -106,11 +115,12 @@ impl NeighbourEntry {
     pub fn from_monitor_line(line: &str) -> Option<NeighbourEntry> {
         let mut words = line.strip_prefix("[NEIGH]")?.split_whitespace();
         let dst = words.next()?.parse().ok()?;
-        let (mut dev, mut lladdr, mut state) = (None, None, Vec::new());
+        let (mut dev, mut lladdr, mut state, mut extern_learn) = (None, None, Vec::new(), false);
         while let Some(word) = words.next() {
             match word {
                 "dev" => dev = words.next().map(str::to_owned),
                 "lladdr" => lladdr = words.next().map(str::to_owned),
+                "extern_learn" => extern_learn = true,
                 _ if word.bytes().all(|b| b.is_ascii_uppercase()) => state.push(word.to_owned()),
                 _ => {}
             }
@@ -120,6 +130,7 @@ impl NeighbourEntry {
             dev: dev?,
             lladdr,
             state,
+            extern_learn,
         })
     }
 
@@ -160,6 +171,16 @@ impl NeighbourEntry {
 pub fn resolved_neighbours(ports: &[(u16, String)]) -> Result<Vec<NeighbourRecord>> {
     Ok(neighbour_table()?
         .iter()
+        .filter_map(|e| e.record(ports))
+        .collect())
+}
+
+/// The entries on data ports `ports` installed by a control plane (`extern_learn`): on a passive
+/// node, those synced from the peer, whoever was running then.
+pub fn synced_neighbours(ports: &[(u16, String)]) -> Result<Vec<NeighbourRecord>> {
+    Ok(neighbour_table()?
+        .iter()
+        .filter(|e| e.extern_learn)
         .filter_map(|e| e.record(ports))
         .collect())
 }
@@ -556,7 +577,22 @@ mod tests {
                 dev: "eth2".into(),
                 lladdr: Some("02:00:00:00:00:09".into()),
                 state: vec!["REACHABLE".into()],
+                extern_learn: false,
             }
+        );
+        let synced = "[NEIGH]198.18.2.11 dev eth2 lladdr 02:00:00:00:00:09 extern_learn STALE ";
+        assert!(
+            NeighbourEntry::from_monitor_line(synced)
+                .unwrap()
+                .extern_learn
+        );
+        // `ip -j neigh show` shows the flag as a key with no value.
+        let json = r#"[{"dst":"198.18.2.11","dev":"eth2","lladdr":"02:00:00:00:00:09","extern_learn":null,"state":["STALE"]},
+                       {"dst":"198.18.2.12","dev":"eth2","lladdr":"02:00:00:00:00:0a","state":["STALE"]}]"#;
+        let table: Vec<NeighbourEntry> = serde_json::from_str(json).unwrap();
+        assert_eq!(
+            table.iter().map(|e| e.extern_learn).collect::<Vec<_>>(),
+            [true, false]
         );
         let record = entry.record(&ports).unwrap();
         assert_eq!(
