@@ -95,7 +95,8 @@ impl SingleFirewall {
 /// The HA lab: a client and a server, two switches (bridges) and a firewall pair.
 ///
 /// ```text
-///                     client eth0 198.18.1.2/24 (gw 198.18.1.1, the pair's floating IP)
+///                     client eth0 198.18.1.2/24 2001:2:0:1::2/64
+///                          |     (gw 198.18.1.1 and 2001:2:0:1::1, the pair's floating IPs)
 ///                          |
 ///               [ swc: client-side switch, bridge in <prefix>-sw ]
 ///                   |                                  |
@@ -108,7 +109,7 @@ impl SingleFirewall {
 ///                   |                                  |
 ///               [ sws: server-side switch ]
 ///                          |
-///                     server eth0 198.18.2.2/24 (gw 198.18.2.1)
+///                     server eth0 198.18.2.2/24 2001:2:0:2::2/64 (gw .2.1, 2001:2:0:2::1)
 /// ```
 ///
 /// The firewalls' data ports have no addresses of their own: the active node owns the floating
@@ -125,6 +126,8 @@ pub struct HaPair {
 impl HaPair {
     pub const CLIENT_IP: &str = "198.18.1.2";
     pub const SERVER_IP: &str = "198.18.2.2";
+    pub const CLIENT_IP6: &str = "2001:2:0:1::2";
+    pub const SERVER_IP6: &str = "2001:2:0:2::2";
     pub const TRUST_VIP: &str = "198.18.1.1";
     pub const UNTRUST_VIP: &str = "198.18.2.1";
     /// Client-side bridge, in the switch namespace.
@@ -144,31 +147,33 @@ impl HaPair {
             switch.exec_ok(&["ip", "link", "add", bridge, "type", "bridge"])?;
             switch.exec_ok(&["ip", "link", "set", bridge, "up"])?;
         }
-        // Hosts: one port each on their switch.
-        for (host, port, bridge, ip, gw) in [
+        // Hosts: one port each on their switch; the gateways are the pair's floating addresses.
+        for (host, port, bridge, [ip, gw], [ip6, gw6]) in [
             (
                 &client,
                 "c0",
                 Self::CLIENT_SWITCH,
-                "198.18.1.2/24",
-                "198.18.1.1",
+                ["198.18.1.2/24", Self::TRUST_VIP],
+                ["2001:2:0:1::2/64", "2001:2:0:1::1"],
             ),
             (
                 &server,
                 "s0",
                 Self::SERVER_SWITCH,
-                "198.18.2.2/24",
-                "198.18.2.1",
+                ["198.18.2.2/24", Self::UNTRUST_VIP],
+                ["2001:2:0:2::2/64", "2001:2:0:2::1"],
             ),
         ] {
             host.exec_ok(&[
                 "ip", "link", "add", "eth0", "type", "veth", "peer", "name", port, "netns", sw,
             ])?;
             host.exec_ok(&["ip", "addr", "add", ip, "dev", "eth0"])?;
+            host.exec_ok(&["ip", "addr", "add", ip6, "dev", "eth0", "nodad"])?;
             host.exec_ok(&["ip", "link", "set", "eth0", "up"])?;
             // See SingleFirewall: software checksums, as on a real wire.
             host.exec_ok(&["ethtool", "-K", "eth0", "tx", "off"])?;
             host.exec_ok(&["ip", "route", "add", "default", "via", gw])?;
+            host.exec_ok(&["ip", "-6", "route", "add", "default", "via", gw6])?;
             switch.exec_ok(&["ip", "link", "set", port, "master", bridge])?;
             switch.exec_ok(&["ip", "link", "set", port, "up"])?;
         }

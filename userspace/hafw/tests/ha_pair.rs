@@ -1319,10 +1319,11 @@ fn the_passive_node_keeps_synced_neighbours_it_never_uses() {
     }
 }
 
-/// Input: traffic through fw1, which resolves client and server; fw2 holds the synced entries;
-/// a capture of ARP on both switches; fw1 suspended. Output: new connections succeed through fw2
-/// and it never asks who has the client or the server: the first packets after the takeover are
-/// forwarded at once, not held behind address resolution. The takeover sets the ports' MACs,
+/// Input: traffic through fw1 over IPv4 and IPv6, which resolves client and server; fw2 holds the
+/// synced entries; a capture of ARP and ICMPv6 on both switches; fw1 suspended. Output: new
+/// connections and pings succeed through fw2 and it never asks who has the client or the server
+/// (ARP or neighbour solicitation): the first packets after the takeover are forwarded at once,
+/// not held behind address resolution. The takeover sets the ports' MACs,
 /// which flushes their neighbour entries: without putting them back, fw2 asked for both.
 #[test]
 fn after_a_takeover_the_new_active_node_forwards_without_resolving_addresses() {
@@ -1342,24 +1343,62 @@ fn with_its_links_down_while_passive_the_new_active_node_forwards_without_resolv
 }
 
 fn takes_over_without_resolving_addresses(edit: &dyn Fn(usize, String) -> String) {
+    // Each host and port, and how the capture shows a request to resolve the address.
+    let hosts = [
+        (
+            HaPair::CLIENT_IP,
+            "eth1",
+            format!("who-has {} ", HaPair::CLIENT_IP),
+        ),
+        (
+            HaPair::SERVER_IP,
+            "eth2",
+            format!("who-has {} ", HaPair::SERVER_IP),
+        ),
+        (
+            HaPair::CLIENT_IP6,
+            "eth1",
+            format!("who has {},", HaPair::CLIENT_IP6),
+        ),
+        (
+            HaPair::SERVER_IP6,
+            "eth2",
+            format!("who has {},", HaPair::SERVER_IP6),
+        ),
+    ];
     let pair = Pair::start(edit);
+    let client = &pair.run.topo.client;
+    let ping6 = || client.exec_ok(&["ping", "-6", "-c", "1", "-W", "1", HaPair::SERVER_IP6]);
     assert!(pair.connects_within(Duration::from_secs(5)));
+    assert!(
+        wait_until(Duration::from_secs(5), Duration::from_millis(50), || ping6(
+        )
+        .is_ok()),
+        "{}",
+        pair.logs()
+    );
     let fw2 = &pair.run.topo.fw[1];
     let synced = wait_until(Duration::from_secs(5), Duration::from_millis(20), || {
-        [(HaPair::CLIENT_IP, "eth1"), (HaPair::SERVER_IP, "eth2")]
-            .iter()
-            .all(|(ip, dev)| {
-                fw2.exec_ok(&["ip", "neigh", "show", ip, "dev", dev])
-                    .is_ok_and(|out| out.contains("lladdr"))
-            })
+        hosts.iter().all(|(ip, dev, _)| {
+            fw2.exec_ok(&["ip", "neigh", "show", ip, "dev", dev])
+                .is_ok_and(|out| out.contains("lladdr"))
+        })
     });
-    assert!(synced, "{}", pair.logs());
-    let capture = pair.run.dir.join("arp.txt");
+    assert!(
+        synced,
+        "{}\n{}",
+        fw2.exec_ok(&["ip", "neigh", "show"]).unwrap_or_default(),
+        pair.logs()
+    );
+    let capture = pair.run.dir.join("resolution.txt");
     let _tcpdump = pair
         .run
         .topo
         .switch
-        .spawn(&["tcpdump", "-i", "any", "-n", "-l", "-U", "arp"], &capture)
+        .spawn(
+            &["tcpdump", "-i", "any", "-n", "-l", "-U", "arp or icmp6"],
+            &capture,
+        )
         .unwrap();
     std::thread::sleep(Duration::from_millis(500));
     pair.suspend_fw1();
@@ -1368,33 +1407,39 @@ fn takes_over_without_resolving_addresses(edit: &dyn Fn(usize, String) -> String
         "{}",
         pair.logs()
     );
+    ping6().unwrap_or_else(|e| panic!("ping over IPv6 through fw2: {e:#}\n{}", pair.logs()));
     std::thread::sleep(Duration::from_millis(300));
-    let arp = std::fs::read_to_string(&capture).unwrap_or_default();
-    let asked: Vec<_> = arp
+    let seen = std::fs::read_to_string(&capture).unwrap_or_default();
+    let asked: Vec<_> = seen
         .lines()
         .filter(|l| {
-            [HaPair::CLIENT_IP, HaPair::SERVER_IP]
+            hosts
                 .iter()
-                .any(|ip| l.contains(&format!("who-has {ip} ")))
+                .any(|(_, _, request)| l.contains(request.as_str()))
         })
         .collect();
     assert!(
         asked.is_empty(),
-        "the new active node resolved addresses:\n{}\nwhole capture:\n{arp}\n{}",
+        "the new active node resolved addresses:\n{}\nwhole capture:\n{seen}\n{}",
         asked.join("\n"),
         pair.logs()
     );
     // The capture saw the takeover (fw2's gratuitous ARPs), so an empty result is not an idle
     // capture's.
-    assert!(arp.contains("who-has 198.18.1.1 tell 198.18.1.1"), "{arp}");
-    // The entries are fw2's own now, no longer `extern_learn`: the kernel ages them out again.
-    let server = fw2
-        .exec_ok(&["ip", "neigh", "show", HaPair::SERVER_IP, "dev", "eth2"])
-        .unwrap();
     assert!(
-        server.contains("lladdr") && !server.contains("extern_learn"),
-        "{server}"
+        seen.contains("who-has 198.18.1.1 tell 198.18.1.1"),
+        "{seen}"
     );
+    // The entries are fw2's own now, no longer `extern_learn`: the kernel ages them out again.
+    for (ip, dev, _) in &hosts {
+        let entry = fw2
+            .exec_ok(&["ip", "neigh", "show", ip, "dev", dev])
+            .unwrap();
+        assert!(
+            entry.contains("lladdr") && !entry.contains("extern_learn"),
+            "{entry}"
+        );
+    }
 }
 
 /// Input: the HA2 link loses carrier, then 2,000 new sessions are created through the active
