@@ -143,6 +143,19 @@ impl Pair {
         })
     }
 
+    /// Runs tcpdump (`-n -l -U` and `args`) in the switches' namespace into `file` of the run's
+    /// directory, and gives it time to start; it stops when the process is dropped.
+    fn capture(&self, file: &str, args: &[&str]) -> (std::path::PathBuf, hafw_lab::LabProcess) {
+        let path = self.run.dir.join(file);
+        let argv: Vec<&str> = ["tcpdump", "-n", "-l", "-U"]
+            .into_iter()
+            .chain(args.iter().copied())
+            .collect();
+        let tcpdump = self.run.topo.switch.spawn(&argv, &path).unwrap();
+        std::thread::sleep(Duration::from_millis(500));
+        (path, tcpdump)
+    }
+
     /// Suspends fw1 by the operator's request and waits until fw2 has taken over.
     fn suspend_fw1(&self) {
         request(
@@ -186,26 +199,7 @@ fn unchanged(_: usize, text: String) -> String {
 #[test]
 fn election_follows_priority_and_the_active_announces_its_virtual_mac() {
     let mut pair = Pair::new(&unchanged);
-    let capture = pair.run.dir.join("swc.txt");
-    let _tcpdump = pair
-        .run
-        .topo
-        .switch
-        .spawn(
-            &[
-                "tcpdump",
-                "-i",
-                HaPair::CLIENT_SWITCH,
-                "-n",
-                "-e",
-                "-l",
-                "-U",
-                "arp",
-            ],
-            &capture,
-        )
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(500));
+    let (capture, _tcpdump) = pair.capture("swc.txt", &["-i", HaPair::CLIENT_SWITCH, "-e", "arp"]);
     pair.start_node(0);
     pair.start_node(1);
     assert!(
@@ -1343,43 +1337,31 @@ fn with_its_links_down_while_passive_the_new_active_node_forwards_without_resolv
 }
 
 fn takes_over_without_resolving_addresses(edit: &dyn Fn(usize, String) -> String) {
-    // Each host and port, and how the capture shows a request to resolve the address.
     let hosts = [
-        (
-            HaPair::CLIENT_IP,
-            "eth1",
-            format!("who-has {} ", HaPair::CLIENT_IP),
-        ),
-        (
-            HaPair::SERVER_IP,
-            "eth2",
-            format!("who-has {} ", HaPair::SERVER_IP),
-        ),
-        (
-            HaPair::CLIENT_IP6,
-            "eth1",
-            format!("who has {},", HaPair::CLIENT_IP6),
-        ),
-        (
-            HaPair::SERVER_IP6,
-            "eth2",
-            format!("who has {},", HaPair::SERVER_IP6),
-        ),
+        (HaPair::CLIENT_IP, "eth1"),
+        (HaPair::SERVER_IP, "eth2"),
+        (HaPair::CLIENT_IP6, "eth1"),
+        (HaPair::SERVER_IP6, "eth2"),
     ];
+    // How the capture shows a request to resolve `ip`: ARP or neighbour solicitation.
+    let request = |ip: &str| {
+        if ip.contains(':') {
+            format!("who has {ip},")
+        } else {
+            format!("who-has {ip} ")
+        }
+    };
     let pair = Pair::start(edit);
     let client = &pair.run.topo.client;
     let ping6 = || client.exec_ok(&["ping", "-6", "-c", "1", "-W", "1", HaPair::SERVER_IP6]);
     assert!(pair.connects_within(Duration::from_secs(5)));
-    assert!(
-        wait_until(Duration::from_secs(5), Duration::from_millis(50), || ping6(
-        )
-        .is_ok()),
-        "{}",
-        pair.logs()
-    );
+    let pinged = wait_until(Duration::from_secs(5), Duration::from_millis(50), || {
+        ping6().is_ok()
+    });
+    assert!(pinged, "{}", pair.logs());
     let fw2 = &pair.run.topo.fw[1];
     let synced = wait_until(Duration::from_secs(5), Duration::from_millis(20), || {
-        hosts.iter().all(|(ip, dev, _)| {
+        hosts.iter().all(|(ip, dev)| {
             fw2.exec_ok(&["ip", "neigh", "show", ip, "dev", dev])
                 .is_ok_and(|out| out.contains("lladdr"))
         })
@@ -1390,17 +1372,7 @@ fn takes_over_without_resolving_addresses(edit: &dyn Fn(usize, String) -> String
         fw2.exec_ok(&["ip", "neigh", "show"]).unwrap_or_default(),
         pair.logs()
     );
-    let capture = pair.run.dir.join("resolution.txt");
-    let _tcpdump = pair
-        .run
-        .topo
-        .switch
-        .spawn(
-            &["tcpdump", "-i", "any", "-n", "-l", "-U", "arp or icmp6"],
-            &capture,
-        )
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(500));
+    let (capture, _tcpdump) = pair.capture("resolution.txt", &["-i", "any", "arp or icmp6"]);
     pair.suspend_fw1();
     assert!(
         pair.connects_within(Duration::from_secs(5)),
@@ -1412,11 +1384,7 @@ fn takes_over_without_resolving_addresses(edit: &dyn Fn(usize, String) -> String
     let seen = std::fs::read_to_string(&capture).unwrap_or_default();
     let asked: Vec<_> = seen
         .lines()
-        .filter(|l| {
-            hosts
-                .iter()
-                .any(|(_, _, request)| l.contains(request.as_str()))
-        })
+        .filter(|l| hosts.iter().any(|(ip, _)| l.contains(&request(ip))))
         .collect();
     assert!(
         asked.is_empty(),
@@ -1431,7 +1399,7 @@ fn takes_over_without_resolving_addresses(edit: &dyn Fn(usize, String) -> String
         "{seen}"
     );
     // The entries are fw2's own now, no longer `extern_learn`: the kernel ages them out again.
-    for (ip, dev, _) in &hosts {
+    for (ip, dev) in &hosts {
         let entry = fw2
             .exec_ok(&["ip", "neigh", "show", ip, "dev", dev])
             .unwrap();
