@@ -204,9 +204,9 @@ pub fn state_sync(data: &serde_json::Value) -> String {
     }
     let _ = writeln!(
         out,
-        "  Neighbours installed: {} ({} of the peer's held now)",
-        s(&data["neighbours_installed"]),
-        s(&data["neighbours_held"])
+        "  Neighbours:           {} of the peer's held ({} records applied, refreshes included)",
+        s(&data["neighbours_held"]),
+        s(&data["neighbours_installed"])
     );
     let _ = writeln!(
         out,
