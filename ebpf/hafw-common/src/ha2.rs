@@ -163,6 +163,16 @@ pub struct NeighbourRecord {
 }
 impl_pod!(NeighbourRecord);
 
+/// Which neighbour entry a [`NeighbourRecord`] is about: its port, family and address.
+pub type NeighbourPlace = (u16, u8, [u8; 16]);
+
+impl NeighbourRecord {
+    /// The entry this record is about (its MAC is what it says of it).
+    pub const fn place(&self) -> NeighbourPlace {
+        (self.port, self.family, self.addr)
+    }
+}
+
 /// One run of sequence numbers asked for again: `first`, `first + 1`, ... (`count` of them).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -66,7 +66,7 @@ struct SyncState {
     /// the active node, neighbour entries on the passive one).
     listener_stop: Option<Arc<std::sync::atomic::AtomicBool>>,
     /// Neighbour entries sent to the current peer (port, family, address) -> MAC.
-    neighbours_sent: std::collections::HashMap<(u16, u8, [u8; 16]), [u8; 6]>,
+    neighbours_sent: std::collections::HashMap<hafw_common::ha2::NeighbourPlace, [u8; 6]>,
     /// Woken when a new peer needs every neighbour entry (see [`sync_neighbours_on_change`]).
     neighbours_wanted: Arc<tokio::sync::Notify>,
     /// Neighbour entries of the peer installed in this node's kernel.
@@ -1010,6 +1010,7 @@ fn data_ports(config: &Config) -> Vec<(u16, String)> {
 fn housekeeping(node: &Shared) -> Result<()> {
     {
         let mut n = node.lock().map_err(|_| anyhow!("node lock poisoned"))?;
+        let now = std::time::Instant::now();
         if n.sync.receiving {
             let ports = data_ports(&n.running);
             if n.sync.neighbour_leases.needs_seed() {
@@ -1017,11 +1018,9 @@ fn housekeeping(node: &Shared) -> Result<()> {
                 // Outside the lock: it runs a process.
                 let found = ha::host::synced_neighbours(&ports)?;
                 n = node.lock().map_err(|_| anyhow!("node lock poisoned"))?;
-                n.sync
-                    .neighbour_leases
-                    .seed(&found, std::time::Instant::now());
+                n.sync.neighbour_leases.seed(&found, now);
             }
-            let expired = n.sync.neighbour_leases.expire(std::time::Instant::now());
+            let expired = n.sync.neighbour_leases.expire(now);
             drop(n);
             return ha::host::remove_neighbours(&expired, &ports);
         }
@@ -1033,7 +1032,6 @@ fn housekeeping(node: &Shared) -> Result<()> {
             n.sync.events_lost = lost;
             resync(&mut n, "session events were lost to a full ring buffer")?;
         }
-        let now = std::time::Instant::now();
         if n.sync
             .neighbours_refreshed
             .is_none_or(|at| now.duration_since(at) >= sync::NEIGHBOUR_REFRESH)
@@ -1100,15 +1098,13 @@ fn sync_neighbours(node: &Shared) -> Result<()> {
 fn send_new_neighbours(n: &mut Node, neighbours: Vec<hafw_common::ha2::NeighbourRecord>) {
     let fresh: Vec<_> = neighbours
         .into_iter()
-        .filter(|r| n.sync.neighbours_sent.get(&(r.port, r.family, r.addr)) != Some(&r.mac))
+        .filter(|r| n.sync.neighbours_sent.get(&r.place()) != Some(&r.mac))
         .collect();
     if fresh.is_empty() {
         return;
     }
     for r in &fresh {
-        n.sync
-            .neighbours_sent
-            .insert((r.port, r.family, r.addr), r.mac);
+        n.sync.neighbours_sent.insert(r.place(), r.mac);
     }
     if let Some(sender) = n.sync.sender.as_mut() {
         sender.neighbours(&fresh);

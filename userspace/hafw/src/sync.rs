@@ -19,7 +19,7 @@ use hafw_common::{
         HA2_BULK_END, HA2_BULK_START, HA2_HEADER_LEN, HA2_KEEPALIVE, HA2_MAGIC, HA2_NEIGHBOUR,
         HA2_RESYNC_REQUEST, HA2_RETRANSMIT_REQUEST, HA2_SESSION_DELETE, HA2_SESSION_UPDATE,
         HA2_VERSION, Ha2Header, Ha2State, MAX_RETRANSMIT_RANGES, MAX_SESSION_RECORDS,
-        NeighbourRecord, RetransmitRange, SEQ_WINDOW, SessionRecord,
+        NeighbourPlace, NeighbourRecord, RetransmitRange, SEQ_WINDOW, SessionRecord,
     },
     session::{SESSION_F_SYNCED, SessionKey, SessionValue},
 };
@@ -834,7 +834,7 @@ pub const NEIGHBOUR_LEASE: Duration = Duration::from_secs(60);
 /// the node removes itself those the peer stopped sending.
 #[derive(Debug, Default)]
 pub struct NeighbourLeases {
-    held: HashMap<(u16, u8, [u8; 16]), (NeighbourRecord, Instant)>,
+    held: HashMap<NeighbourPlace, (NeighbourRecord, Instant)>,
     seeded: bool,
 }
 
@@ -849,9 +849,7 @@ impl NeighbourLeases {
     /// sends them again they expire like the others.
     pub fn seed(&mut self, found: &[NeighbourRecord], now: Instant) {
         for r in found {
-            self.held
-                .entry((r.port, r.family, r.addr))
-                .or_insert((*r, now));
+            self.held.entry(r.place()).or_insert((*r, now));
         }
         self.seeded = true;
     }
@@ -859,7 +857,7 @@ impl NeighbourLeases {
     /// The peer sent `records` at `now`.
     pub fn renew(&mut self, records: &[NeighbourRecord], now: Instant) {
         for r in records {
-            self.held.insert((r.port, r.family, r.addr), (*r, now));
+            self.held.insert(r.place(), (*r, now));
         }
     }
 
