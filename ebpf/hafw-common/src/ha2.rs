@@ -60,12 +60,19 @@
 //! poll later is asked for again with a **retransmit request** (type 7, sent back on the HA2
 //! link, `sequence` 0, `epoch` = the epoch asked about, records = ranges of sequence numbers).
 //! The sender keeps a bounded buffer of what it sent and sends those messages again, unchanged
-//! (same sequence number). When the receiver lost more than its window holds, or the sender no
+//! (same sequence number); a bulk sync stays in that buffer whole until as many messages again
+//! have followed it. When the receiver lost more than its window holds, or the sender no
 //! longer has a message asked for, the remedy is a **resync**: the receiver sends a resync
-//! request (type 8), or the sender decides on its own, and a bulk sync of the whole table
-//! follows. A loss at the end of a burst is revealed by the keep-alive the sender sends shortly
+//! request (type 8, again each second until a bulk sync starts), or the sender decides on its
+//! own, and a bulk sync of the whole table follows. A bulk-sync start marker supersedes every
+//! number before it: the receiver stops waiting for those, and the sender ignores requests for
+//! them. A loss at the end of a burst is revealed by the keep-alive the sender sends shortly
 //! after every burst (a tail probe). The passive node sends keep-alives back, unsequenced
 //! (`sequence` 0), so the active node monitors the HA2 link too.
+//!
+//! Sequence numbers never wrap: the receiver compares them as plain integers, and a sender that
+//! reaches `hafw::sync::LAST_SEQUENCE` moves to the next epoch (its number plus one) and sends a
+//! bulk sync.
 //!
 //! A session record carries the session's **ages** (time since the last packet, since creation)
 //! in milliseconds, never a timestamp: each node's clock is its own. Interface indexes and MACs
@@ -216,6 +223,11 @@ pub struct Ha2State {
     pub bulk_end_sequence: u32,
     /// Sequence number of the last bulk-sync start marker.
     pub bulk_start_sequence: u32,
+    /// Non-zero once messages were given up (see `skipped`) and until the next bulk-sync start
+    /// marker arrives: this node lacks what they carried, the last bulk sync is no longer
+    /// complete, and the controller asks for a resync until one starts.
+    pub resync_needed: u32,
+    pub _pad: u32,
     /// The program's clock when the last bulk-sync start and end markers arrived (0: never).
     pub bulk_started_ns: u64,
     pub bulk_ended_ns: u64,
@@ -232,6 +244,8 @@ impl Default for Ha2State {
             skipped: 0,
             bulk_end_sequence: 0,
             bulk_start_sequence: 0,
+            resync_needed: 0,
+            _pad: 0,
             bulk_started_ns: 0,
             bulk_ended_ns: 0,
             seen: [0; SEQ_WINDOW_WORDS],
@@ -265,10 +279,10 @@ impl Ha2State {
         self.bulk_started_ns != 0 && self.bulk_ended_ns >= self.bulk_started_ns
     }
 
-    /// The last bulk sync ended and every message up to its end arrived: this node holds every
-    /// session the sender had.
+    /// The last bulk sync ended, every message up to its end arrived and none since was given
+    /// up: this node holds every session the sender had.
     pub const fn bulk_complete(&self) -> bool {
-        self.bulk_ended() && self.contiguous >= self.bulk_end_sequence
+        self.bulk_ended() && self.contiguous >= self.bulk_end_sequence && self.resync_needed == 0
     }
 
     /// Once the last bulk sync is complete, where it started: the bulk sync wrote every session
@@ -423,6 +437,15 @@ mod tests {
             None,
             "a message missing"
         );
+        assert_eq!(
+            Ha2State {
+                resync_needed: 1,
+                ..st(5, 9, 10, 20, 30)
+            }
+            .current_since(),
+            None,
+            "messages given up since"
+        );
         let mark = st(5, 9, 10, 20, 20).current_since();
         assert_eq!(
             mark,
@@ -449,7 +472,7 @@ mod tests {
         assert_eq!(core::mem::size_of::<Ha2Header>(), HA2_HEADER_LEN);
         assert_eq!(core::mem::size_of::<SessionRecord>(), 80);
         assert_eq!(core::mem::size_of::<NeighbourRecord>(), 32);
-        assert_eq!(core::mem::size_of::<Ha2State>(), 40 + 8 * SEQ_WINDOW_WORDS);
+        assert_eq!(core::mem::size_of::<Ha2State>(), 48 + 8 * SEQ_WINDOW_WORDS);
         assert!(SEQ_WINDOW_WORDS.is_power_of_two());
         const { assert!(HA2_HEADER_LEN + MAX_RETRANSMIT_RANGES * 8 <= 1500 - 28) };
         const { assert!(20 + 8 + HA2_HEADER_LEN + MAX_SESSION_RECORDS * 80 <= 1500) };

@@ -219,6 +219,18 @@ fn stamp(start: bool, sequence: u32) {
             if sequence < st.bulk_end_sequence {
                 return;
             }
+            // The bulk sync carries every session as the sender has it now, read after whatever
+            // it numbered before the marker: messages still missing below the marker are
+            // superseded (the neighbour records among them come again with the sender's
+            // periodic refresh). They are no longer waited for, nor asked for; else a loss the
+            // sender could no longer serve would be asked for, and resynced, again and again.
+            // A message above the marker that came early loses its mark and is asked for again,
+            // harmlessly.
+            if sequence > st.contiguous {
+                st.contiguous = sequence;
+                clear_window(st);
+            }
+            st.resync_needed = 0;
             st.bulk_started_ns = now;
             st.bulk_ended_ns = 0;
             st.bulk_start_sequence = sequence;
@@ -251,6 +263,7 @@ fn accept_sequence(c: &mut Ha2Counters, epoch: u32, seq: u32) -> Result<(), ()> 
         st.skipped = 0;
         st.bulk_end_sequence = 0;
         st.bulk_start_sequence = 0;
+        st.resync_needed = 0;
         st.bulk_started_ns = 0;
         st.bulk_ended_ns = 0;
         clear_window(st);
@@ -261,9 +274,10 @@ fn accept_sequence(c: &mut Ha2Counters, epoch: u32, seq: u32) -> Result<(), ()> 
     }
     let ahead = seq - st.contiguous - 1;
     if ahead >= SEQ_WINDOW {
-        // Too far ahead for the window: what lies between is given up (the controller sees
-        // `skipped` grow and asks for a resync).
+        // Too far ahead for the window: what lies between is given up, and the controller asks
+        // for a resync until a bulk sync starts (`resync_needed`).
         st.skipped = st.skipped.wrapping_add(ahead);
+        st.resync_needed = 1;
         st.contiguous = seq;
         clear_window(st);
         c.out_of_order += 1;

@@ -904,6 +904,17 @@ fn log_keepalive(event: Option<sync::KeepaliveEvent>, threshold: Duration, peer:
 /// Keep-alives every interval, both ways: the active node sends its own (sequenced) and watches
 /// the passive's; the passive node sends one back about the epoch it receives.
 fn keepalive_both_ways(n: &mut Node) {
+    if let Some(sender) = n.sync.sender.as_mut()
+        && sender.epoch_used_up()
+    {
+        sender.renew_epoch();
+        if let Err(e) = resync(
+            n,
+            "the epoch used its sequence numbers up; a new one starts",
+        ) {
+            warn!("HA2: {e:#}");
+        }
+    }
     if let Some(sender) = n.sync.sender.as_mut() {
         sender.keepalive();
         let heard = n.sync.peer_keepalives;
@@ -1225,6 +1236,8 @@ fn add_stats(total: &mut sync::SyncStats, s: &sync::SyncStats) {
     total.retransmit_requests_received += s.retransmit_requests_received;
     total.messages_retransmitted += s.messages_retransmitted;
     total.resyncs_sent += s.resyncs_sent;
+    total.retransmit_records_withheld += s.retransmit_records_withheld;
+    total.requests_superseded += s.requests_superseded;
     total.last_bulk_sent_ms = s.last_bulk_sent_ms.or(total.last_bulk_sent_ms);
     total.last_bulk_sent_sessions = s.last_bulk_sent_sessions.or(total.last_bulk_sent_sessions);
 }
@@ -1248,6 +1261,7 @@ fn state_sync_view(n: &Node) -> Result<serde_json::Value> {
         "idle"
     };
     let status = match (st.bulk_started_ns, st.bulk_ended_ns) {
+        _ if n.sync.receiving && st.resync_needed != 0 => "messages lost, resync requested",
         (0, _) if n.sync.receiving => "waiting for bulk sync",
         (_, 0) if n.sync.receiving => "bulk sync in progress",
         _ if st.bulk_complete() => "state sync complete",

@@ -507,6 +507,62 @@ fn a_jump_beyond_the_window_is_given_up_and_counted() {
     assert_eq!(f.dp.ha2_state().unwrap().contiguous, SEQ_WINDOW + 12);
 }
 
+/// Input: a complete bulk sync, then a message beyond the window, then a new bulk sync's start
+/// marker. Output: the loss makes the bulk sync incomplete and asks for a resync
+/// (`resync_needed`) until the start marker comes; the old code went on reporting `state sync
+/// complete` (its contiguous number had passed the end marker) while the node lacked what was
+/// given up.
+#[test]
+fn messages_given_up_need_a_resync_until_a_bulk_sync_starts() {
+    let f = fixture();
+    let mut w = writer();
+    f.run_ha2(&ethernet(&w.message(HA2_BULK_START, &[])));
+    f.run_ha2(&ethernet(&w.message(HA2_BULK_END, &[])));
+    assert!(f.dp.ha2_state().unwrap().bulk_complete());
+    w.sequence = SEQ_WINDOW + 10;
+    f.run_ha2(&ethernet(&w.message(HA2_KEEPALIVE, &[])));
+    let st = f.dp.ha2_state().unwrap();
+    assert_eq!(st.resync_needed, 1);
+    assert!(!st.bulk_complete() && st.current_since().is_none());
+    f.run_ha2(&ethernet(&w.message(HA2_BULK_START, &[])));
+    f.run_ha2(&ethernet(&w.message(HA2_BULK_END, &[])));
+    let st = f.dp.ha2_state().unwrap();
+    assert_eq!(st.resync_needed, 0);
+    assert!(st.bulk_complete());
+}
+
+/// Input: messages 1 and 3 (2 lost), then a bulk sync starting at 4 with 6 ahead of 5. Output:
+/// 2 is given up when the start marker arrives (the bulk sync supersedes it; the old code kept
+/// waiting for it, and asking the sender, who answered every ask with another bulk sync);
+/// 5 is still awaited, and the bulk sync completes once it comes.
+#[test]
+fn a_bulk_sync_start_supersedes_the_gaps_before_it() {
+    let f = fixture();
+    let mut w = writer();
+    f.run_ha2(&ethernet(&w.message(HA2_KEEPALIVE, &[])));
+    w.sequence += 1;
+    f.run_ha2(&ethernet(&w.message(HA2_KEEPALIVE, &[])));
+    f.run_ha2(&ethernet(&w.message(HA2_BULK_START, &[])));
+    let st = f.dp.ha2_state().unwrap();
+    assert_eq!(st.missing().collect::<Vec<_>>(), Vec::<u32>::new());
+    assert_eq!(st.contiguous, 4);
+    w.sequence += 1;
+    f.run_ha2(&ethernet(&w.message(HA2_BULK_END, &[])));
+    let st = f.dp.ha2_state().unwrap();
+    assert_eq!(st.missing().collect::<Vec<_>>(), [5]);
+    assert!(!st.bulk_complete());
+    w.sequence = 4;
+    f.run_ha2(&ethernet(&w.message(HA2_SESSION_UPDATE, &[record(40100)])));
+    let st = f.dp.ha2_state().unwrap();
+    assert_eq!(st.contiguous, 6);
+    assert!(st.bulk_complete());
+    assert_eq!(
+        (st.skipped, st.resync_needed),
+        (0, 0),
+        "not a loss to resync"
+    );
+}
+
 /// Input: retransmit and resync requests and an unsequenced keep-alive (which flow from the
 /// passive node to the active one).
 /// Output: passed to the kernel for the controller, on a receiving node or not; the map and the
