@@ -224,8 +224,41 @@ enum Out {
     Recorded(Vec<Vec<u8>>),
 }
 
+/// The largest HA2 message: a full one of session records (a full one of neighbour records is
+/// no larger).
+const LARGEST_MESSAGE: usize = HA2_HEADER_LEN + MAX_SESSION_RECORDS * size_of::<SessionRecord>();
+
+/// The MTU an HA2 link needs for the largest message over `transport` (its IPv4 and UDP headers
+/// count against the MTU, the Ethernet header does not).
+pub fn mtu_needed(transport: Ha2Transport) -> u32 {
+    let headers = match transport {
+        Ha2Transport::Ethernet => 0,
+        Ha2Transport::Ip => 20,
+        Ha2Transport::Udp => 28,
+    };
+    (LARGEST_MESSAGE + headers) as u32
+}
+
+/// Refuses an HA2 link whose MTU is too small for full messages: the kernel would refuse to send
+/// them (or fragment them, which the ingest program does not reassemble), and sync would fail
+/// with nothing but a growing error counter to show.
+fn check_mtu(e: &Endpoint) -> Result<()> {
+    let mtu = crate::ha::host::interface_mtu(&e.interface)
+        .with_context(|| format!("HA2 interface {}: no such interface", e.interface))?;
+    let needed = mtu_needed(e.transport);
+    anyhow::ensure!(
+        mtu >= needed,
+        "HA2 interface {}: MTU {mtu} is below the {needed} octets the largest HA2 message needs \
+         over the {} transport; raise its MTU (1500 is enough for every transport)",
+        e.interface,
+        e.transport.as_str()
+    );
+    Ok(())
+}
+
 impl Out {
     fn open(e: &Endpoint) -> Result<Out> {
+        check_mtu(e)?;
         Ok(match e.transport {
             Ha2Transport::Ethernet => {
                 Out::Ethernet(crate::ha::host::FrameSocket::open(&e.interface)?)

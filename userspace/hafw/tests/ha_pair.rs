@@ -1067,6 +1067,24 @@ fn busy_sessions_keep_current_ages_on_the_passive_and_survive_a_takeover_idle() 
 /// keys, nothing more, and the same TCP states), and after a failover every TCP connection
 /// carries data. Control: the drops happened (nft counter) and were repaired by retransmission
 /// (the passive's recovery counters).
+/// Input: fw1's HA2 link with MTU 1400 (a full HA2 message over the lab's ethernet transport
+/// needs 1464). Output: fw1 refuses to sync over it and its log says why; the old code sent
+/// anyway, the kernel refused every full message, and only a counter grew.
+#[test]
+fn an_ha2_link_with_too_small_an_mtu_is_refused_with_the_reason() {
+    let mut pair = Pair::new(&unchanged);
+    pair.run.topo.fw[0]
+        .exec_ok(&["ip", "link", "set", "ha2", "mtu", "1400"])
+        .unwrap();
+    pair.start_node(0);
+    pair.start_node(1);
+    let said = wait_until(Duration::from_secs(10), Duration::from_millis(100), || {
+        pair.logs()
+            .contains("HA2 interface ha2: MTU 1400 is below the 1464 octets")
+    });
+    assert!(said, "{}", pair.logs());
+}
+
 /// Drops one in 20 frames fw`i` sends on its HA2 link (nft table `netdev lossy`).
 fn drop_on_ha2(pair: &Pair, i: usize) {
     let lossy = "table netdev lossy {\n chain egress {\n  type filter hook egress device \"ha2\" priority 0;\n  numgen random mod 20 == 0 counter drop\n }\n}\n";

@@ -363,7 +363,27 @@ pub fn has_carrier(name: &str) -> bool {
 }
 
 fn interface_flags(sock: &std::net::UdpSocket, name: &str) -> Option<i32> {
+    let req = interface_request(sock, name, libc::SIOCGIFFLAGS)?;
+    // SAFETY: the kernel filled the flags member of the union.
+    Some(i32::from(unsafe { req.ifr_ifru.ifru_flags }))
+}
+
+/// The MTU of interface `name` (in this network namespace), if it exists.
+pub fn interface_mtu(name: &str) -> Option<u32> {
+    let sock = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+    let req = interface_request(&sock, name, libc::SIOCGIFMTU)?;
+    // SAFETY: the kernel filled the MTU member of the union.
+    u32::try_from(unsafe { req.ifr_ifru.ifru_mtu }).ok()
+}
+
+/// An `ifreq` for `name` after the read-only interface ioctl `request`.
+fn interface_request(
+    sock: &std::net::UdpSocket,
+    name: &str,
+    request: libc::c_ulong,
+) -> Option<libc::ifreq> {
     use std::os::fd::AsRawFd as _;
+    // SAFETY: ifreq is plain data; all zeroes is a valid value.
     let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
     let bytes = name.as_bytes();
     if bytes.len() >= req.ifr_name.len() {
@@ -372,10 +392,9 @@ fn interface_flags(sock: &std::net::UdpSocket, name: &str) -> Option<i32> {
     for (d, s) in req.ifr_name.iter_mut().zip(bytes) {
         *d = *s as libc::c_char;
     }
-    // SAFETY: SIOCGIFFLAGS reads the name and writes the flags of a valid, zeroed ifreq.
-    let rc = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) };
-    // SAFETY: the kernel filled the flags member of the union.
-    (rc == 0).then(|| i32::from(unsafe { req.ifr_ifru.ifru_flags }))
+    // SAFETY: the request reads the name and writes one member of a valid, zeroed ifreq.
+    let rc = unsafe { libc::ioctl(sock.as_raw_fd(), request, &mut req) };
+    (rc == 0).then_some(req)
 }
 
 /// A packet socket bound to one interface that sends whole Ethernet frames and receives nothing
