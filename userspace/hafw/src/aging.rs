@@ -79,11 +79,23 @@ pub fn refresh_period(timeouts: &Timeouts, key: &SessionKey, value: &SessionValu
     (timeouts.for_session(key, value) / 3).clamp(Duration::from_secs(2), Duration::from_secs(60))
 }
 
-/// Whether the aging walk at `now_ns` (one walk every `walk`) re-syncs this session: it had
-/// traffic since the previous walk (idle ones are re-synced by nothing, they just age alike on
-/// both nodes) and its turn has come. Turns are spread by creation time, so each busy session is
+/// Whether the aging walk at `now_ns` (one walk every `walk`) re-syncs this session: its turn has
+/// come and it had traffic since its previous turn (idle ones are re-synced by nothing, they just
+/// age alike on both nodes). Turns are spread by creation time, so each session with traffic is
 /// sent once per [`refresh_period`] and a walk sends an even share of them, with no state kept
 /// per session.
+///
+/// A walk lands anywhere in its turn's one-walk slot, so the walk that took the previous turn ran
+/// less than one period plus one walk ago: traffic within that is due (a packet just before the
+/// previous turn may be sent twice, none is missed). The first turn's previous one is the
+/// creation, whose record the peer has: a session with no packet after its first is not due.
+/// With every turn taken, the passive node's copy of a session's ages is the active node's as they
+/// were less than one period plus one walk ago (state changes are synced at once; a record carries
+/// ages, which the passive node counts back from when it writes it, so HA2 latency makes the copy
+/// younger, never older). Packets after that are unknown there. (Requiring a packet since the last
+/// walk instead, as this once did, missed sparse sessions at almost every turn, an SSH connection
+/// with a keepalive every 300 s or a UDP flow with a packet every 20 s against its 30 s timeout:
+/// the passive node kept the ages of their last state change, however long ago.)
 pub fn refresh_due(
     timeouts: &Timeouts,
     key: &SessionKey,
@@ -92,14 +104,16 @@ pub fn refresh_due(
     walk: Duration,
 ) -> bool {
     let walk_ns = walk.as_nanos().max(1) as u64;
-    if now_ns.saturating_sub(value.last_seen_ns) >= walk_ns {
-        return false;
-    }
     let walks_per_period =
         (refresh_period(timeouts, key, value).as_nanos() as u64 / walk_ns).max(1);
     // Turn 0 is the session's creation, which the peer has just been sent: never due.
     let turn = now_ns.saturating_sub(value.created_ns) / walk_ns;
-    turn > 0 && turn.is_multiple_of(walks_per_period)
+    if turn == 0 || !turn.is_multiple_of(walks_per_period) {
+        return false;
+    }
+    let since_previous_turn = (walks_per_period + 1) * walk_ns;
+    value.last_seen_ns > value.created_ns
+        && now_ns.saturating_sub(value.last_seen_ns) < since_previous_turn
 }
 
 /// `CLOCK_MONOTONIC` in ns: the timeline of the program's clocks (`bpf_ktime_get_ns` reads it,
@@ -180,10 +194,48 @@ mod tests {
             // Not at creation (just synced), then once per period.
             let expected: Vec<u64> = (period..180).step_by(period as usize).collect();
             assert_eq!(sent_at, expected, "proto {proto}");
-            // Idle since the last walk: nothing to refresh, whatever the turn.
-            v.last_seen_ns = v.created_ns;
+            // Idle since its previous turn (a packet after creation, none in the last 119 s):
+            // nothing to refresh, whatever the turn.
+            v.last_seen_ns = v.created_ns + S;
             assert!(!refresh_due(&t, &k, &v, v.created_ns + 120 * S, walk));
         }
+    }
+
+    #[test]
+    fn a_session_with_a_packet_since_its_previous_turn_is_due_at_its_turn() {
+        let t = Timeouts::default();
+        let walk = Duration::from_secs(1);
+        // UDP: 30 s timeout, a turn every 10 s. The walk of turn 20 runs 20.5 s after creation.
+        let (k, mut v) = session(PROTO_UDP, SessionState::New, 0);
+        v.created_ns = 1_000 * S;
+        let now = v.created_ns + 20 * S + S / 2;
+        // (seconds before the walk of the last packet, due?)
+        for (before, due) in [
+            (0, true),
+            (5, true),
+            // The previous turn's walk ran 10 s ago; a walk lands anywhere in its one-second
+            // slot, so the previous one may have run up to 11 s ago.
+            (10, true),
+            (11, false),
+            (15, false),
+        ] {
+            v.last_seen_ns = now - before * S;
+            assert_eq!(refresh_due(&t, &k, &v, now, walk), due, "{before} s before");
+        }
+        // Not at other walks, however recent the packet.
+        v.last_seen_ns = now - S / 2;
+        assert!(!refresh_due(&t, &k, &v, now + S, walk));
+        // No packet after the one that created it: the peer has its ages from the creation.
+        let (k, mut v) = session(PROTO_UDP, SessionState::New, 0);
+        v.created_ns = 1_000 * S;
+        v.last_seen_ns = v.created_ns;
+        assert!(!refresh_due(
+            &t,
+            &k,
+            &v,
+            v.created_ns + 10 * S + S / 2,
+            walk
+        ));
     }
 
     #[test]
