@@ -336,11 +336,13 @@ async fn age_sessions(node: Shared) {
         // Map iteration is a syscall per entry: keep it off the async workers, and off the node
         // lock (session events and HA2 sync need it meanwhile).
         let res = tokio::task::spawn_blocking(move || -> Result<u64> {
-            let (passive, syncing, current_since, timeouts, capacity) = {
+            let (role, active_since, syncing, current_since, timeouts, capacity) = {
                 let n = node.lock().map_err(|_| anyhow!("node lock poisoned"))?;
                 let receiving = n.sync.receiving.then(|| n.dp.ha2_state().ok()).flatten();
+                let (role, active_since) = n.dp.role();
                 (
-                    n.dp.config().role == Role::Passive as u32,
+                    role,
+                    active_since,
                     n.sync.sender.is_some(),
                     receiving.and_then(|st| st.current_since()),
                     Timeouts::from(&n.running.timeouts),
@@ -350,6 +352,7 @@ async fn age_sessions(node: Shared) {
             let mut map = sessions
                 .lock()
                 .map_err(|_| anyhow!("session map lock poisoned"))?;
+            let passive = role == Role::Passive;
             let now = aging::monotonic_now_ns();
             let mut live = FamilyCounts::default();
             let mut expired = Vec::new();
@@ -358,9 +361,10 @@ async fn age_sessions(node: Shared) {
             for entry in map.iter() {
                 let (k, v) = entry?;
                 // A passive node never ages synced sessions on its own: the active peer syncs
-                // their deletes, and after a takeover they age here from their synced age. What
-                // the last complete bulk sync did not write, the active node no longer has.
-                if !passive && aging::expired(&timeouts, &k, &v, now) {
+                // their deletes, and after a takeover they age here from the takeover until they
+                // see a packet here. What the last complete bulk sync did not write, the active
+                // node no longer has.
+                if !passive && aging::expired(&timeouts, &k, &v, now, active_since) {
                     expired.push(k);
                     continue;
                 }

@@ -23,7 +23,7 @@ use aya::{
 };
 use hafw_common::{
     LAYOUT_VERSION,
-    config::{CONFIG_INDEX, DataplaneConfig},
+    config::{CONFIG_INDEX, DataplaneConfig, Role},
     counters::Counters,
     ha2::{Ha2Config, Ha2Counters, Ha2State},
     policy::{
@@ -163,6 +163,10 @@ pub struct ConfigHandle(Arc<Mutex<ConfigCell>>);
 struct ConfigCell {
     map: Array<MapData, DataplaneConfig>,
     value: DataplaneConfig,
+    /// While the role is `Active`: when it became so (CLOCK_MONOTONIC, read right after the
+    /// write that made it so; before it the fast path forwarded nothing, so no packet on this
+    /// node is stamped earlier, bar the coarse clock's few ms).
+    active_since_ns: Option<u64>,
 }
 
 impl ConfigHandle {
@@ -179,8 +183,24 @@ impl ConfigHandle {
         cell.map
             .set(CONFIG_INDEX, value, 0)
             .context("writing the CONFIG map")?;
+        let active = Role::Active as u32;
+        if value.role != active {
+            cell.active_since_ns = None;
+        } else if cell.value.role != active {
+            cell.active_since_ns = Some(crate::aging::monotonic_now_ns());
+        }
         cell.value = value;
         Ok(())
+    }
+
+    /// The role as last written and, while it is `Active`, since when (CLOCK_MONOTONIC): the
+    /// HA shell sets it on a takeover, and the aging walk ages the sessions without a packet
+    /// since from then (`aging::expired`).
+    pub fn role(&self) -> (Role, Option<u64>) {
+        self.0
+            .lock()
+            .map(|c| (Role::from_u32(c.value.role), c.active_since_ns))
+            .unwrap_or((Role::Standalone, None))
     }
 }
 
@@ -307,6 +327,7 @@ impl Dataplane {
             config: ConfigHandle(Arc::new(Mutex::new(ConfigCell {
                 map: take!(ebpf, "CONFIG"),
                 value: DataplaneConfig::default(),
+                active_since_ns: None,
             }))),
             pin_dir: opts.pin_dir.clone(),
             counters: take!(ebpf, "COUNTERS"),
@@ -510,6 +531,11 @@ impl Dataplane {
 
     pub fn config(&self) -> DataplaneConfig {
         self.config.get()
+    }
+
+    /// See [`ConfigHandle::role`].
+    pub fn role(&self) -> (Role, Option<u64>) {
+        self.config.role()
     }
 
     /// A handle on the `CONFIG` entry for another task (the HA shell's role and lease).

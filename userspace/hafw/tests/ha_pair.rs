@@ -1007,7 +1007,9 @@ fn session_keys(
 /// node is killed. Output: while the flow runs, the passive node's copy of its session stays
 /// current (the active node re-syncs busy sessions' ages), and after the takeover the new active
 /// node keeps the session past two aging walks. Without the refresh the copy keeps the age of its
-/// creation, 10 s idle, and the first walk after the takeover removes it.
+/// creation, 10 s idle; the new active node then keeps the session anyway, since it ages one
+/// with no packet since the takeover from the takeover (before it did, the first walk after the
+/// takeover removed it).
 #[test]
 fn busy_sessions_keep_current_ages_on_the_passive_and_survive_a_takeover_idle() {
     let mut pair = Pair::start(&|_, text: String| text.replace("udp = 30", "udp = 8"));
