@@ -377,9 +377,22 @@ async fn age_sessions(node: Shared) {
                     refresh.push(sync::record(&k, &v, now));
                 }
             }
-            for k in expired.iter().chain(&outdated) {
-                let _ = map.remove(k);
-            }
+            // Removed after the walk, while packets (and, on a passive node, synced records) go
+            // on: one may have revived an entry since the walk read it, and removing it then would
+            // drop a live session. Each is read again and removed only if still due. A packet
+            // between that read and the removal still loses its session (the map has no
+            // compare-and-delete): the race is narrowed from the rest of the walk (a syscall per
+            // entry) to one lookup.
+            expired.retain(|k| {
+                map.get(k)
+                    .is_some_and(|v| aging::expired(&timeouts, k, &v, now, active_since))
+                    && map.remove(k).is_ok()
+            });
+            outdated.retain(|k| {
+                map.get(k)
+                    .is_some_and(|v| current_since.is_some_and(|bulk| !bulk.wrote(&v)))
+                    && map.remove(k).is_ok()
+            });
             drop(map);
             let mut n = node.lock().map_err(|_| anyhow!("node lock poisoned"))?;
             if let Some(sender) = n.sync.sender.as_mut() {
