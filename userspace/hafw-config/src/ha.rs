@@ -390,11 +390,27 @@ fn validate_ha2(
                 ),
             ));
         };
-        address
+        let local = address
             .parse::<IpNet>()
-            .map_err(|_| bad_addr(&span, object, "address", address))?;
-        peer.parse::<IpAddr>()
+            .map_err(|_| bad_addr(&span, object, "address", address))?
+            .addr();
+        let peer = peer
+            .parse::<IpAddr>()
             .map_err(|_| bad_addr(&span, object, "peer", peer))?;
+        // The ingest program (`hafw_ha2`) parses only IPv4 headers and the raw IP socket is
+        // AF_INET: an IPv6 link would pass here and never sync.
+        for (field, addr) in [("address", local), ("peer", peer)] {
+            if addr.is_ipv6() {
+                return Err(out_of_range(
+                    span,
+                    field,
+                    format!(
+                        "{object}: transport {} carries IPv4 only; {field} {addr} is IPv6",
+                        l.transport
+                    ),
+                ));
+            }
+        }
     }
     if l.keepalive_threshold_ms <= l.keepalive_interval_ms {
         return Err(out_of_range(

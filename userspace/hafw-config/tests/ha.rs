@@ -90,6 +90,21 @@ fn advanced_timers_override_the_recommended_values() {
 }
 
 #[test]
+fn ha2_ip_and_udp_transports_take_ipv4_addresses() {
+    let text = base()
+        + &HA.replace(
+            "interface = \"ha2\"",
+            "interface = \"ha2\"\ntransport = \"udp\"\naddress = \"169.254.2.1/30\"\npeer = \"169.254.2.2\"",
+        )
+        + "[high_availability.ha2_backup]\ninterface = \"ha2b\"\ntransport = \"ip\"\naddress = \"169.254.4.1/30\"\npeer = \"169.254.4.2\"\n";
+    let c = Config::parse(&text, "fw.toml").unwrap();
+    assert_eq!(
+        c.high_availability.unwrap().election_config().ha2_transport,
+        Ha2Transport::Udp
+    );
+}
+
+#[test]
 fn mistakes_name_their_line_and_field() {
     let at = lines(&base()); // HA starts on the next line
     let cases: Vec<(String, String)> = vec![
@@ -153,6 +168,35 @@ fn mistakes_name_their_line_and_field() {
             format!(
                 "fw.toml:{}: field `transport`: high_availability.ha2: transport udp needs `address` and `peer`",
                 at + 10
+            ),
+        ),
+        (
+            HA.replace(
+                "interface = \"ha2\"",
+                "interface = \"ha2\"\ntransport = \"udp\"\naddress = \"fd00::1/64\"\npeer = \"fd00::2\"",
+            ),
+            format!(
+                "fw.toml:{}: field `address`: high_availability.ha2: transport udp carries IPv4 only; address fd00::1 is IPv6",
+                at + 10
+            ),
+        ),
+        (
+            HA.replace(
+                "interface = \"ha2\"",
+                "interface = \"ha2\"\ntransport = \"ip\"\naddress = \"169.254.2.1/30\"\npeer = \"fd00::2\"",
+            ),
+            format!(
+                "fw.toml:{}: field `peer`: high_availability.ha2: transport ip carries IPv4 only; peer fd00::2 is IPv6",
+                at + 10
+            ),
+        ),
+        (
+            format!(
+                "{HA}[high_availability.ha2_backup]\ninterface = \"ha2b\"\ntransport = \"udp\"\naddress = \"fd00::1/64\"\npeer = \"fd00::2\"\n"
+            ),
+            format!(
+                "fw.toml:{}: field `address`: high_availability.ha2_backup: transport udp carries IPv4 only; address fd00::1 is IPv6",
+                at + 12
             ),
         ),
         (
