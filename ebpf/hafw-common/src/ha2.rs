@@ -343,6 +343,10 @@ pub struct Ha2Counters {
     /// Session records skipped because a newer message of the same sender epoch already wrote
     /// their session (a retransmission that filled its gap after the messages that followed it).
     pub stale_records: u64,
+    /// Session records whose key names no session table (a family other than IPv4 and IPv6, or
+    /// an IPv4 key with address words 1 to 3 not zero), skipped; the rest of their message is
+    /// applied (see `names_a_table` in the ingest program).
+    pub bad_records: u64,
     /// Messages that arrived after a gap in the sequence (the gap itself is in `HA2_STATE`).
     pub out_of_order: u64,
     pub drop_bad_magic: u64,
@@ -377,6 +381,7 @@ macro_rules! for_each_ha2_counter {
             keepalives,
             session_write_failed,
             stale_records,
+            bad_records,
             out_of_order,
             drop_bad_magic,
             drop_bad_version,

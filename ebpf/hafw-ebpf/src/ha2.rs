@@ -7,6 +7,8 @@
 //! which travel the other way and are the active controller's to check; session records, bulk-sync markers (stamped in `HA2_STATE`) and keep-alives (counted) are
 //! consumed here; neighbour entries are passed to the kernel, where the controller installs them.
 //! Every rejected message is dropped and counted by reason, and leaves the session map as it was.
+//! A session record whose key names no session table is skipped and counted (`bad_records`), and
+//! the rest of its message applied (see `names_a_table`).
 
 use aya_ebpf::{
     bindings::{BPF_ANY, BPF_NOEXIST, xdp_action},
@@ -21,7 +23,7 @@ use hafw_common::{
         HA2_VERSION, Ha2Counters, Ha2Header, Ha2State, MAX_SESSION_RECORDS, RECORD_F_NEW,
         SEQ_WINDOW, SEQ_WINDOW_WORDS, SessionRecord,
     },
-    session::{SESSION_F_SYNCED, SessionValue},
+    session::{FAMILY_IPV4, FAMILY_IPV6, SESSION_F_SYNCED, SessionKey, SessionValue},
 };
 
 use crate::{
@@ -166,6 +168,10 @@ fn ingest(ctx: &XdpContext, c: &mut Ha2Counters, offset: usize) -> Result<u32, (
                 if i >= count {
                     break;
                 }
+                if !names_a_table(&r.key) {
+                    c.bad_records += 1;
+                    continue;
+                }
                 write_session(c, r, now, (epoch as u16, sequence));
             }
             Ok(DROP)
@@ -177,6 +183,10 @@ fn ingest(ctx: &XdpContext, c: &mut Ha2Counters, offset: usize) -> Result<u32, (
             for (i, r) in block.records.iter().enumerate() {
                 if i >= count {
                     break;
+                }
+                if !names_a_table(&r.key) {
+                    c.bad_records += 1;
+                    continue;
                 }
                 let _ = session::remove(&r.key);
                 c.session_deletes += 1;
@@ -201,6 +211,31 @@ fn ingest(ctx: &XdpContext, c: &mut Ha2Counters, offset: usize) -> Result<u32, (
             c.keepalives += 1;
             Ok(DROP)
         }
+    }
+}
+
+/// Whether a record's key names a session of one of the tables: `session::{get, insert, remove}`
+/// pick the IPv4 table for [`FAMILY_IPV4`] and the IPv6 one for anything else, and the IPv4 table
+/// keeps only address word 0, so another family would land in the IPv6 table and an IPv4 key with
+/// other words set would alias (write over, or delete) the IPv4 session of its word 0.
+///
+/// Such a record is skipped and counted (`bad_records`), and the rest of its message applied. Not
+/// the whole message dropped: its sequence number is already taken when the records are read
+/// (`accept_sequence`), and dropping the message with its number taken would lose its good records
+/// for good, the sender believing them delivered. Checking every record before taking the number,
+/// and leaving it missing, would not help either: the controller asks for the message again, the
+/// sender resends it unchanged, bad record included, and the number stays missing, `contiguous`
+/// stuck below it (no `state sync complete`, a resync once the window overflows). A bad record is
+/// not a transport fault a retransmission repairs, so the message counts as received.
+#[inline(always)]
+fn names_a_table(key: &SessionKey) -> bool {
+    match key.family {
+        FAMILY_IPV4 => {
+            let (lo, hi) = (&key.addr_lo, &key.addr_hi);
+            (lo[1] | lo[2] | lo[3] | hi[1] | hi[2] | hi[3]) == 0
+        }
+        FAMILY_IPV6 => true,
+        _ => false,
     }
 }
 

@@ -283,6 +283,68 @@ fn bad_messages_are_dropped_counted_and_change_nothing() {
     assert!(sessions(&f).is_empty());
 }
 
+/// Input: update and delete messages with one record whose key names no session table: a family
+/// that is neither IPv4 nor IPv6 (the tables pick IPv6 for anything but IPv4), or an IPv4 key with
+/// a non-zero address word 1 to 3 (the IPv4 table keeps word 0 only, so it would alias the held
+/// session `CLIENT:40060 -> SERVER:80`). Output: the record is skipped and counted as
+/// `bad_records`, the map is unchanged, and the message's sequence number is consumed (no gap for
+/// the controller to ask for again: a retransmission would carry the same record).
+#[test]
+fn records_whose_key_names_no_table_are_skipped_and_counted() {
+    type Case = (&'static str, fn(&mut SessionKey));
+    let cases: [Case; 6] = [
+        ("family 0", |k| k.family = 0),
+        ("family 5", |k| k.family = 5),
+        ("family 255", |k| k.family = 255),
+        ("IPv4, lo word 1", |k| k.addr_lo[1] = 1),
+        ("IPv4, lo word 3", |k| k.addr_lo[3] = 0x0100_0000),
+        ("IPv4, hi word 2", |k| k.addr_hi[2] = 0xffff_ffff),
+    ];
+    for (name, spoil) in cases {
+        for msg_type in [HA2_SESSION_UPDATE, HA2_SESSION_DELETE] {
+            let name = format!("{name}, type {msg_type}");
+            let f = fixture();
+            let mut w = writer();
+            let held = record(40060);
+            f.run_ha2(&ethernet(&w.message(HA2_SESSION_UPDATE, &[held])));
+            let before = sessions(&f);
+            assert_eq!(before.len(), 1, "{name}");
+
+            let mut bad = SessionRecord {
+                packets_orig: 1234,
+                flags: RECORD_F_NEW,
+                ..held
+            };
+            spoil(&mut bad.key);
+            let out = f.run_ha2(&ethernet(&w.message(msg_type, &[bad])));
+            assert_eq!(out.verdict, Verdict::Drop, "{name}");
+            assert_eq!(counter(&f, "bad_records"), 1, "{name}");
+            assert_eq!(sessions(&f), before, "{name}: map unchanged");
+            assert_eq!(counter(&f, "session_updates"), 1, "{name}");
+            assert_eq!(counter(&f, "session_deletes"), 0, "{name}");
+            assert_eq!(counter(&f, "accepted"), 2, "{name}");
+            let st = f.dp.ha2_state().unwrap();
+            assert_eq!((st.contiguous, st.highest), (2, 2), "{name}: no gap");
+        }
+    }
+
+    // The message's other records are applied.
+    let f = fixture();
+    let mut w = writer();
+    let mut bad = record(40061);
+    bad.key.family = 0;
+    let good = record(40062);
+    f.run_ha2(&ethernet(&w.message(HA2_SESSION_UPDATE, &[bad, good])));
+    assert_eq!(sessions(&f).len(), 1);
+    assert!(f.dp.session(&good.key).is_some());
+    assert_eq!(counter(&f, "bad_records"), 1);
+    assert_eq!(counter(&f, "session_updates"), 1);
+    f.run_ha2(&ethernet(&w.message(HA2_SESSION_DELETE, &[bad, good])));
+    assert!(sessions(&f).is_empty());
+    assert_eq!(counter(&f, "bad_records"), 2);
+    assert_eq!(counter(&f, "session_deletes"), 1);
+}
+
 #[test]
 fn other_frames_pass_to_the_kernel() {
     let f = fixture();
