@@ -715,15 +715,26 @@ impl Sender {
     }
 
     /// Queues a created or changed session; a full message goes out at once.
+    ///
+    /// Updates and deletes queue apart and [`Sender::flush`] sends updates first, so a session
+    /// whose delete is queued goes out with that delete first: a tuple closed and reopened within
+    /// one batch must reach the peer as delete-then-add, or the peer deletes the live session.
+    /// (At most [`MAX_SESSION_RECORDS`] queued: a scan is cheap.)
     pub fn update(&mut self, r: SessionRecord) {
+        if self.deletes.iter().any(|d| d.key == r.key) {
+            self.flush_deletes();
+        }
         self.updates.push(r);
         if self.updates.len() == MAX_SESSION_RECORDS {
             self.flush_updates();
         }
     }
 
-    /// Queues a closed session.
+    /// Queues a closed session; a queued update of it goes out first (see [`Sender::update`]).
     pub fn delete(&mut self, key: SessionKey) {
+        if self.updates.iter().any(|u| u.key == key) {
+            self.flush_updates();
+        }
         self.deletes.push(SessionRecord {
             key,
             ..Default::default()
@@ -1516,6 +1527,67 @@ mod tests {
             "the active's own kind"
         );
         const { assert!(HA2_HEADER_LEN + MAX_NEIGHBOUR_RECORDS * 32 <= 1500 - 28) };
+    }
+
+    /// Input: session A updated, closed (RST) and reopened with the same tuple, B updated around
+    /// it, all within one batch (one flush). Output: the peer gets A's messages in that order,
+    /// so it ends with A open: add A and B, delete A, add A again.
+    #[test]
+    fn a_session_closed_and_reopened_in_one_batch_reaches_the_peer_in_order() {
+        let mut s = Sender::new(Link::recorded(), MessageWriter::new(1, 1));
+        let session = |port: u16| SessionRecord {
+            key: SessionKey {
+                port_lo: port,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let (a, b) = (session(1), session(2));
+        s.update(a);
+        s.update(b);
+        s.delete(a.key);
+        s.update(a);
+        s.flush();
+        let sent: Vec<(u8, Vec<u16>)> = s
+            .link
+            .sent_messages()
+            .iter()
+            .map(|m| {
+                let t = parse_header(m).unwrap().msg_type;
+                let ports = session_records(m, t)
+                    .iter()
+                    .map(|r| r.key.port_lo)
+                    .collect();
+                (t, ports)
+            })
+            .collect();
+        assert_eq!(
+            sent,
+            [
+                (HA2_SESSION_UPDATE, vec![1, 2]),
+                (HA2_SESSION_DELETE, vec![1]),
+                (HA2_SESSION_UPDATE, vec![1]),
+            ]
+        );
+        // Replaying them in order leaves A open on the peer.
+        let mut peer = std::collections::BTreeSet::new();
+        for (t, ports) in &sent {
+            for p in ports {
+                if *t == HA2_SESSION_UPDATE {
+                    peer.insert(*p);
+                } else {
+                    peer.remove(p);
+                }
+            }
+        }
+        assert_eq!(peer, [1, 2].into());
+        // Unrelated sessions still share a message per kind.
+        let before = s.link.sent_messages().len();
+        s.update(session(3));
+        s.delete(session(4).key);
+        s.update(session(5));
+        s.flush();
+        assert_eq!(s.link.sent_messages().len() - before, 2);
     }
 
     #[test]
