@@ -340,8 +340,9 @@ pub struct Ha2Counters {
     pub keepalives: u64,
     /// The session map refused a synced entry.
     pub session_write_failed: u64,
-    /// Session records skipped because a newer message of the same sender epoch already wrote
-    /// their session (a retransmission that filled its gap after the messages that followed it).
+    /// Session records (updates and deletes) skipped because a newer message of the same sender
+    /// epoch already wrote their session (a retransmission that filled its gap after the
+    /// messages that followed it).
     pub stale_records: u64,
     /// Session records whose key names no session table (a family other than IPv4 and IPv6, or
     /// an IPv4 key with address words 1 to 3 not zero), skipped; the rest of their message is

@@ -188,6 +188,17 @@ fn ingest(ctx: &XdpContext, c: &mut Ha2Counters, offset: usize) -> Result<u32, (
                     c.bad_records += 1;
                     continue;
                 }
+                // A delete retransmitted after a newer message re-created the session (its
+                // tuple reused) is older than that session: leave it, as `write_session` leaves
+                // a newer record.
+                if let Some(held) = session::get(&r.key) {
+                    // SAFETY: a pointer from a successful lookup, valid for this program run.
+                    let held = unsafe { &*held };
+                    if held.sync_epoch == epoch as u16 && held.sync_sequence > sequence {
+                        c.stale_records += 1;
+                        continue;
+                    }
+                }
                 let _ = session::remove(&r.key);
                 c.session_deletes += 1;
             }

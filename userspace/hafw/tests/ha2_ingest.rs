@@ -437,6 +437,34 @@ fn a_late_retransmission_does_not_overwrite_newer_records() {
     assert_eq!(counter(&f, "stale_records"), 2);
 }
 
+/// Input: a session's delete (message 1) is lost; its tuple is reused and the new session's
+/// creation (message 2) arrives; then message 1 is retransmitted. Output: the late delete leaves
+/// the newer session alone and counts as stale (the old program deleted it, and the passive node
+/// lacked a live session until the next failover proved it).
+#[test]
+fn a_late_retransmitted_delete_leaves_a_newer_session_alone() {
+    let f = fixture();
+    let mut w = writer();
+    let mut first = record(40050);
+    first.flags = RECORD_F_NEW;
+    f.run_ha2(&ethernet(&w.message(HA2_SESSION_UPDATE, &[first])));
+    let lost = ethernet(&w.message(HA2_SESSION_DELETE, &[record(40050)]));
+    let mut reopened = record(40050);
+    reopened.flags = RECORD_F_NEW;
+    reopened.packets_orig = 3;
+    f.run_ha2(&ethernet(&w.message(HA2_SESSION_UPDATE, &[reopened])));
+    f.run_ha2(&lost);
+    assert_eq!(f.dp.ha2_state().unwrap().contiguous, 3, "the gap is filled");
+    let v =
+        f.dp.session(&reopened.key)
+            .expect("the reopened session stays");
+    assert_eq!(v.packets_orig, 3);
+    assert_eq!(counter(&f, "stale_records"), 1);
+    // A delete in order still deletes.
+    f.run_ha2(&ethernet(&w.message(HA2_SESSION_DELETE, &[record(40050)])));
+    assert!(f.dp.session(&reopened.key).is_none());
+}
+
 #[test]
 fn a_synced_session_carries_mid_stream_traffic_in_the_fast_path() {
     let mut f = fixture();
