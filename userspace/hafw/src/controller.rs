@@ -388,6 +388,16 @@ async fn age_sessions(node: Shared) {
                     .is_some_and(|v| aging::expired(&timeouts, k, &v, now, active_since))
                     && map.remove(k).is_ok()
             });
+            // And only while the bulk sync that marked them is still the last complete one: a
+            // new sender epoch's bulk sync may have rewritten them meanwhile.
+            let still_current = {
+                let n = node.lock().map_err(|_| anyhow!("node lock poisoned"))?;
+                let receiving = n.sync.receiving.then(|| n.dp.ha2_state().ok()).flatten();
+                receiving.and_then(|st| st.current_since()) == current_since
+            };
+            if !still_current {
+                outdated.clear();
+            }
             outdated.retain(|k| {
                 map.get(k)
                     .is_some_and(|v| current_since.is_some_and(|bulk| !bulk.wrote(&v)))
@@ -1208,6 +1218,10 @@ fn sync_command(
             n.sync.sender = Some(sender);
         }
         SyncCommand::Receive { peer_node_id } => {
+            // A completed bulk sync of an earlier sender must not mark this node's sessions
+            // outdated (the aging walk removes what the last one did not write): the new
+            // sender's bulk sync decides. Reset while nothing is received yet.
+            n.dp.reset_ha2_state()?;
             n.dp.set_ha2(Ha2Config {
                 receiving: 1,
                 peer: peer_node_id as u32,

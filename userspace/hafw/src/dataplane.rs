@@ -760,6 +760,14 @@ impl Dataplane {
             .context("writing the HA2_CONFIG map")
     }
 
+    /// Forgets the ingest program's sequence tracking and last bulk sync: they belong to the
+    /// sender this node received from before.
+    pub fn reset_ha2_state(&mut self) -> Result<()> {
+        self.ha2_state
+            .set(0, Ha2State::default(), 0)
+            .context("writing HA2_STATE")
+    }
+
     /// The ingest program's sequence tracking.
     pub fn ha2_state(&self) -> Result<Ha2State> {
         self.ha2_state.get(&0, 0).context("reading HA2_STATE")
