@@ -387,6 +387,8 @@ struct Shell {
     announce_sockets: Vec<Option<host::FrameSocket>>,
     /// Announcements sent in first rounds, wherever they were sent from.
     announced: Arc<AtomicU64>,
+    /// Ended by every `give_up`: announcement rounds of an ended term are not sent.
+    terms: Terms,
     /// Claims and releases, in order, off this thread.
     host: HostWorker,
     /// Test hook (`HAFW_TEST_CLAIM_DELAY_MS`): holds every claim back, standing in for a kernel
@@ -454,6 +456,7 @@ impl Shell {
             heartbeat_sockets: Vec::new(),
             announce_sockets: Vec::new(),
             announced: Arc::new(AtomicU64::new(0)),
+            terms: Terms::default(),
             host: HostWorker::start()?,
             claim_delay: std::env::var("HAFW_TEST_CLAIM_DELAY_MS")
                 .ok()
@@ -851,9 +854,11 @@ impl Shell {
         if self.plan.shutdown_passive {
             let targets = self.announce_targets();
             let announced = self.announced.clone();
+            // Taken here, not on the worker: a give-up queued behind the claim ends this term.
+            let term = self.terms.current();
             self.host.run(move || {
                 claim(&ports, true, delay, started);
-                announce_rounds(targets, &announced);
+                announce_rounds(targets, &announced, term);
             });
             info!(
                 "HA: active: dataplane forwarding after {:.2} ms; links coming up",
@@ -873,6 +878,9 @@ impl Shell {
     fn give_up(&mut self) {
         let was_active = self.active;
         self.active = false;
+        // Announcement rounds still to come would send from the virtual MACs and pull the
+        // switches' entries back to this node, away from the active one.
+        self.terms.end();
         if let Err(e) = self.dataplane.update(|c| {
             c.role = Role::Passive as u32;
             c.active_lease_expires_ns = 0;
@@ -901,7 +909,11 @@ impl Shell {
     }
 
     fn announce(&mut self) {
-        announce_rounds(self.announce_targets(), &self.announced);
+        announce_rounds(
+            self.announce_targets(),
+            &self.announced,
+            self.terms.current(),
+        );
     }
 
     fn refresh_lease(&mut self) {
@@ -950,23 +962,74 @@ fn claim(ports: &[DataPort], bring_up: bool, delay: Option<Duration>, takeover: 
     }
 }
 
+/// The node's terms as active node, counted: [`Terms::end`] (every give-up) ends the current one.
+#[derive(Clone, Default)]
+struct Terms(Arc<AtomicU64>);
+
+impl Terms {
+    /// The term now under way.
+    fn current(&self) -> ActiveTerm {
+        ActiveTerm {
+            term: self.0.load(Ordering::SeqCst),
+            terms: self.clone(),
+        }
+    }
+
+    fn end(&self) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// One term as active node, as announcement rounds begun in it see it.
+struct ActiveTerm {
+    terms: Terms,
+    term: u64,
+}
+
+impl ActiveTerm {
+    /// Whether the node has not given up the active role since the term was taken.
+    fn lasts(&self) -> bool {
+        self.terms.0.load(Ordering::SeqCst) == self.term
+    }
+}
+
 /// Sends the first announcement round on every port at once, on the calling thread (switches
 /// must learn the virtual MACs' new place before anything else; it is one `send` per address),
-/// and the later rounds from a helper thread.
-fn announce_rounds(targets: Vec<(DataPort, host::FrameSocket)>, announced: &AtomicU64) {
+/// and the later rounds from a helper thread, each only while `term` lasts.
+fn announce_rounds(
+    targets: Vec<(DataPort, host::FrameSocket)>,
+    announced: &AtomicU64,
+    term: ActiveTerm,
+) {
+    if !term.lasts() {
+        return;
+    }
     for (p, s) in &targets {
         announced.fetch_add(host::announce(p, s) as u64, Ordering::Relaxed);
     }
     std::thread::spawn(move || {
-        let mut waited = Duration::ZERO;
-        for delay in host::ANNOUNCE_DELAYS.into_iter().skip(1) {
-            std::thread::sleep(delay.saturating_sub(waited));
-            waited = delay;
+        later_rounds(&term, std::thread::sleep, || {
             for (p, s) in &targets {
                 host::announce(p, s);
             }
-        }
+        })
     });
+}
+
+/// The announcement rounds after the first, each at its delay (`sleep` waits), while `term`
+/// lasts: a node that gave up the active role (a split brain healed 50 ms after it took over)
+/// must not send from the virtual MACs, which would move the switches' entries to it, the
+/// passive node.
+fn later_rounds(term: &ActiveTerm, mut sleep: impl FnMut(Duration), mut round: impl FnMut()) {
+    let mut waited = Duration::ZERO;
+    for delay in host::ANNOUNCE_DELAYS.into_iter().skip(1) {
+        sleep(delay.saturating_sub(waited));
+        waited = delay;
+        if !term.lasts() {
+            return;
+        }
+        round();
+    }
 }
 
 /// Changes to the host's interfaces (claims, releases), one after another in the order given,
@@ -1317,5 +1380,44 @@ mod tests {
         assert_eq!(woke - latest, 86 * MS);
         // A deadline already past fires at once: only time after the sleep began counts.
         assert_eq!(latest_wake(t0 + 10 * MS, t0, carrier), t0 + 10 * MS);
+    }
+
+    /// Runs the later announcement rounds of a term on a simulated clock, the node giving up the
+    /// active role at `give_up` after the first round; returns the times of the rounds sent.
+    fn rounds_sent(give_up: Option<Duration>) -> Vec<Duration> {
+        let terms = Terms::default();
+        let term = terms.current();
+        let now = std::cell::Cell::new(Duration::ZERO);
+        let mut sent = Vec::new();
+        later_rounds(
+            &term,
+            |d| {
+                let then = now.get() + d;
+                if give_up.is_some_and(|at| now.get() < at && at <= then) {
+                    terms.end();
+                }
+                now.set(then);
+            },
+            || sent.push(now.get()),
+        );
+        sent
+    }
+
+    #[test]
+    fn announcement_rounds_stop_once_the_node_gives_up_the_active_role() {
+        // Still active: the rounds at 100 and 500 ms go.
+        assert_eq!(rounds_sent(None), [100 * MS, 500 * MS]);
+        // A split brain that heals at once: the node yields 50 ms after taking over and sends
+        // nothing more from the virtual MACs.
+        assert_eq!(rounds_sent(Some(50 * MS)), Vec::<Duration>::new());
+        // Yields between the rounds: the one at 100 ms went, the one at 500 ms does not.
+        assert_eq!(rounds_sent(Some(300 * MS)), [100 * MS]);
+        // A give-up queued behind the claim ends the term before its first round (which
+        // `announce_rounds` checks too); the next term lasts.
+        let terms = Terms::default();
+        let old = terms.current();
+        terms.end();
+        let new = terms.current();
+        assert!(!old.lasts() && new.lasts());
     }
 }
