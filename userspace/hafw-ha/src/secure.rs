@@ -16,7 +16,12 @@
 //!   `Noise_K_25519_ChaChaPoly_BLAKE2s` (Noise section 7.4, one-way pattern "K": sender and
 //!   recipient static keys known). Replays are bounded by the shell, not here: the sealed frame
 //!   carries the sender's boot id and frame sequence, and the shell drops heartbeats of another
-//!   boot than the last (fresh, authenticated) hello's, or older than the peer-dead time.
+//!   boot than the last (fresh, authenticated) hello's, older than the newest frame heard from
+//!   the peer, or already accepted on the link they arrive on; so heartbeats the receiver has
+//!   heard, sent again, extend the peer's life by at most one heartbeat per link. Nothing limits
+//!   a heartbeat's age: until a node hears the peer's first hello (HA1 down, heartbeat backup
+//!   up) it takes the boot of the first heartbeat it accepts, and a recording of an earlier boot,
+//!   replayed in order, is accepted, each frame once per link, until a hello comes.
 //!   Measured on the lab machine (release build, `datagram_cost` test): 0.32 ms of CPU to seal
 //!   and open one heartbeat. The shell seals each heartbeat once for all links, so at the `fast`
 //!   profile (100 heartbeats per second, two links) a node spends about 3% of a core sealing and

@@ -171,8 +171,9 @@ pub struct LinkCounters {
     pub dropped_malformed: u64,
     /// Frames from an address other than the peer's on this link.
     pub dropped_wrong_source: u64,
-    /// Heartbeats of another peer boot than its last hello's, or older than the newest frame
-    /// heard from the peer (delayed in a neighbour queue, trailing on a slower link, replayed).
+    /// Heartbeats of another peer boot than its last hello's, older than the newest frame heard
+    /// from the peer (delayed in a neighbour queue, trailing on a slower link, replayed), or
+    /// already accepted on this link (replayed).
     pub dropped_stale: u64,
     /// Longest time between two heartbeats accepted on this link (ms): how close the link came
     /// to the peer-dead time (scheduling stalls, softirq backlog).
@@ -357,6 +358,59 @@ fn raise_priority() {
     }
 }
 
+/// What the shell knows of the peer's frames: its boot, learned from its hellos (or its
+/// heartbeats, until a hello came), the highest sequence heard from it, and per link the last
+/// heartbeat accepted there.
+#[derive(Debug, Default)]
+struct PeerFrames {
+    boot: Option<u64>,
+    sequence: u64,
+    heartbeats: BTreeMap<Link, u64>,
+}
+
+impl PeerFrames {
+    /// A hello of `boot` numbered `sequence`: whether it is stale. Hellos (TCP) and heartbeats
+    /// (UDP) travel apart, and a hello can arrive after a heartbeat the peer sent later, from the
+    /// state it moved on to: such a hello still pairs, but its state would flip the peer's back
+    /// (and restart session sync, a bulk sync of the whole table each time). A hello of another
+    /// boot (authenticated and fresh when HA1 is encrypted) replaces the boot.
+    fn hello(&mut self, boot: u64, sequence: u64) -> bool {
+        let stale = self.boot == Some(boot) && sequence < self.sequence;
+        if self.boot != Some(boot) {
+            self.boot = Some(boot);
+            self.sequence = sequence;
+            self.heartbeats.clear();
+        }
+        self.sequence = self.sequence.max(sequence);
+        stale
+    }
+
+    /// A heartbeat of `boot` numbered `sequence` on `via`: whether to accept it.
+    ///
+    /// Frames from one boot share one sequence, so a heartbeat older than the newest frame heard
+    /// (on any link) describes a state the peer may have left since: a heartbeat queued in the
+    /// kernel while the peer's address was unresolved arrives seconds late, and one on a slower
+    /// link can trail a hello that announced a state change. Either would flip the peer's state
+    /// back. Heartbeats of another boot than the last hello's are stale too. The newest frame
+    /// itself is accepted, as each heartbeat goes out on every link (one sealed frame for all),
+    /// but only once per link: one captured and sent again (every 100 ms, say) would otherwise
+    /// keep a dead peer alive forever, encrypted or not.
+    fn heartbeat(&mut self, via: Link, boot: u64, sequence: u64) -> bool {
+        let other_boot = self.boot.is_some_and(|b| b != boot);
+        let replayed = self
+            .heartbeats
+            .get(&via)
+            .is_some_and(|&last| sequence <= last);
+        if other_boot || replayed || sequence < self.sequence {
+            return false;
+        }
+        self.boot = Some(boot);
+        self.sequence = self.sequence.max(sequence);
+        self.heartbeats.insert(via, sequence);
+        true
+    }
+}
+
 struct Shell {
     core: Core,
     plan: HaPlan,
@@ -366,10 +420,8 @@ struct Shell {
     /// One sequence for every frame this boot sends, hellos and heartbeats alike, so that a
     /// receiver can order what arrives on TCP (hellos) and UDP (heartbeats) against each other.
     sequence: u64,
-    /// The peer's boot, learned from its hellos (or its heartbeats, until a hello came), and the
-    /// highest sequence heard from it.
-    peer_boot: Option<u64>,
-    peer_sequence: u64,
+    /// The peer's boot and sequences, to drop stale and replayed frames.
+    peer: PeerFrames,
 
     lease: Duration,
     active: bool,
@@ -420,8 +472,7 @@ impl Shell {
             start,
             boot_id: u64::from_be_bytes(boot),
             sequence: 0,
-            peer_boot: None,
-            peer_sequence: 0,
+            peer: PeerFrames::default(),
 
             lease,
             active: false,
@@ -642,17 +693,7 @@ impl Shell {
                 Frame::Hello(h) => {
                     debug!("{via}: hello {:?}", h.hello);
                     self.counters(via).hellos_received += 1;
-                    // Hellos (TCP) and heartbeats (UDP) travel apart, and a hello can arrive
-                    // after a heartbeat the peer sent later, from the state it moved on to: such
-                    // a hello still pairs, but its state would flip the peer's back (and restart
-                    // session sync, a bulk sync of the whole table each time).
-                    let stale =
-                        self.peer_boot == Some(h.boot_id) && h.sequence < self.peer_sequence;
-                    if self.peer_boot != Some(h.boot_id) {
-                        self.peer_boot = Some(h.boot_id);
-                        self.peer_sequence = h.sequence;
-                    }
-                    self.peer_sequence = self.peer_sequence.max(h.sequence);
+                    let stale = self.peer.hello(h.boot_id, h.sequence);
                     self.shell_view.peer_software_version = Some(h.software_version);
                     self.core.handle(
                         Event::PeerHello {
@@ -664,20 +705,10 @@ impl Shell {
                     );
                 }
                 Frame::Heartbeat(h) => {
-                    // Frames from one boot share one sequence, so a heartbeat older than the
-                    // newest frame heard (on any link) describes a state the peer may have left
-                    // since: a heartbeat queued in the kernel while the peer's address was
-                    // unresolved arrives seconds late, and one on a slower link can trail a hello
-                    // that announced a state change. Either would flip the peer's state back.
-                    // Heartbeats of another boot than the last hello's are stale too (and so
-                    // are replays).
-                    let other_boot = self.peer_boot.is_some_and(|b| b != h.boot_id);
-                    if other_boot || h.sequence < self.peer_sequence {
+                    if !self.peer.heartbeat(via, h.boot_id, h.sequence) {
                         self.counters(via).dropped_stale += 1;
                         return;
                     }
-                    self.peer_boot.get_or_insert(h.boot_id);
-                    self.peer_sequence = self.peer_sequence.max(h.sequence);
                     let at = Instant::now();
                     let c = self.counters(via);
                     if let Some(prev) = c.last_heartbeat_at.replace(at) {
@@ -1401,6 +1432,37 @@ mod tests {
             || sent.push(now.get()),
         );
         sent
+    }
+
+    #[test]
+    fn a_heartbeat_is_accepted_at_most_once_per_link() {
+        let boot = 7;
+        let mut peer = PeerFrames::default();
+        assert!(!peer.hello(boot, 1));
+        // One heartbeat, the same frame on every link: accepted once on each.
+        assert!(peer.heartbeat(Link::Ha1, boot, 2));
+        assert!(peer.heartbeat(Link::HeartbeatBackup, boot, 2));
+        // The peer dies; its last heartbeat, captured and sent again, is refused on every link
+        // it was heard on, however often it comes.
+        for _ in 0..10 {
+            assert!(!peer.heartbeat(Link::Ha1, boot, 2));
+            assert!(!peer.heartbeat(Link::HeartbeatBackup, boot, 2));
+        }
+        // On a link that had not carried it, it counts once.
+        assert!(peer.heartbeat(Link::Ha1Backup, boot, 2));
+        assert!(!peer.heartbeat(Link::Ha1Backup, boot, 2));
+        // Older than the newest frame heard, or of another boot: stale.
+        assert!(peer.heartbeat(Link::Ha1, boot, 3));
+        assert!(!peer.heartbeat(Link::HeartbeatBackup, boot, 2));
+        assert!(!peer.heartbeat(Link::HeartbeatBackup, 8, 4));
+        assert!(!peer.hello(boot, 4));
+        assert!(peer.hello(boot, 1));
+        // The peer restarts: its new boot's hello replaces the boot, and its heartbeats count
+        // from their own sequence again.
+        assert!(!peer.hello(9, 1));
+        assert!(peer.heartbeat(Link::Ha1, 9, 2));
+        assert!(!peer.heartbeat(Link::Ha1, 9, 2));
+        assert!(!peer.heartbeat(Link::Ha1, boot, 5));
     }
 
     #[test]
