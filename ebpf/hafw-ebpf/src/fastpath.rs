@@ -197,7 +197,9 @@ fn ip_packet(
 
     // No session: a new flow for the policy.
     let egress_ifindex = match route {
-        Route::Forward { ifindex, .. } | Route::NoNeigh { ifindex } => ifindex,
+        Route::Forward { ifindex, .. } | Route::NoNeigh { ifindex } | Route::Kernel { ifindex } => {
+            ifindex
+        }
         Route::Host | Route::Unroutable => {
             c.drop_no_route += 1;
             return DROP;
@@ -326,7 +328,8 @@ fn forward(ctx: &XdpContext, c: &mut Counters, pkt: &Packet, route: Route) -> u3
             c.pass_no_neigh += 1;
             PASS
         }
-        Route::Host => {
+        // Allowed transit the kernel forwards (fragmenting) or answers with an ICMP error.
+        Route::Host | Route::Kernel { .. } => {
             c.pass_host += 1;
             PASS
         }

@@ -4,7 +4,8 @@
 use aya_ebpf::{
     EbpfContext,
     bindings::{
-        BPF_FIB_LKUP_RET_BLACKHOLE, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_PROHIBIT,
+        BPF_FIB_LKUP_RET_BLACKHOLE, BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_FWD_DISABLED,
+        BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_NOT_FWDED, BPF_FIB_LKUP_RET_PROHIBIT,
         BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LKUP_RET_UNREACHABLE, bpf_fib_lookup as FibParams,
     },
     helpers::generated::bpf_fib_lookup,
@@ -24,9 +25,15 @@ pub enum Route {
     Forward { ifindex: u32, eth_addrs: EthAddrs },
     /// Routable out of `ifindex`, but the neighbour is not resolved: the kernel must forward.
     NoNeigh { ifindex: u32 },
-    /// Local destination, forwarding disabled, or otherwise not for the fast path.
+    /// Transit, but the kernel must handle it: longer than the egress MTU (the kernel fragments
+    /// it or answers frag-needed / packet-too-big), a lightweight-tunnel route, or a lookup the
+    /// helper refused. Out of `ifindex`, 0 if the kernel did not say (then no new flow).
+    Kernel { ifindex: u32 },
+    /// Not a unicast forwarding route (NOT_FWDED: a local or broadcast destination, or no route,
+    /// which the kernel answers with ICMP unreachable) or forwarding disabled on the ingress
+    /// port: the kernel forwards none of these.
     Host,
-    /// Blackhole, unreachable or prohibit route, or no route at all.
+    /// Blackhole, unreachable or prohibit route.
     Unroutable,
 }
 
@@ -51,19 +58,21 @@ pub fn lookup(ctx: &XdpContext, pkt: &Packet) -> Route {
         p.__bindgen_anon_3.ipv6_src = pkt.src;
         p.__bindgen_anon_4.ipv6_dst = pkt.dst;
     }
-    // SAFETY: params is a stack buffer of the size passed.
-    let rc = unsafe {
-        bpf_fib_lookup(
-            ctx.as_ptr(),
-            &mut p,
-            core::mem::size_of::<FibParams>() as i32,
-            0,
-        )
-    };
+    let mut rc = fib_lookup(ctx, &mut p);
+    let too_big = rc == BPF_FIB_LKUP_RET_FRAG_NEEDED as i64;
+    if too_big {
+        // The kernel stops at the MTU check before it names the egress interface, which the
+        // policy needs: ask again without a length (0 is never over the MTU).
+        p.__bindgen_anon_1.tot_len = 0;
+        rc = fib_lookup(ctx, &mut p);
+    }
     if rc < 0 {
-        return Route::Host;
+        return Route::Kernel { ifindex: 0 };
     }
     match rc as u32 {
+        BPF_FIB_LKUP_RET_SUCCESS | BPF_FIB_LKUP_RET_NO_NEIGH if too_big => {
+            Route::Kernel { ifindex: p.ifindex }
+        }
         BPF_FIB_LKUP_RET_SUCCESS => Route::Forward {
             ifindex: p.ifindex,
             eth_addrs: EthAddrs::new(&p.dmac, &p.smac),
@@ -72,8 +81,17 @@ pub fn lookup(ctx: &XdpContext, pkt: &Packet) -> Route {
         BPF_FIB_LKUP_RET_BLACKHOLE | BPF_FIB_LKUP_RET_UNREACHABLE | BPF_FIB_LKUP_RET_PROHIBIT => {
             Route::Unroutable
         }
-        _ => Route::Host,
+        BPF_FIB_LKUP_RET_NOT_FWDED | BPF_FIB_LKUP_RET_FWD_DISABLED => Route::Host,
+        // FRAG_NEEDED again, UNSUPP_LWT, or an answer this program does not know: the kernel
+        // would forward it, out of an interface it did not name.
+        _ => Route::Kernel { ifindex: 0 },
     }
+}
+
+#[inline(always)]
+fn fib_lookup(ctx: &XdpContext, p: &mut FibParams) -> i64 {
+    // SAFETY: params is a stack buffer of the size passed.
+    unsafe { bpf_fib_lookup(ctx.as_ptr(), p, core::mem::size_of::<FibParams>() as i32, 0) }
 }
 
 /// The route cached in session `value` for direction `dir`, if still valid for this packet

@@ -625,6 +625,89 @@ fn host_arp_ttl_and_ha_traffic_take_their_own_paths() {
     }
 }
 
+/// A UDP datagram of `ip_len` octets from the IP header on, without DF (the kernel may fragment it).
+fn big_udp(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16, ip_len: usize) -> Vec<u8> {
+    let mut pkt = Vec::new();
+    etherparse::PacketBuilder::ethernet2(testkit::CLIENT_MAC, testkit::TRUST_MAC)
+        .ip(etherparse::IpHeaders::Ipv4(
+            {
+                let mut h = etherparse::Ipv4Header::new(0, 64, etherparse::IpNumber::UDP, src, dst)
+                    .unwrap();
+                h.dont_fragment = false;
+                h
+            },
+            Default::default(),
+        ))
+        .udp(sport, dport)
+        .write(&mut pkt, &vec![0x5a; ip_len - 28])
+        .unwrap();
+    assert_eq!(testkit::parse_ipv4(&pkt).1.total_len as usize, ip_len);
+    pkt
+}
+
+/// Input: transit packets longer than the egress MTU (the FIB answers FRAG_NEEDED), to the
+/// untrust port with MTU 1280. Output: they meet the role check, the session table and the policy
+/// like forwarded ones, and only the allowed ones go to the kernel (which fragments them or sends
+/// ICMP frag-needed); the old program handed every one of them to the kernel, which forwarded
+/// what the policy denies. Packets for the host itself still pass.
+#[test]
+fn transit_packets_over_the_egress_mtu_meet_policy_before_the_kernel() {
+    let mut f = Fixture::new();
+    testkit::sh(&["ip", "link", "set", "untrust0", "mtu", "1280"]);
+    let denied = big_udp(CLIENT, 5000, SERVER, 5001, 1400);
+    let (deny_before, pass_before) = (f.counter("drop_policy"), f.counter("pass_host"));
+    assert_eq!(
+        f.run(&denied, f.trust).verdict,
+        Verdict::Drop,
+        "denied flow"
+    );
+    assert_eq!(f.counter("drop_policy"), deny_before + 1);
+    assert_eq!(f.counter("pass_host"), pass_before);
+    assert!(f.session_of(&denied).is_none());
+
+    let dns = big_udp(CLIENT, 5002, SERVER, 53, 1400);
+    assert_eq!(f.run(&dns, f.trust).verdict, Verdict::Pass, "allowed flow");
+    assert_eq!(f.counter("pass_host"), pass_before + 1);
+    assert!(
+        f.session_of(&dns).is_some(),
+        "allowed: a session as forwarded"
+    );
+    let small = udp(CLIENT, 5002, SERVER, 53, 64);
+    assert_eq!(f.run(&small, f.trust).verdict, Verdict::Redirect);
+
+    // An established TCP connection: its session decides.
+    f.handshake(CLIENT, 40030, SERVER, 80);
+    let mut long = tcp(CLIENT, 40030, SERVER, 80, ACK, 64);
+    long.extend_from_slice(&[0; 1400]);
+    let ip_len = (long.len() - 14) as u16;
+    long[16..18].copy_from_slice(&ip_len.to_be_bytes());
+    long[24..26].fill(0);
+    let csum = testkit::parse_ipv4(&long).1.calc_header_checksum();
+    long[24..26].copy_from_slice(&csum.to_be_bytes());
+    assert_eq!(f.run(&long, f.trust).verdict, Verdict::Pass, "session");
+    let mut no_session = long.clone();
+    no_session[34..36].copy_from_slice(&40031u16.to_be_bytes());
+    let before = f.counter("drop_tcp_no_session");
+    assert_eq!(f.run(&no_session, f.trust).verdict, Verdict::Drop);
+    assert_eq!(f.counter("drop_tcp_no_session"), before + 1);
+
+    // For the host itself: passes, however long.
+    let to_me = big_udp(CLIENT, 5003, testkit::TRUST_IP, 5004, 1400);
+    assert_eq!(f.run(&to_me, f.trust).verdict, Verdict::Pass, "local");
+
+    // A passive node hands nothing of it to the kernel, allowed or not, but its own traffic.
+    f.set_role(hafw_common::config::Role::Passive);
+    let before = f.counter("drop_not_active");
+    assert_eq!(f.run(&dns, f.trust).verdict, Verdict::Drop, "passive");
+    assert_eq!(f.run(&long, f.trust).verdict, Verdict::Drop, "passive");
+    assert_eq!(f.counter("drop_not_active"), before + 2);
+    assert_eq!(
+        f.run(&to_me, f.trust).verdict,
+        Verdict::Pass,
+        "passive, local"
+    );
+}
+
 #[test]
 fn passive_node_drops_data_but_keeps_host_traffic() {
     let mut f = Fixture::new();
