@@ -17,6 +17,7 @@ use crate::parse::{Packet, ParseError, ptr_at_mut};
 
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
+const IPV6_HEADER_LEN: u16 = 40;
 
 /// The FIB's answer for a packet.
 #[derive(Clone, Copy)]
@@ -44,7 +45,13 @@ pub fn lookup(ctx: &XdpContext, pkt: &Packet) -> Route {
     p.l4_protocol = pkt.proto;
     p.sport = pkt.sport;
     p.dport = pkt.dport;
-    p.__bindgen_anon_1.tot_len = pkt.ip_len;
+    // The kernel compares tot_len with the egress MTU as the length from the network header on,
+    // for both families: `ip_len` is IPv6's payload length, so add its fixed header.
+    p.__bindgen_anon_1.tot_len = if pkt.family == FAMILY_IPV4 {
+        pkt.ip_len
+    } else {
+        pkt.ip_len.saturating_add(IPV6_HEADER_LEN)
+    };
     // SAFETY: reading the ingress ifindex from the XDP metadata.
     p.ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
     if pkt.family == FAMILY_IPV4 {
@@ -95,7 +102,8 @@ fn fib_lookup(ctx: &XdpContext, p: &mut FibParams) -> i64 {
 }
 
 /// The route cached in session `value` for direction `dir`, if still valid for this packet
-/// (see `hafw_common::session::NextHop`).
+/// (see `hafw_common::session::NextHop`). `max_ip_len` is in `Packet::ip_len`'s units, as
+/// `remember` stores it (IPv6: payload length), so it is compared with `ip_len` unconverted.
 #[inline(always)]
 pub fn cached(
     value: *const SessionValue,

@@ -245,6 +245,58 @@ fn tcp_udp_and_ping_pass_denied_flows_do_not() {
     stop_ssh.store(true, Ordering::Relaxed);
 }
 
+/// Input: the server-side port's MTU lowered to 1400, and an allowed IPv6 ping from the client
+/// of 1420 octets (IPv6 header included) with fragmentation forbidden. Output: the firewall
+/// answers Packet Too Big with MTU 1400 and the client learns the path MTU. (The FIB lookup's
+/// MTU check takes the total length; given the payload length, IPv6 packets up to 40 octets over
+/// the MTU passed it and were dropped by the redirect's own MTU check, without any ICMP.)
+#[test]
+fn an_ipv6_packet_over_the_egress_mtu_gets_packet_too_big() {
+    let lab = start();
+    lab.topo
+        .fw
+        .exec_ok(&["ip", "link", "set", "eth2", "mtu", "1400"])
+        .unwrap();
+    // A small ping first: the firewall resolves the server, so the big one meets a complete
+    // route (without a neighbour entry the kernel forwards, and checks the MTU itself).
+    let small = lab
+        .topo
+        .client
+        .exec(&["ping", "-6", "-c", "1", "-W", "2", "2001:2:0:2::2"])
+        .unwrap();
+    assert!(small.status.success(), "small IPv6 ping");
+    // 1372 octets of ICMPv6 echo data + 8 + 40 = 1420: 20 over the egress MTU.
+    let ping = lab
+        .topo
+        .client
+        .exec(&[
+            "ping",
+            "-6",
+            "-M",
+            "do",
+            "-s",
+            "1372",
+            "-c",
+            "1",
+            "-W",
+            "2",
+            "2001:2:0:2::2",
+        ])
+        .unwrap();
+    let route = lab
+        .topo
+        .client
+        .exec_ok(&["ip", "-6", "route", "get", "2001:2:0:2::2"])
+        .unwrap();
+    assert!(
+        route.contains("mtu 1400"),
+        "no packet-too-big reached the client: route {route:?}, ping {}{}\n{}",
+        String::from_utf8_lossy(&ping.stdout),
+        String::from_utf8_lossy(&ping.stderr),
+        lab.log()
+    );
+}
+
 /// Input: the server's MAC changes under an established connection, and the firewall's kernel
 /// learns the new one (as from a gratuitous ARP). Output: the connection carries data to the new
 /// MAC at once: the controller's watch of the kernel ends the FIB generation, so the next hop
