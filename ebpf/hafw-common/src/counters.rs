@@ -46,6 +46,9 @@ pub struct Counters {
     pub drop_no_route: u64,
     /// Ingress interface not configured as a data port.
     pub drop_unknown_iface: u64,
+    /// A second VLAN tag behind the first (802.1Q, 802.1ad or 0x9100), or an outer 0x9100 tag:
+    /// the fast path checks one tag only.
+    pub drop_vlan_stacked: u64,
 
     // Events.
     pub session_hit: u64,
@@ -88,6 +91,7 @@ macro_rules! for_each_counter {
             drop_session_table_full,
             drop_no_route,
             drop_unknown_iface,
+            drop_vlan_stacked,
             session_hit,
             session_created,
             session_established,

@@ -52,6 +52,10 @@ pub fn run(ctx: &XdpContext) -> u32 {
             c.drop_ha_frame += 1;
             DROP
         }
+        Ok(Parsed::NotIp(NotIp::StackedVlan)) => {
+            c.drop_vlan_stacked += 1;
+            DROP
+        }
         Err(ParseError::Malformed) => {
             c.drop_malformed += 1;
             DROP

@@ -1,5 +1,6 @@
-//! Packet parsing: Ethernet (one 802.1Q/802.1ad tag), IPv4 (with options), IPv6 (skipping up to
-//! three extension headers), TCP, UDP, ICMP and ICMPv6, including the header quoted by ICMP errors.
+//! Packet parsing: Ethernet (one 802.1Q/802.1ad tag; a frame with a second one is refused), IPv4
+//! (with options), IPv6 (skipping up to three extension headers), TCP, UDP, ICMP and ICMPv6,
+//! including the header quoted by ICMP errors.
 //!
 //! Every access goes through [`ptr_at`], the single bounds check the verifier needs to see:
 //! `data + offset + size_of::<T>() <= data_end`.
@@ -19,6 +20,8 @@ const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86dd;
 const ETH_P_8021Q: u16 = 0x8100;
 const ETH_P_8021AD: u16 = 0x88a8;
+/// The tag type some switches used for stacked VLANs before 802.1ad.
+const ETH_P_QINQ1: u16 = 0x9100;
 
 pub const TCP_FIN: u8 = 0x01;
 pub const TCP_SYN: u8 = 0x02;
@@ -31,6 +34,9 @@ pub enum NotIp {
     Other,
     /// HA2 over raw Ethernet on a data port.
     HaFrame,
+    /// A VLAN tag behind the one tag the parser reads (or an outer 0x9100 one): the packet inside
+    /// is never checked, and the kernel would forward it (it strips an outer VID-0 tag).
+    StackedVlan,
 }
 
 /// What kind of frame the parser found.
@@ -160,6 +166,7 @@ pub fn parse(ctx: &XdpContext, pkt: &mut Packet) -> Result<Parsed, ParseError> {
         ETH_P_IP => parse_ipv4(ctx, off, pkt).map(|()| Parsed::Ip),
         ETH_P_IPV6 => parse_ipv6(ctx, off, pkt).map(|()| Parsed::Ip),
         ha::HA2_ETHERTYPE => Ok(Parsed::NotIp(NotIp::HaFrame)),
+        ETH_P_8021Q | ETH_P_8021AD | ETH_P_QINQ1 => Ok(Parsed::NotIp(NotIp::StackedVlan)),
         _ => Ok(Parsed::NotIp(NotIp::Other)),
     }
 }

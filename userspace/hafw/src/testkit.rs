@@ -627,8 +627,14 @@ pub fn ha2_ethernet_frame() -> Vec<u8> {
 
 /// Inserts an 802.1Q tag after the MAC addresses.
 pub fn vlan(vid: u16, pkt: &[u8]) -> Vec<u8> {
+    vlan_tag(0x8100, vid, pkt)
+}
+
+/// Inserts a VLAN tag with tag protocol `tpid` (0x8100, 0x88a8, ...) after the MAC addresses:
+/// outside any tag the frame already has.
+pub fn vlan_tag(tpid: u16, vid: u16, pkt: &[u8]) -> Vec<u8> {
     let mut f = pkt[..12].to_vec();
-    f.extend_from_slice(&0x8100u16.to_be_bytes());
+    f.extend_from_slice(&tpid.to_be_bytes());
     f.extend_from_slice(&vid.to_be_bytes());
     f.extend_from_slice(&pkt[12..]);
     f

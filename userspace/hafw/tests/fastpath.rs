@@ -507,6 +507,120 @@ fn vlan_tagged_traffic_is_checked_then_handed_to_the_kernel() {
     assert_eq!(f.run(&midstream, f.trust).verdict, Verdict::Drop);
 }
 
+/// A frame with a second VLAN tag, or an outer 0x9100 one, is dropped and counted: the fast path
+/// checks one tag, and the old code handed such a frame to the kernel as "not IP", which strips
+/// an outer VID-0 tag, takes the inner one and forwards the packet (the host has no filter of its
+/// own) with no policy at all. One tag, 802.1Q or 802.1ad, is still checked and then the kernel's.
+#[test]
+fn stacked_vlan_tags_are_dropped_and_counted() {
+    use testkit::vlan_tag;
+    let f = Fixture::new();
+    let denied = tcp(CLIENT, 40040, SERVER, 22, SYN, 64);
+    let midstream = tcp(CLIENT, 40041, SERVER, 80, ACK, 64);
+    let allowed = tcp(CLIENT, 40042, SERVER, 80, SYN, 64);
+    let denied6 = tcp6(CLIENT6, 40043, SERVER6, 22, SYN, 64);
+    // Outer tag VID 0, inner tag VID 100.
+    let two = |outer: u16, inner: u16, pkt: &[u8]| vlan_tag(outer, 0, &vlan_tag(inner, 100, pkt));
+    let stacked = "drop_vlan_stacked";
+    let table: Vec<(&str, Vec<u8>, Verdict, &str)> = vec![
+        (
+            "802.1Q in 802.1Q, denied flow",
+            two(0x8100, 0x8100, &denied),
+            Verdict::Drop,
+            stacked,
+        ),
+        (
+            "802.1Q in 802.1Q, no session",
+            two(0x8100, 0x8100, &midstream),
+            Verdict::Drop,
+            stacked,
+        ),
+        (
+            "802.1Q in 802.1Q, allowed flow",
+            two(0x8100, 0x8100, &allowed),
+            Verdict::Drop,
+            stacked,
+        ),
+        (
+            "802.1Q in 802.1Q, IPv6",
+            two(0x8100, 0x8100, &denied6),
+            Verdict::Drop,
+            stacked,
+        ),
+        (
+            "802.1ad in 802.1Q",
+            two(0x8100, 0x88a8, &denied),
+            Verdict::Drop,
+            stacked,
+        ),
+        (
+            "802.1Q in 802.1ad",
+            two(0x88a8, 0x8100, &denied),
+            Verdict::Drop,
+            stacked,
+        ),
+        (
+            "802.1ad in 802.1ad",
+            two(0x88a8, 0x88a8, &denied),
+            Verdict::Drop,
+            stacked,
+        ),
+        (
+            "0x9100 in 802.1Q",
+            two(0x8100, 0x9100, &denied),
+            Verdict::Drop,
+            stacked,
+        ),
+        (
+            "802.1Q in 0x9100",
+            two(0x9100, 0x8100, &denied),
+            Verdict::Drop,
+            stacked,
+        ),
+        (
+            "0x9100 alone",
+            vlan_tag(0x9100, 100, &denied),
+            Verdict::Drop,
+            stacked,
+        ),
+        // One tag: checked, then handed to the kernel's VLAN devices, as before.
+        (
+            "802.1Q, allowed flow",
+            vlan_tag(0x8100, 100, &allowed),
+            Verdict::Pass,
+            "pass_vlan",
+        ),
+        (
+            "802.1ad, allowed flow",
+            vlan_tag(0x88a8, 100, &tcp(CLIENT, 40044, SERVER, 80, SYN, 64)),
+            Verdict::Pass,
+            "pass_vlan",
+        ),
+        (
+            "802.1Q, denied flow",
+            vlan_tag(0x8100, 100, &denied),
+            Verdict::Drop,
+            "drop_policy",
+        ),
+        (
+            "802.1ad, denied flow",
+            vlan_tag(0x88a8, 100, &denied),
+            Verdict::Drop,
+            "drop_policy",
+        ),
+    ];
+    for (what, pkt, verdict, counter) in table {
+        let before = f.counter(counter);
+        assert_eq!(f.run(&pkt, f.trust).verdict, verdict, "{what}");
+        assert_eq!(f.counter(counter), before + 1, "{what}");
+    }
+    assert_eq!(
+        f.sessions().len(),
+        2,
+        "only the two single-tagged allowed flows opened sessions"
+    );
+}
+
 /// Truncated and malformed packets: dropped and counted, never a session.
 #[test]
 fn malformed_packets_are_dropped_and_counted() {
