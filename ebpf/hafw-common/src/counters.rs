@@ -49,6 +49,8 @@ pub struct Counters {
     /// A second VLAN tag behind the first (802.1Q, 802.1ad or 0x9100), or an outer 0x9100 tag:
     /// the fast path checks one tag only.
     pub drop_vlan_stacked: u64,
+    /// An ICMP error whose destination is not the source of the packet it quotes.
+    pub drop_icmp_error_mismatch: u64,
 
     // Events.
     pub session_hit: u64,
@@ -92,6 +94,7 @@ macro_rules! for_each_counter {
             drop_no_route,
             drop_unknown_iface,
             drop_vlan_stacked,
+            drop_icmp_error_mismatch,
             session_hit,
             session_created,
             session_established,

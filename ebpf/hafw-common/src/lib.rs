@@ -14,7 +14,7 @@ pub mod policy;
 pub mod session;
 
 /// Version of the map layouts in this crate. Part of the pin path (`/sys/fs/bpf/hafw/<instance>/v<N>/`).
-pub const LAYOUT_VERSION: u32 = 8;
+pub const LAYOUT_VERSION: u32 = 9;
 
 /// Implements `aya::Pod` for map keys and values in userspace builds.
 #[macro_export]

@@ -118,6 +118,13 @@ fn ip_packet(
 
     // ICMP errors belong to the session of the packet they quote.
     let related = pkt.icmp == IcmpKind::Error;
+    if related && !same_addr(&pkt.dst, &pkt.inner.src) {
+        // An error is about a packet its destination sent (RFC 792, RFC 4443): addressed to
+        // anybody else it is forged, and forwarded by its session it would reach any host behind
+        // us (Linux conntrack drops it too). Path MTU errors go to the sender and pass.
+        c.drop_icmp_error_mismatch += 1;
+        return DROP;
+    }
     // Field by field, not a `Tuple` of the packet's own: building one copied 40 octets per packet.
     let (proto, src, sport, dst, dport) = if related {
         let t = &pkt.inner;
@@ -282,6 +289,12 @@ fn ip_packet(
         }
     }
     forward(ctx, c, pkt, route)
+}
+
+/// Word by word: no `bcmp` call for the BPF target to resolve.
+#[inline(always)]
+fn same_addr(a: &[u32; 4], b: &[u32; 4]) -> bool {
+    (a[0] ^ b[0]) | (a[1] ^ b[1]) | (a[2] ^ b[2]) | (a[3] ^ b[3]) == 0
 }
 
 /// Traffic for this host. HA1 ports on a data port are never the control plane's.

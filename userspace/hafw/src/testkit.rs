@@ -592,6 +592,36 @@ pub fn icmp_unreachable_for_tcp(
     out
 }
 
+/// An ICMP error of type `ty` from `src` to `dst` quoting the IPv4 packet of the frame `quoted`
+/// (its IP header and the first 8 octets after it).
+pub fn icmpv4_error(
+    src: [u8; 4],
+    dst: [u8; 4],
+    ty: etherparse::Icmpv4Type,
+    quoted: &[u8],
+) -> Vec<u8> {
+    let (s, d) = macs_for(&src);
+    let b = PacketBuilder::ethernet2(s, d).ipv4(src, dst, 64).icmpv4(ty);
+    let mut out = Vec::new();
+    b.write(&mut out, &quoted[14..14 + 28]).unwrap();
+    out
+}
+
+/// An ICMPv6 error of type `ty` from `src` to `dst` quoting the IPv6 packet of the frame `quoted`
+/// (its fixed header and the first 8 octets after it).
+pub fn icmpv6_error(
+    src: [u8; 16],
+    dst: [u8; 16],
+    ty: etherparse::Icmpv6Type,
+    quoted: &[u8],
+) -> Vec<u8> {
+    let (s, d) = macs_for(&src);
+    let b = PacketBuilder::ethernet2(s, d).ipv6(src, dst, 64).icmpv6(ty);
+    let mut out = Vec::new();
+    b.write(&mut out, &quoted[14..14 + 48]).unwrap();
+    out
+}
+
 /// Any IPv4 packet with the given protocol number and a small payload.
 pub fn ip_proto(src: [u8; 4], dst: [u8; 4], proto: u8) -> Vec<u8> {
     let (s, d) = macs_for(&src);
