@@ -1333,6 +1333,17 @@ mod tests {
         assert_eq!(s.stats.messages_retransmitted, 2);
     }
 
+    /// A record of the session whose low port is `port` (the rest of its key zero).
+    fn record_on_port(port: u16) -> SessionRecord {
+        SessionRecord {
+            key: SessionKey {
+                port_lo: port,
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
+
     /// A table of `n` sessions, for bulk syncs.
     fn table(n: u32) -> Vec<(SessionKey, SessionValue)> {
         (0..n)
@@ -1438,14 +1449,7 @@ mod tests {
     #[test]
     fn a_retransmission_leaves_out_sessions_a_later_message_deleted() {
         let mut s = Sender::new(Link::recorded(), MessageWriter::new(1, 1));
-        let session = |port: u16| SessionRecord {
-            key: SessionKey {
-                port_lo: port,
-                ..Default::default()
-            },
-            ..Default::default()
-        };
-        let (a, b) = (session(1), session(2));
+        let (a, b) = (record_on_port(1), record_on_port(2));
         s.update(a);
         s.update(b);
         s.flush();
@@ -1535,14 +1539,7 @@ mod tests {
     #[test]
     fn a_session_closed_and_reopened_in_one_batch_reaches_the_peer_in_order() {
         let mut s = Sender::new(Link::recorded(), MessageWriter::new(1, 1));
-        let session = |port: u16| SessionRecord {
-            key: SessionKey {
-                port_lo: port,
-                ..Default::default()
-            },
-            ..Default::default()
-        };
-        let (a, b) = (session(1), session(2));
+        let (a, b) = (record_on_port(1), record_on_port(2));
         s.update(a);
         s.update(b);
         s.delete(a.key);
@@ -1583,9 +1580,9 @@ mod tests {
         assert_eq!(peer, [1, 2].into());
         // Unrelated sessions still share a message per kind.
         let before = s.link.sent_messages().len();
-        s.update(session(3));
-        s.delete(session(4).key);
-        s.update(session(5));
+        s.update(record_on_port(3));
+        s.delete(record_on_port(4).key);
+        s.update(record_on_port(5));
         s.flush();
         assert_eq!(s.link.sent_messages().len() - before, 2);
     }

@@ -79,6 +79,13 @@ impl Pair {
     /// fw1 alone until it is active, with `sessions` established TCP sessions written into its
     /// table (no session events: only a bulk sync carries them), then fw2 starts.
     fn with_late_passive(edit: &dyn Fn(usize, String) -> String, sessions: u32) -> Pair {
+        let mut pair = Pair::with_active_alone(edit, sessions);
+        pair.start_node(1);
+        pair
+    }
+
+    /// fw1 alone, active, holding `sessions` established sessions; fw2 not started.
+    fn with_active_alone(edit: &dyn Fn(usize, String) -> String, sessions: u32) -> Pair {
         let mut pair = Pair::new(edit);
         pair.start_node(0);
         assert!(
@@ -89,7 +96,6 @@ impl Pair {
             pair.logs()
         );
         hafw::testkit::write_established_sessions(&pair.instances[0], sessions).unwrap();
-        pair.start_node(1);
         pair
     }
 
@@ -1117,16 +1123,7 @@ fn drop_on_ha2(pair: &Pair, i: usize) {
 #[test]
 fn a_large_bulk_sync_completes_under_ha2_loss() {
     const N: u32 = 200_000;
-    let mut pair = Pair::new(&unchanged);
-    pair.start_node(0);
-    assert!(
-        wait_until(Duration::from_secs(5), Duration::from_millis(20), || {
-            pair.state(0) == "active"
-        }),
-        "{}",
-        pair.logs()
-    );
-    hafw::testkit::write_established_sessions(&pair.instances[0], N).unwrap();
+    let mut pair = Pair::with_active_alone(&unchanged, N);
     drop_on_ha2(&pair, 0);
     pair.start_node(1);
     let complete = state_sync_complete(&pair, Duration::from_secs(40));
