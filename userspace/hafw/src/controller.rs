@@ -1291,10 +1291,15 @@ fn state_sync_view(n: &Node) -> Result<serde_json::Value> {
     } else {
         "idle"
     };
+    // The ingest state describes receiving; on a node that no longer receives (it took over) it
+    // is what it last received, not its status now.
+    let receiving = n.sync.receiving;
     let status = match (st.bulk_started_ns, st.bulk_ended_ns) {
-        _ if n.sync.receiving && st.resync_needed != 0 => "messages lost, resync requested",
-        (0, _) if n.sync.receiving => "waiting for bulk sync",
-        (_, 0) if n.sync.receiving => "bulk sync in progress",
+        _ if n.sync.sender.is_some() => "sending: bulk sync sent, changes streamed",
+        _ if !receiving => "-",
+        _ if st.resync_needed != 0 => "messages lost, resync requested",
+        (0, _) => "waiting for bulk sync",
+        (_, 0) => "bulk sync in progress",
         _ if st.bulk_complete() => "state sync complete",
         _ if st.bulk_ended() => "bulk sync recovering losses",
         _ => "-",
@@ -1304,8 +1309,7 @@ fn state_sync_view(n: &Node) -> Result<serde_json::Value> {
     if let Some(r) = &n.sync.requester {
         add_gap_stats(&mut gaps, &r.tracker.stats);
     }
-    let bulk_ms = st
-        .bulk_ended()
+    let bulk_ms = (receiving && st.bulk_ended())
         .then(|| (st.bulk_ended_ns - st.bulk_started_ns) as f64 / 1e6);
     Ok(serde_json::json!({
         "interface": plan.link.interface,
