@@ -193,8 +193,7 @@ fn ingest(ctx: &XdpContext, c: &mut Ha2Counters, offset: usize) -> Result<u32, (
                 // a newer record.
                 if let Some(held) = session::get(&r.key) {
                     // SAFETY: a pointer from a successful lookup, valid for this program run.
-                    let held = unsafe { &*held };
-                    if held.sync_epoch == epoch as u16 && held.sync_sequence > sequence {
+                    if written_later(unsafe { &*held }, (epoch as u16, sequence)) {
                         c.stale_records += 1;
                         continue;
                     }
@@ -248,6 +247,13 @@ fn names_a_table(key: &SessionKey) -> bool {
         FAMILY_IPV6 => true,
         _ => false,
     }
+}
+
+/// Whether a newer message of the same sender epoch than `by` (low 16 bits of the epoch, sequence
+/// number) already wrote session `held`: a record of `by` is then older than what it holds.
+#[inline(always)]
+fn written_later(held: &SessionValue, by: (u16, u32)) -> bool {
+    held.sync_epoch == by.0 && held.sync_sequence > by.1
 }
 
 /// Records when a bulk sync started or ended, on the program's clock.
@@ -442,8 +448,7 @@ fn write_session(c: &mut Ha2Counters, r: &SessionRecord, now: u64, written_by: (
     // SAFETY: a pointer into the map's element, valid for this program run (RCU). On a passive
     // node nothing else writes the session; a torn read by the aging walk sees fields of the old
     // or the new record, each of them whole.
-    let held = unsafe { &*existing };
-    if held.sync_epoch == epoch && held.sync_sequence > sequence {
+    if written_later(unsafe { &*existing }, written_by) {
         c.stale_records += 1;
         return;
     }

@@ -338,13 +338,12 @@ async fn age_sessions(node: Shared) {
         let res = tokio::task::spawn_blocking(move || -> Result<u64> {
             let (role, active_since, syncing, current_since, timeouts, capacity) = {
                 let n = node.lock().map_err(|_| anyhow!("node lock poisoned"))?;
-                let receiving = n.sync.receiving.then(|| n.dp.ha2_state().ok()).flatten();
                 let (role, active_since) = n.dp.role();
                 (
                     role,
                     active_since,
                     n.sync.sender.is_some(),
-                    receiving.and_then(|st| st.current_since()),
+                    last_complete_bulk_sync(&n),
                     Timeouts::from(&n.running.timeouts),
                     n.running.session_table_size,
                 )
@@ -392,8 +391,7 @@ async fn age_sessions(node: Shared) {
             // new sender epoch's bulk sync may have rewritten them meanwhile.
             let still_current = {
                 let n = node.lock().map_err(|_| anyhow!("node lock poisoned"))?;
-                let receiving = n.sync.receiving.then(|| n.dp.ha2_state().ok()).flatten();
-                receiving.and_then(|st| st.current_since()) == current_since
+                last_complete_bulk_sync(&n) == current_since
             };
             if !still_current {
                 outdated.clear();
@@ -900,6 +898,13 @@ async fn run_sync(node: Shared, mut commands: tokio::sync::mpsc::UnboundedReceiv
             }
         }
     }
+}
+
+/// On a receiving node, where the last complete bulk sync started (see
+/// `Ha2State::current_since`): what it and later messages did not write is outdated.
+fn last_complete_bulk_sync(n: &Node) -> Option<hafw_common::ha2::BulkMark> {
+    let st = n.sync.receiving.then(|| n.dp.ha2_state().ok()).flatten()?;
+    st.current_since()
 }
 
 /// Runs `work` on the blocking pool (it takes the node lock and makes syscalls) and logs its

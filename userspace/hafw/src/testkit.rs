@@ -580,16 +580,14 @@ pub fn icmp_unreachable_for_tcp(
     quoted: ([u8; 4], u16, [u8; 4], u16),
 ) -> Vec<u8> {
     let inner = tcp(quoted.0, quoted.1, quoted.2, quoted.3, 0x10, 64);
-    let quoted_bytes = &inner[14..14 + 28];
-    let (s, d) = macs_for(&src);
-    let b = PacketBuilder::ethernet2(s, d).ipv4(src, dst, 64).icmpv4(
+    icmpv4_error(
+        src,
+        dst,
         etherparse::Icmpv4Type::DestinationUnreachable(
             etherparse::icmpv4::DestUnreachableHeader::Port,
         ),
-    );
-    let mut out = Vec::new();
-    b.write(&mut out, quoted_bytes).unwrap();
-    out
+        &inner,
+    )
 }
 
 /// An ICMP error of type `ty` from `src` to `dst` quoting the IPv4 packet of the frame `quoted`
