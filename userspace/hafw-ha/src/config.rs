@@ -169,6 +169,21 @@ impl Timers {
             .saturating_mul(self.heartbeat_loss_threshold)
     }
 
+    /// How long an active node's dataplane forwards without news from its HA thread: two thirds
+    /// of the time after which the peer declares it dead and takes over (peer-dead time plus
+    /// promotion hold), so a node that stops refreshing stops forwarding before the peer starts.
+    /// A node that stalls this long or longer leaves the active role (see
+    /// [`crate::Event::Stalled`]).
+    pub fn lease(&self) -> Duration {
+        (self.peer_dead() + self.promotion_hold) * 2 / 3
+    }
+
+    /// After a stall (see [`crate::Event::Stalled`]), how long the node elects nothing, so the
+    /// peer's current state arrives first: two heartbeat intervals, room for one lost heartbeat.
+    pub fn stall_grace(&self) -> Duration {
+        self.heartbeat_interval * 2
+    }
+
     /// Checks every timer; see [`ConfigError`] for the rules.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.hello_interval.is_zero() {

@@ -81,6 +81,14 @@ pub enum Event {
     OperatorSuspend,
     /// Operator: `request high-availability state functional`. Also clears the flap count.
     OperatorFunctional,
+    /// This node did not run for `paused` (the shell's thread was stopped: a frozen process or
+    /// virtual machine, a host that did not schedule it), measured by the shell when it runs
+    /// again and reported before anything it received meanwhile. See [`Timers::lease`] for what
+    /// the core does with it.
+    Stalled {
+        /// How long the node did not run.
+        paused: Duration,
+    },
 }
 
 /// An output of the core. The shell performs these in order and never decides anything itself.
@@ -291,6 +299,7 @@ impl Core {
                 }
             }
             Event::OperatorFunctional => self.on_operator_functional(now),
+            Event::Stalled { paused } => self.on_stalled(paused, now),
         }
         self.reconcile(now);
         // Holds of zero length armed by this input are due right now: fire them before the caller
@@ -604,6 +613,27 @@ impl Core {
         }
     }
 
+    /// An active node that stalled for its lease or longer stopped forwarding meanwhile, and the
+    /// peer may have declared it dead and taken over; yet the core's clock does not count the
+    /// stall (the shell takes pauses out of it, so a pause of this node is never mistaken for the
+    /// death of the peer), and what it last heard of the peer is from before. Left active, it
+    /// would forward beside the node that took over until they hear each other, and then settle
+    /// that split brain by the election, which the stalled node may win: the sessions created
+    /// meanwhile, all on the other node, would die with its yielding. So it yields first: it goes
+    /// passive, forgets the peer's state, and elects nothing during the stall grace
+    /// (see [`Timers::stall_grace`]), by which time the peer's current state has arrived: active,
+    /// it stays active; passive, the election runs as usual.
+    fn on_stalled(&mut self, paused: Duration, now: Timestamp) {
+        if self.state != State::Active || paused < self.timers.lease() {
+            return;
+        }
+        self.peer.state = PeerState::Unknown;
+        self.table
+            .set(Timer::StallGrace, now + self.timers.stall_grace());
+        let paused_ms = paused.as_millis().try_into().unwrap_or(u64::MAX);
+        self.change_state(State::Passive, Reason::Stalled { paused_ms }, now);
+    }
+
     fn on_timer(&mut self, timer: Timer, now: Timestamp) {
         match timer {
             Timer::PeerDead => self.peer_lost(PeerLossCause::HeartbeatLoss),
@@ -635,6 +665,8 @@ impl Core {
                     self.change_state(State::Passive, Reason::Preempted { peer_priority }, now);
                 }
             }
+            // Ending the grace only lets the rules elect again (in `reconcile`).
+            Timer::StallGrace => {}
             Timer::Hello => self.send_hello(false, now),
             Timer::Heartbeat => self.send_heartbeat(now),
         }
@@ -708,8 +740,10 @@ impl Core {
 
     /// Standby. Nobody active and we win, or the peer announced it cannot serve: take over now.
     /// A lost peer is handled by the promotion hold; an active peer by preemption on *its* side.
+    /// Nothing during a stall grace (see [`Core::on_stalled`]).
     fn passive_rule(&self) -> Option<(State, Reason)> {
-        if !self.paired() {
+        // After a stall, the peer's state heard so far may be from before it.
+        if !self.paired() || self.table.is_armed(Timer::StallGrace) {
             return None;
         }
         match self.peer.state {

@@ -196,6 +196,12 @@ pub enum Reason {
     OperatorSuspend,
     /// The operator made the node functional again.
     OperatorFunctional,
+    /// Active -> passive: this node stalled for its dataplane lease or longer, so it stopped
+    /// forwarding and the peer may have taken over (see [`crate::Event::Stalled`]).
+    Stalled {
+        /// How long the node did not run.
+        paused_ms: u64,
+    },
     /// Leaving active too often; the node suspended itself.
     TooManyFlaps {
         /// Flaps counted.
@@ -228,6 +234,10 @@ impl fmt::Display for Reason {
             Self::Recovered => f.write_str("monitors and dataplane recovered"),
             Self::OperatorSuspend => f.write_str("suspended by operator"),
             Self::OperatorFunctional => f.write_str("made functional by operator"),
+            Self::Stalled { paused_ms } => write!(
+                f,
+                "stalled for {paused_ms} ms: stopped forwarding, the peer may have taken over"
+            ),
             Self::TooManyFlaps { flaps } => {
                 write!(
                     f,

@@ -26,6 +26,8 @@ pub enum Timer {
     PromotionHold,
     /// Preemption hold: an active node with a better preemptive peer yields when it fires.
     PreemptionHold,
+    /// Stall grace: a node that left active after a stall elects nothing until it fires.
+    StallGrace,
     /// Next periodic hello.
     Hello,
     /// Next periodic heartbeat.
@@ -34,13 +36,14 @@ pub enum Timer {
 
 impl Timer {
     /// Every timer, in firing order.
-    pub const ALL: [Self; 8] = [
+    pub const ALL: [Self; 9] = [
         Self::PeerDead,
         Self::Initial,
         Self::MonitorFailHoldUp,
         Self::AdditionalMasterHoldUp,
         Self::PromotionHold,
         Self::PreemptionHold,
+        Self::StallGrace,
         Self::Hello,
         Self::Heartbeat,
     ];

@@ -248,6 +248,82 @@ fn split_brain_heals_to_the_better_priority() {
     assert_eq!(pair.core(B).status().session_sync, SyncRole::Receiver);
 }
 
+/// Input: a (100) active, b (110) passive, fast profile (lease 10 ms); a is frozen for 100 ms (a
+/// SIGSTOP), long enough for b to declare it dead after 15 ms and take over, then thaws. Output: a
+/// goes passive the moment it runs again, with the stall as its reason, before the heartbeats that
+/// waited for it (b's, saying active) are even delivered; it never sends a heartbeat as active
+/// after the thaw, so b, the node holding the sessions created meanwhile, never yields (without
+/// the stall rule a wins the split brain on priority and b yields); HA2 then runs from b to a.
+#[test]
+fn a_frozen_active_yields_to_the_peer_that_took_over() {
+    let mut pair = settled(fast(1, 100), fast(2, 110));
+    pair.freeze(A);
+    pair.run_for(ms(100));
+    assert_eq!(pair.state(B), State::Active, "b took over");
+    let b_transitions = pair.transitions(B).len();
+    let thawed_at = pair.now;
+    pair.thaw(A);
+    assert_eq!(pair.state(A), State::Passive, "yields before any delivery");
+    pair.run_for(Duration::from_secs(2));
+    assert_eq!(pair.states(), [State::Passive, State::Active]);
+    assert_eq!(pair.transitions(B).len(), b_transitions, "b never yielded");
+    let stalled = pair.transitions(A).last().expect("a left active");
+    assert_eq!(
+        (stalled.from, stalled.reason.clone()),
+        (State::Active, Reason::Stalled { paused_ms: 100 })
+    );
+    let active_heartbeats = pair.nodes[A].actions.iter().filter(|(at, action)| {
+        *at >= thawed_at && matches!(action, Action::SendHeartbeat(hb) if hb.state == State::Active)
+    });
+    assert_eq!(active_heartbeats.count(), 0);
+    assert_eq!(pair.core(A).status().session_sync, SyncRole::Receiver);
+    assert_eq!(pair.core(B).status().session_sync, SyncRole::Sender);
+}
+
+/// Input: a (100) active, b (110) passive, fast profile; a is frozen for 8 ms, less than its 10 ms
+/// lease. Output: nothing changes: its dataplane never stopped forwarding, and b, which needs
+/// 15 ms of silence, cannot have taken over.
+#[test]
+fn a_freeze_shorter_than_the_lease_changes_nothing() {
+    let mut pair = settled(fast(1, 100), fast(2, 110));
+    let transitions = [pair.transitions(A).len(), pair.transitions(B).len()];
+    pair.freeze(A);
+    pair.run_for(ms(8));
+    pair.thaw(A);
+    pair.run_for(Duration::from_secs(1));
+    assert_eq!(pair.states(), [State::Active, State::Passive]);
+    assert_eq!(
+        [pair.transitions(A).len(), pair.transitions(B).len()],
+        transitions
+    );
+}
+
+/// Input: a (100) active, b (110) passive, promotion hold 100 ms on both (lease 76 ms, b takes over
+/// 115 ms after a falls silent); a is frozen for 90 ms. Output: a leaves active on the thaw (it
+/// stopped forwarding; it cannot know b did not take over), hears b passive during its 10 ms
+/// stall grace and takes the role back by the election when the grace ends; b never becomes
+/// active.
+#[test]
+fn a_frozen_active_whose_peer_did_not_take_over_takes_the_role_back_after_the_grace() {
+    let hold = |t: &mut hafw_ha::Timers| t.promotion_hold = ms(100);
+    let mut pair = settled(
+        with_timers(fast(1, 100), hold),
+        with_timers(fast(2, 110), hold),
+    );
+    pair.freeze(A);
+    pair.run_for(ms(90));
+    assert_eq!(pair.state(B), State::Passive);
+    pair.thaw(A);
+    assert_eq!(pair.state(A), State::Passive);
+    let thawed_at = pair.core(A).status().as_of;
+    pair.run_for(Duration::from_secs(1));
+    assert_eq!(pair.states(), [State::Active, State::Passive]);
+    let back = pair.transitions(A).last().expect("a took the role back");
+    assert_eq!(back.reason, Reason::ElectionWon { peer_priority: 110 });
+    assert_eq!(back.at - thawed_at, ms(10), "at the end of the stall grace");
+    assert_eq!(pair.entered(B, State::Active), None);
+}
+
 /// Input: group ids 1 and 2 booted together. Output: no pair, both stay initial with a group-id
 /// mismatch recorded (status and notice), however long it runs.
 #[test]

@@ -745,6 +745,50 @@ fn established_sessions_survive_the_failover() {
     );
 }
 
+/// Input: 20 TCP connections through fw1 (active); fw1's controller is frozen (SIGSTOP) until fw2
+/// has taken over, 20 more connections are opened through fw2 (their sessions exist on fw2
+/// only), and fw1 runs again (SIGCONT). Output: fw1 goes passive with the stall as its reason,
+/// fw2 stays active throughout, and all 40 connections exchange data. Without the stall rule fw1
+/// refreshed its lease, forwarded beside fw2, won the split brain on priority, and the 20
+/// connections opened meanwhile died on it (strict TCP: it never had their sessions).
+#[test]
+fn a_frozen_active_node_yields_to_the_node_that_took_over() {
+    let pair = Pair::start(&unchanged);
+    let before = open_connections(&pair, 20);
+    assert!(
+        wait_until(Duration::from_secs(10), Duration::from_millis(50), || {
+            session_count(&pair, 1) >= 20
+        }),
+        "synced: {}",
+        session_count(&pair, 1)
+    );
+    pair.signal(0, nix::sys::signal::Signal::SIGSTOP);
+    pair.assert_fw2_takes_over(Duration::from_secs(5));
+    let meanwhile = open_connections(&pair, 20);
+    std::thread::sleep(Duration::from_millis(500));
+    pair.signal(0, nix::sys::signal::Signal::SIGCONT);
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < deadline {
+        assert_eq!(pair.state(1), "active", "fw2 yielded\n{}", pair.logs());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let fw1 = pair.show(0).expect("fw1 answers");
+    let local = &fw1["status"]["local"];
+    assert_eq!(local["state"], "passive", "{fw1:#}");
+    assert!(
+        local["reason"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("stalled for"),
+        "{fw1:#}"
+    );
+    let alive = [
+        connections_alive(&before, Duration::from_secs(1)),
+        connections_alive(&meanwhile, Duration::from_secs(1)),
+    ];
+    assert_eq!(alive, [20, 20], "{}", pair.logs());
+}
+
 /// Input: 100,000 established sessions in the active node's table, then the passive node starts.
 /// Output: the passive node reports `state sync complete` after one bulk sync, with its duration,
 /// and holds every session.

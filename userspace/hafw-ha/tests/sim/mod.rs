@@ -80,6 +80,17 @@ pub struct Node {
     pub actions: Vec<(Timestamp, Action)>,
     /// Every transition the core logged.
     pub transitions: Vec<Transition>,
+    /// Frozen since then (see [`Pair::freeze`]): neither timers nor deliveries run.
+    frozen_since: Option<Timestamp>,
+    /// Time spent frozen, taken out of the core's clock as the shell's pause accounting does.
+    paused: Duration,
+}
+
+impl Node {
+    /// The core's clock at simulated time `at`.
+    fn clock(&self, at: Timestamp) -> Timestamp {
+        Timestamp::from_nanos(at.as_nanos() - self.paused.as_nanos() as u64)
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -116,6 +127,8 @@ impl Pair {
             core: None,
             actions: Vec::new(),
             transitions: Vec::new(),
+            frozen_since: None,
+            paused: Duration::ZERO,
         };
         Self {
             now: Timestamp::ZERO,
@@ -138,6 +151,8 @@ impl Pair {
 
     /// Starts (or restarts) node `i` now with its config.
     pub fn boot(&mut self, i: usize) {
+        self.nodes[i].frozen_since = None;
+        self.nodes[i].paused = Duration::ZERO;
         let core = match Core::new(self.nodes[i].config.clone(), self.now) {
             Ok(core) => core,
             Err(error) => panic!("node {}: invalid config: {error}", NAMES[i]),
@@ -151,6 +166,25 @@ impl Pair {
     pub fn crash(&mut self, i: usize) {
         self.nodes[i].core = None;
         self.note(i, "crash");
+    }
+
+    /// Node `i` stops running (a SIGSTOP, a paused virtual machine): no timers, and messages to
+    /// it wait, as they wait in its sockets.
+    pub fn freeze(&mut self, i: usize) {
+        self.nodes[i].frozen_since = Some(self.now);
+        self.note(i, "freeze");
+    }
+
+    /// Node `i` runs again. As the shell does, it takes the time frozen out of the core's clock
+    /// and reports the stall before anything that waited for it is delivered.
+    pub fn thaw(&mut self, i: usize) {
+        let Some(since) = self.nodes[i].frozen_since.take() else {
+            panic!("node {} is not frozen", NAMES[i]);
+        };
+        let paused = self.now - since;
+        self.nodes[i].paused += paused;
+        self.note(i, &format!("thaw after {} ms", paused.as_millis()));
+        self.inject(i, Event::Stalled { paused });
     }
 
     pub fn core(&self, i: usize) -> &Core {
@@ -193,7 +227,7 @@ impl Pair {
 
     /// Feeds `event` to node `i` now.
     pub fn inject(&mut self, i: usize, event: Event) {
-        let now = self.now;
+        let now = self.nodes[i].clock(self.now);
         match &mut self.nodes[i].core {
             Some(core) => core.handle(event, now),
             None => panic!("node {} is not running", NAMES[i]),
@@ -272,15 +306,21 @@ impl Pair {
     fn next_wakeup(&self) -> Option<(Timestamp, Wake)> {
         // Ties: deliveries (in send order) before timers, node a before node b. Fixed, so
         // replayable.
+        // Messages that waited for a frozen node are delivered at once when it thaws.
         let delivery = self
             .wire
             .in_flight
             .iter()
             .enumerate()
+            .filter(|(_, p)| self.nodes[p.to].frozen_since.is_none())
             .min_by_key(|(_, p)| (p.at, p.seq))
-            .map(|(index, p)| (p.at, 0, Wake::Deliver(index)));
+            .map(|(index, p)| (p.at.max(self.now), 0, Wake::Deliver(index)));
         let timeouts = (0..2).filter_map(|i| {
-            let at = self.nodes[i].core.as_ref()?.poll_timeout()?;
+            let node = &self.nodes[i];
+            if node.frozen_since.is_some() {
+                return None;
+            }
+            let at = node.core.as_ref()?.poll_timeout()? + node.paused;
             Some((at, 1 + i, Wake::Timeout(i)))
         });
         delivery
@@ -295,14 +335,16 @@ impl Pair {
         match wake {
             Wake::Deliver(index) => {
                 let packet = self.wire.in_flight.swap_remove(index);
+                let clock = self.nodes[packet.to].clock(at);
                 if let Some(core) = &mut self.nodes[packet.to].core {
-                    core.handle(packet.event, at);
+                    core.handle(packet.event, clock);
                     self.drain(packet.to);
                 }
             }
             Wake::Timeout(i) => {
+                let clock = self.nodes[i].clock(at);
                 if let Some(core) = &mut self.nodes[i].core {
-                    core.handle_timeout(at);
+                    core.handle_timeout(clock);
                     self.drain(i);
                 }
             }
@@ -415,6 +457,7 @@ pub fn with_timers(mut config: Config, edit: impl FnOnce(&mut Timers)) -> Config
 //            [ha1-backup=yes|no] [hb-backup=yes|no] [<timer>=DURATION ...] [max-flaps=N]
 //   wire [delay=DURATION] [loss-ppm=N] [seed=N]
 //   boot a|b|all        crash a|b
+//   freeze a|b          thaw a|b   (stop running, as SIGSTOP; run again, reporting the stall)
 //   run DURATION        (DURATION: 250ms, 2s, 3min)
 //   cut LINK|all        heal LINK|all      (LINK: ha1, ha1-backup, heartbeat-backup)
 //   a|b EVENT           (monitor-failed TEXT..., monitor-recovered, dataplane-down, dataplane-up,
@@ -481,6 +524,8 @@ fn command(pair: &mut Pair, words: &[&str]) -> Result<(), String> {
             name => pair.boot(node_index(Some(name))?),
         },
         "crash" => pair.crash(node_index(Some(arg(1)?))?),
+        "freeze" => pair.freeze(node_index(Some(arg(1)?))?),
+        "thaw" => pair.thaw(node_index(Some(arg(1)?))?),
         "run" => pair.run_for(duration(arg(1)?)?),
         "cut" | "heal" => {
             let links = match arg(1)? {

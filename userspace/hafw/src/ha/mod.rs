@@ -15,7 +15,7 @@
 //!   cable (or a peer that downs its links) is seen at once, and when every link is down the core
 //!   declares the peer dead without waiting for the heartbeat timeout.
 //! - **Role**: active sets the dataplane role to `Active` with a lease the shell keeps refreshing
-//!   (see [`lease_for`]), announces the virtual MACs and floating IPs at once, and has the host
+//!   (see [`hafw_ha::Timers::lease`]), announces the virtual MACs and floating IPs at once, and has the host
 //!   worker claim them (the fast path forwards meanwhile by the standby routes);
 //!   passive, non-functional and suspended set the role to `Passive` first, then release (on
 //!   the same worker, so a release never overtakes a claim).
@@ -137,13 +137,6 @@ enum Wake {
 /// counted it against the peer.
 fn latest_wake(sleep_from: Instant, deadline: Instant, carrier_every: Duration) -> Instant {
     deadline.min(sleep_from + carrier_every).max(sleep_from)
-}
-
-/// How long the dataplane keeps forwarding as active without a refresh: two thirds of the time
-/// after which the peer declares us dead and takes over (peer-dead time plus promotion hold), so
-/// a controller that stops refreshing stops forwarding before the peer starts.
-pub fn lease_for(timers: &hafw_ha::Timers) -> Duration {
-    (timers.peer_dead() + timers.promotion_hold) * 2 / 3
 }
 
 /// What the operator asks of the shell.
@@ -424,6 +417,8 @@ struct Shell {
     peer: PeerFrames,
 
     lease: Duration,
+    /// When the lease was last refreshed (see [`Shell::check_stall`]).
+    lease_refreshed: Instant,
     active: bool,
     view: Arc<Mutex<View>>,
     shell_view: ShellView,
@@ -463,7 +458,7 @@ impl Shell {
         let start = Instant::now();
         let core = Core::new(plan.election.clone(), Timestamp::ZERO).map_err(|e| anyhow!("{e}"))?;
         let timers = core.status().timers;
-        let lease = lease_for(&timers);
+        let lease = timers.lease();
         let mut boot = [0u8; 8];
         getrandom::fill(&mut boot).map_err(|e| anyhow!("random boot id: {e}"))?;
         let mut shell = Shell {
@@ -475,6 +470,7 @@ impl Shell {
             peer: PeerFrames::default(),
 
             lease,
+            lease_refreshed: start,
             active: false,
             view,
             shell_view: ShellView {
@@ -553,7 +549,8 @@ impl Shell {
             };
             // Whatever woke the thread, it should have been awake by the deadline or the next
             // carrier poll; before anything reads the core's clock, time beyond that is a pause.
-            shell.account_for_pause(latest_wake(sleep_from, deadline, carrier_every));
+            let paused = shell.account_for_pause(latest_wake(sleep_from, deadline, carrier_every));
+            shell.check_stall(paused);
             match wake {
                 Wake::Input(Some(Input::Shutdown(done))) => {
                     shell.hand_over().await;
@@ -613,15 +610,39 @@ impl Shell {
     /// be processed meanwhile. That time is taken out of the core's clock, so a pause of this node
     /// is never mistaken for the death of the peer. A real peer failure during the pause is
     /// detected that much later.
-    fn account_for_pause(&mut self, deadline: Instant) {
+    /// Returns the pause, zero if there was none.
+    fn account_for_pause(&mut self, deadline: Instant) -> Duration {
         let late = Instant::now().saturating_duration_since(deadline);
-        if late > self.pause_threshold {
-            self.paused += late;
-            self.shell_view.pauses += 1;
-            let ms = late.as_secs_f64() * 1e3;
-            self.shell_view.longest_pause_ms = self.shell_view.longest_pause_ms.max(ms);
-            warn!("HA: this thread was paused for {ms:.1} ms; not counted against the peer");
+        if late <= self.pause_threshold {
+            return Duration::ZERO;
         }
+        self.paused += late;
+        self.shell_view.pauses += 1;
+        let ms = late.as_secs_f64() * 1e3;
+        self.shell_view.longest_pause_ms = self.shell_view.longest_pause_ms.max(ms);
+        warn!("HA: this thread was paused for {ms:.1} ms; not counted against the peer");
+        late
+    }
+
+    /// Tells the core of a stall as long as the lease, or longer, before anything else of this
+    /// wake-up is handled: before a lease refresh would make the dataplane forward again, and
+    /// before a heartbeat would tell the peer, which may have taken over meanwhile, that this
+    /// node is still active (see [`Event::Stalled`]). The time since the last refresh measures
+    /// a stall of an active node wherever the thread was stopped, also in the middle of work,
+    /// where the pause accounting does not see it. The core ignores shorter stalls.
+    fn check_stall(&mut self, paused: Duration) {
+        let unrefreshed = if self.active {
+            self.lease_refreshed.elapsed()
+        } else {
+            Duration::ZERO
+        };
+        let stalled = paused.max(unrefreshed);
+        if stalled < self.lease {
+            return;
+        }
+        let now = self.now();
+        self.core.handle(Event::Stalled { paused: stalled }, now);
+        self.perform_actions();
     }
 
     /// Binds the heartbeat sockets and starts the HA1 TCP link tasks.
@@ -948,6 +969,12 @@ impl Shell {
     }
 
     fn refresh_lease(&mut self) {
+        // A node that has just given up the role (a stall found at this wake-up) must not
+        // forward again.
+        if !self.active {
+            return;
+        }
+        self.lease_refreshed = Instant::now();
         let expires = monotonic_now_ns() + self.lease.as_nanos() as u64;
         if let Err(e) = self
             .dataplane
