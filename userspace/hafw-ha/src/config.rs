@@ -169,13 +169,11 @@ impl Timers {
             .saturating_mul(self.heartbeat_loss_threshold)
     }
 
-    /// How long an active node's dataplane forwards without news from its HA thread: two thirds
-    /// of the time after which the peer declares it dead and takes over (peer-dead time plus
-    /// promotion hold), so a node that stops refreshing stops forwarding before the peer starts.
-    /// A node that stalls this long or longer leaves the active role (see
-    /// [`crate::Event::Stalled`]).
-    pub fn lease(&self) -> Duration {
-        (self.peer_dead() + self.promotion_hold) * 2 / 3
+    /// How long after last hearing its peer a passive node takes over: peer-dead time plus
+    /// promotion hold. Sent in hellos, so that the peer's lease ends before it (see
+    /// [`crate::Core::lease`]).
+    pub fn takeover_after(&self) -> Duration {
+        self.peer_dead() + self.promotion_hold
     }
 
     /// After a stall (see [`crate::Event::Stalled`]), how long the node elects nothing, so the

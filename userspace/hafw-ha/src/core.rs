@@ -83,8 +83,8 @@ pub enum Event {
     OperatorFunctional,
     /// This node did not run for `paused` (the shell's thread was stopped: a frozen process or
     /// virtual machine, a host that did not schedule it), measured by the shell when it runs
-    /// again and reported before anything it received meanwhile. See [`Timers::lease`] for what
-    /// the core does with it.
+    /// again and reported before anything it received meanwhile. An active node that stalled for
+    /// its lease ([`Core::lease`]) or longer gives the role up (see the crate docs).
     Stalled {
         /// How long the node did not run.
         paused: Duration,
@@ -187,6 +187,8 @@ struct Peer {
     node_id: Option<u64>,
     priority: Option<u8>,
     preemptive: Option<bool>,
+    /// The peer's takeover time, from its hellos (absent from older peers).
+    takeover_after: Option<Duration>,
     last_heard: Option<Timestamp>,
     lost: Option<PeerLossCause>,
     warnings: Vec<Warning>,
@@ -332,6 +334,17 @@ impl Core {
         self.actions.pop_front()
     }
 
+    /// How long this node's dataplane may forward as active without a refresh by the shell: two
+    /// thirds of the time after which the peer takes over (peer-dead time plus promotion hold),
+    /// so a node that stops running stops forwarding before the peer starts. That time is the
+    /// peer's as its hellos say, bounded by this node's own (the same, when the timers match);
+    /// this node's own until the peer has said it.
+    pub fn lease(&self) -> Duration {
+        let own = self.timers.takeover_after();
+        let takeover = self.peer.takeover_after.map_or(own, |peer| peer.min(own));
+        takeover * 2 / 3
+    }
+
     /// Current state.
     pub fn state(&self) -> State {
         self.state
@@ -416,6 +429,8 @@ impl Core {
             self.peer.node_id = Some(hello.node_id);
             self.peer.priority = Some(hello.priority);
             self.peer.preemptive = Some(hello.preemptive);
+            self.peer.takeover_after =
+                (!hello.takeover_after.is_zero()).then_some(hello.takeover_after);
             if !stale {
                 self.peer.state = hello.state.into();
             }
@@ -540,6 +555,17 @@ impl Core {
                 peer: hello.preemptive,
             });
         }
+        let own = self.timers.takeover_after();
+        if !hello.takeover_after.is_zero() && hello.takeover_after != own {
+            warnings.push(Warning::TakeoverTimesDiffer {
+                local_ms: own.as_millis().try_into().unwrap_or(u64::MAX),
+                peer_ms: hello
+                    .takeover_after
+                    .as_millis()
+                    .try_into()
+                    .unwrap_or(u64::MAX),
+            });
+        }
         for warning in &warnings {
             if !self.peer.warnings.contains(warning) {
                 self.notice(Notice::Warning(warning.clone()));
@@ -575,6 +601,7 @@ impl Core {
         // hello.
         self.peer.pairing = Pairing::NotPaired;
         self.peer.warnings.clear();
+        self.peer.takeover_after = None;
         self.peer.lost = Some(cause);
         self.table.stop(Timer::PeerDead);
         self.notice(Notice::PeerDown { cause });
@@ -624,7 +651,7 @@ impl Core {
     /// (see [`Timers::stall_grace`]), by which time the peer's current state has arrived: active,
     /// it stays active; passive, the election runs as usual.
     fn on_stalled(&mut self, paused: Duration, now: Timestamp) {
-        if self.state != State::Active || paused < self.timers.lease() {
+        if self.state != State::Active || paused < self.lease() {
             return;
         }
         self.peer.state = PeerState::Unknown;
@@ -960,6 +987,7 @@ impl Core {
             protocol_version: PROTOCOL_VERSION,
             mode: config.mode,
             ha2_transport: config.ha2_transport,
+            takeover_after: self.timers.takeover_after(),
             wants_reply,
         }));
         self.table

@@ -74,11 +74,16 @@
 //!   initial: an explicit outage with a reason beats two nodes fighting over the same floating IPs.
 //! - **Stall** (the shell reports [`Event::Stalled`] when its thread did not run, e.g. a frozen
 //!   process or virtual machine): an active node that stalled for its lease
-//!   ([`Timers::lease`]) or longer goes passive at once, since the peer may have taken over
+//!   ([`Core::lease`]) or longer goes passive at once, since the peer may have taken over
 //!   meanwhile and winning the split brain that follows would end the sessions created on the
 //!   peer. It elects nothing for [`Timers::stall_grace`] (two heartbeat intervals), so that what
 //!   it decides on is the peer's state after the stall, not before: a peer that took over stays
 //!   active; a peer that did not is elected against as usual.
+//! - **Lease**: an active node's dataplane forwards only while the shell keeps refreshing its
+//!   lease, [`Core::lease`]: two thirds of the shorter of this node's and the peer's takeover
+//!   times (each hello carries its sender's, [`Timers::takeover_after`]), so that a node that
+//!   stops running stops forwarding before its peer starts, even when the peers' timers differ
+//!   (which is reported as a [`Warning`]).
 //! - **Pairing** needs a hello; heartbeats alone keep the peer alive and can settle split brain,
 //!   but an initial node does not elect against a peer it has only heard heartbeats from.
 

@@ -1,6 +1,8 @@
 //! The content of HA1 messages. The core decides what to send and interprets what arrives; the
 //! shell owns the wire encoding (and the authentication of HA1), so these are plain values.
 
+use std::time::Duration;
+
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -32,6 +34,10 @@ pub struct Hello {
     pub mode: Mode,
     /// Sender's HA2 transport.
     pub ha2_transport: Ha2Transport,
+    /// How long after last hearing its peer the sender takes over: its peer-dead time plus its
+    /// promotion hold ([`crate::Timers::takeover_after`]). The receiver's dataplane lease must
+    /// end before that (see [`crate::Core::lease`]). Zero: not said (an older peer).
+    pub takeover_after: Duration,
     /// The sender has no valid pairing with us (it booted, or just heard us again after declaring
     /// us dead) and asks for a hello back at once instead of at our next hello interval.
     pub wants_reply: bool,

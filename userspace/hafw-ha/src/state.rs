@@ -341,6 +341,15 @@ pub enum Warning {
         /// The peer's.
         peer: bool,
     },
+    /// The peers take over after different silences (peer-dead time plus promotion hold): each
+    /// node's lease follows the shorter, but failure detection is as slow as the slower node's
+    /// on one side and as quick as the quicker node's on the other.
+    TakeoverTimesDiffer {
+        /// Ours, in milliseconds.
+        local_ms: u64,
+        /// The peer's, in milliseconds.
+        peer_ms: u64,
+    },
 }
 
 impl fmt::Display for Warning {
@@ -355,6 +364,11 @@ impl fmt::Display for Warning {
                 "preemptive is {} locally and {} on the peer; preemption needs both",
                 on_off(*local),
                 on_off(*peer)
+            ),
+            Self::TakeoverTimesDiffer { local_ms, peer_ms } => write!(
+                f,
+                "this node takes over {local_ms} ms after losing its peer, the peer after \
+                 {peer_ms} ms; the dataplane leases follow the shorter"
             ),
         }
     }

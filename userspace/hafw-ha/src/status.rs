@@ -84,7 +84,7 @@ pub struct PeerStatus {
     pub last_heard: Option<Timestamp>,
     /// How the peer was lost, if it is not alive and was heard before.
     pub lost: Option<PeerLossCause>,
-    /// Pairing warnings (same priority, one-sided preemption).
+    /// Pairing warnings (same priority, one-sided preemption, different takeover times).
     pub warnings: Vec<Warning>,
 }
 

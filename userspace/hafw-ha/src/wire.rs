@@ -30,12 +30,14 @@
 //! | node id (8)                                                                                  |
 //! | boot id (8)                                                                                  |
 //! | sequence (8)                                                                                 |
-//! | reserved (4)                                    | sw version length (1) | reserved (3)        |
+//! | takeover after, ms (4)                          | sw version length (1) | reserved (3)        |
 //! | software version (sw version length octets, UTF-8, at most 64)                               |
 //! ```
 //!
-//! Flags: bit 0 preemptive, bit 1 wants reply. The boot id is random per process start: a peer
-//! that restarted is recognised even if it comes back within the dead time.
+//! Flags: bit 0 preemptive, bit 1 wants reply. Takeover after: the sender's peer-dead time plus
+//! promotion hold, at most 2^32 - 1 ms (0 from senders that do not say: they sent it reserved).
+//! The boot id is random per process start: a peer that restarted is recognised even if it comes
+//! back within the dead time.
 //!
 //! # Heartbeat payload (type 2), 32 octets
 //!
@@ -51,6 +53,8 @@
 //! and describes a state its sender has left; the receiver recognises it because its sequence is
 //! below the newest frame it heard (a hello, which TCP delivers fresh, or a heartbeat on another
 //! link) and drops it.
+
+use std::time::Duration;
 
 use thiserror::Error;
 
@@ -362,6 +366,9 @@ fn parse_hello(p: &[u8]) -> Result<HelloFrame, WireError> {
             mode,
             ha2_transport,
             node_id: u64_at(p, 8),
+            takeover_after: Duration::from_millis(u64::from(u32::from_be_bytes([
+                p[32], p[33], p[34], p[35],
+            ]))),
         },
         boot_id: u64_at(p, 16),
         sequence: u64_at(p, 24),
@@ -397,7 +404,8 @@ fn emit_hello(h: &HelloFrame, out: &mut Vec<u8>) {
     out.extend_from_slice(&hello.node_id.to_be_bytes());
     out.extend_from_slice(&h.boot_id.to_be_bytes());
     out.extend_from_slice(&h.sequence.to_be_bytes());
-    out.extend_from_slice(&[0; 4]);
+    let takeover_ms = u32::try_from(hello.takeover_after.as_millis()).unwrap_or(u32::MAX);
+    out.extend_from_slice(&takeover_ms.to_be_bytes());
     // Truncate on a character boundary so the peer never sees a split UTF-8 sequence.
     let mut sw = h.software_version.as_str();
     while sw.len() > MAX_SOFTWARE_VERSION {
@@ -464,6 +472,7 @@ mod tests {
                 protocol_version: 1,
                 mode: Mode::ActivePassive,
                 ha2_transport: Ha2Transport::Udp,
+                takeover_after: Duration::from_millis(530),
                 wants_reply: true,
             },
             boot_id: 0x1111_2222_3333_4444,

@@ -324,6 +324,58 @@ fn a_frozen_active_whose_peer_did_not_take_over_takes_the_role_back_after_the_gr
     assert_eq!(pair.entered(B, State::Active), None);
 }
 
+/// Input: a takes over 515 ms after losing its peer (fast profile, promotion hold 500 ms: its own
+/// lease would be 343 ms), b after 15 ms (fast: lease 10 ms). Output: from the first hello both
+/// leases are 10 ms, two thirds of the quicker takeover, and both report the difference. So a,
+/// active, stops forwarding 10 ms after it stops running, before b takes over 15 ms after it;
+/// and a 12 ms stall, beyond that lease, makes a give the role up. A hello that does not say its
+/// sender's takeover time (an older peer: zero) leaves a node's own.
+#[test]
+fn the_lease_follows_the_quicker_takeover_of_the_pair() {
+    let slow = with_timers(fast(1, 100), |t| t.promotion_hold = ms(500));
+    assert_eq!(
+        Core::new(slow.clone(), Timestamp::ZERO).unwrap().lease(),
+        ms(515) * 2 / 3
+    );
+    let mut pair = settled(slow, fast(2, 110));
+    assert_eq!(
+        [pair.core(A).lease(), pair.core(B).lease()],
+        [ms(10), ms(10)]
+    );
+    let differ = Warning::TakeoverTimesDiffer {
+        local_ms: 515,
+        peer_ms: 15,
+    };
+    assert_eq!(pair.core(A).status().peer.warnings, vec![differ]);
+    assert_eq!(
+        pair.core(B).status().peer.warnings,
+        vec![Warning::TakeoverTimesDiffer {
+            local_ms: 15,
+            peer_ms: 515,
+        }]
+    );
+    pair.freeze(A);
+    pair.run_for(ms(12));
+    pair.thaw(A);
+    assert_eq!(pair.state(A), State::Passive);
+
+    let mut core = Core::new(fast(1, 100), Timestamp::ZERO).unwrap();
+    let older = Hello {
+        takeover_after: Duration::ZERO,
+        ..hello(State::Passive)
+    };
+    core.handle(
+        Event::PeerHello {
+            via: Link::Ha1,
+            hello: older,
+            stale: false,
+        },
+        Timestamp::from_millis(1),
+    );
+    assert_eq!(core.lease(), ms(10));
+    assert!(core.status().peer.warnings.is_empty());
+}
+
 /// Input: group ids 1 and 2 booted together. Output: no pair, both stay initial with a group-id
 /// mismatch recorded (status and notice), however long it runs.
 #[test]
@@ -374,6 +426,7 @@ fn hello(state: State) -> Hello {
         protocol_version: PROTOCOL_VERSION,
         mode: Mode::ActivePassive,
         ha2_transport: Ha2Transport::Ethernet,
+        takeover_after: ms(15),
         wants_reply: false,
     }
 }

@@ -105,8 +105,9 @@ pub fn pin_dir(instance: &str) -> PathBuf {
 }
 
 /// Maps pinned for operators (`bpftool map dump pinned <dir>/<name>`).
-const PINNED_MAPS: [(&str, &str); 5] = [
+const PINNED_MAPS: [(&str, &str); 6] = [
     ("COUNTERS", "counters"),
+    ("CONFIG", "config"),
     (session_tables::IPV4_MAP, session_tables::IPV4_PIN),
     (session_tables::IPV6_MAP, session_tables::IPV6_PIN),
     ("HA2_COUNTERS", "ha2_counters"),

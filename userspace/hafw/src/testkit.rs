@@ -751,6 +751,17 @@ pub fn write_established_sessions(instance: &str, n: u32) -> anyhow::Result<()> 
 }
 
 /// Fast path counter `name` of a running instance, summed over CPUs, through its pin.
+/// A running instance's dataplane configuration (role, lease, ...), read through its pin.
+pub fn pinned_dataplane_config(
+    instance: &str,
+) -> anyhow::Result<hafw_common::config::DataplaneConfig> {
+    let pin = crate::dataplane::pin_dir(instance).join("config");
+    let data = aya::maps::MapData::from_pin(&pin)?;
+    let map: aya::maps::Array<_, hafw_common::config::DataplaneConfig> =
+        aya::maps::Array::try_from(aya::maps::Map::from_map_data(data)?)?;
+    Ok(map.get(&0, 0)?)
+}
+
 pub fn pinned_counter(instance: &str, name: &str) -> anyhow::Result<u64> {
     use hafw_common::counters::Counters;
     let pin = crate::dataplane::pin_dir(instance).join("counters");

@@ -789,6 +789,40 @@ fn a_frozen_active_node_yields_to_the_node_that_took_over() {
     assert_eq!(alive, [20, 20], "{}", pair.logs());
 }
 
+/// Input: fw1 takes over 530 ms after losing its peer (10 ms heartbeats, promotion hold 500 ms:
+/// its own lease would be 353 ms), fw2 after 30 ms (promotion hold 0). Output: once paired,
+/// fw1's lease is 20 ms, two thirds of fw2's takeover time, in its dataplane (the pinned config's
+/// lease ends at most 20 ms ahead) and in `show high-availability all`, which also warns of the
+/// difference. With its own 353 ms lease, a stopped fw1 would forward beside fw2 for 323 ms.
+#[test]
+fn the_active_nodes_lease_ends_before_its_quicker_peer_takes_over() {
+    let timers = |i: usize, text: String| {
+        if i == 0 {
+            text.replace("timers = \"fast\"", "timers = \"advanced\"")
+                + "\n[high_availability.advanced_timers]\nheartbeat_interval_ms = 10\n\
+                   promotion_hold_ms = 500\nhello_interval_ms = 1000\n"
+        } else {
+            advanced_timers(text, "")
+        }
+    };
+    let pair = Pair::start(&timers);
+    let show = pair.show(0).expect("fw1 answers");
+    assert_eq!(show["shell"]["lease_ms"], 20, "{show:#}");
+    let warnings = show["status"]["peer"]["warnings"].to_string();
+    assert!(
+        warnings.contains("takes over 530 ms after losing its peer, the peer after 30 ms"),
+        "{warnings}"
+    );
+    for _ in 0..20 {
+        let config = hafw::testkit::pinned_dataplane_config(&pair.instances[0]).unwrap();
+        let ahead = config
+            .active_lease_expires_ns
+            .saturating_sub(hafw::aging::monotonic_now_ns());
+        assert!(ahead <= 20_000_000, "lease ends {ahead} ns ahead");
+        std::thread::sleep(Duration::from_millis(7));
+    }
+}
+
 /// Input: 100,000 established sessions in the active node's table, then the passive node starts.
 /// Output: the passive node reports `state sync complete` after one bulk sync, with its duration,
 /// and holds every session.

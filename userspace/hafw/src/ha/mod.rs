@@ -15,8 +15,9 @@
 //!   cable (or a peer that downs its links) is seen at once, and when every link is down the core
 //!   declares the peer dead without waiting for the heartbeat timeout.
 //! - **Role**: active sets the dataplane role to `Active` with a lease the shell keeps refreshing
-//!   (see [`hafw_ha::Timers::lease`]), announces the virtual MACs and floating IPs at once, and has the host
-//!   worker claim them (the fast path forwards meanwhile by the standby routes);
+//!   (see [`hafw_ha::Core::lease`]: it shortens when the peer's hello says it takes over
+//!   sooner), announces the virtual MACs and floating IPs at once, and has the host worker claim
+//!   them (the fast path forwards meanwhile by the standby routes);
 //!   passive, non-functional and suspended set the role to `Passive` first, then release (on
 //!   the same worker, so a release never overtakes a claim).
 
@@ -137,6 +138,13 @@ enum Wake {
 /// counted it against the peer.
 fn latest_wake(sleep_from: Instant, deadline: Instant, carrier_every: Duration) -> Instant {
     deadline.min(sleep_from + carrier_every).max(sleep_from)
+}
+
+/// Refreshes four times per lease, so that one late wake-up never lets it lapse.
+fn refresh_interval(lease: Duration) -> tokio::time::Interval {
+    let mut tick = tokio::time::interval((lease / 4).max(Duration::from_millis(1)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick
 }
 
 /// What the operator asks of the shell.
@@ -458,7 +466,7 @@ impl Shell {
         let start = Instant::now();
         let core = Core::new(plan.election.clone(), Timestamp::ZERO).map_err(|e| anyhow!("{e}"))?;
         let timers = core.status().timers;
-        let lease = timers.lease();
+        let lease = core.lease();
         let mut boot = [0u8; 8];
         getrandom::fill(&mut boot).map_err(|e| anyhow!("random boot id: {e}"))?;
         let mut shell = Shell {
@@ -529,10 +537,12 @@ impl Shell {
             .clamp(Duration::from_millis(2), Duration::from_millis(100));
         let mut carrier_tick = tokio::time::interval(carrier_every);
         carrier_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut lease_tick = tokio::time::interval((lease / 4).max(Duration::from_millis(1)));
-        lease_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut lease_tick = refresh_interval(lease);
         loop {
             shell.perform_actions();
+            if shell.follow_lease() {
+                lease_tick = refresh_interval(shell.lease);
+            }
             shell.publish();
             let sleep_from = Instant::now();
             let deadline = shell
@@ -966,6 +976,24 @@ impl Shell {
             &self.announced,
             self.terms.current(),
         );
+    }
+
+    /// Takes the core's lease when it changed (the peer's hello said when it takes over); a
+    /// shorter one applies to the dataplane at once. Returns whether it changed.
+    fn follow_lease(&mut self) -> bool {
+        let lease = self.core.lease();
+        if lease == self.lease {
+            return false;
+        }
+        info!(
+            "HA: dataplane lease {} ms (was {} ms)",
+            lease.as_millis(),
+            self.lease.as_millis()
+        );
+        self.lease = lease;
+        self.shell_view.lease_ms = lease.as_millis() as u64;
+        self.refresh_lease();
+        true
     }
 
     fn refresh_lease(&mut self) {
