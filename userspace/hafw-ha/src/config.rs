@@ -176,9 +176,10 @@ impl Timers {
         self.peer_dead() + self.promotion_hold
     }
 
-    /// After a stall (see [`crate::Event::Stalled`]), how long the node elects nothing, so the
-    /// peer's current state arrives first: two heartbeat intervals, room for one lost heartbeat.
-    pub fn stall_grace(&self) -> Duration {
+    /// After a stall (see [`crate::Event::Stalled`]), how long an active node holds forwarding
+    /// while the peer's current state arrives: two heartbeat intervals, room for one lost
+    /// heartbeat.
+    pub fn stall_hold(&self) -> Duration {
         self.heartbeat_interval * 2
     }
 

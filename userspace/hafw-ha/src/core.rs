@@ -83,8 +83,8 @@ pub enum Event {
     OperatorFunctional,
     /// This node did not run for `paused` (the shell's thread was stopped: a frozen process or
     /// virtual machine, a host that did not schedule it), measured by the shell when it runs
-    /// again and reported before anything it received meanwhile. An active node that stalled for
-    /// its lease ([`Core::lease`]) or longer gives the role up (see the crate docs).
+    /// again and reported before anything it received meanwhile. What an active node that stalled
+    /// for its lease ([`Core::lease`]) or longer does is in the crate docs.
     Stalled {
         /// How long the node did not run.
         paused: Duration,
@@ -116,6 +116,12 @@ pub enum Action {
     /// ARPs / neighbour advertisements again so that switches and hosts that followed the other
     /// node come back.
     AnnounceAgain,
+    /// This node, active, stalled for its lease or longer: its dataplane lease lapsed meanwhile.
+    /// Refresh it no more until [`Action::ResumeForwarding`] (or another role action): the peer
+    /// may have taken over.
+    HoldForwarding,
+    /// The stall hold ended and the peer did not take over: refresh the lease again, now.
+    ResumeForwarding,
     /// HA2: this node is active and the peer passive; start streaming session updates to it.
     StartSessionSync,
     /// HA2: this node is passive and the peer active; ask it for a bulk sync, then receive updates.
@@ -158,6 +164,12 @@ pub enum Notice {
         /// Peer device priority.
         peer_priority: u8,
     },
+    /// This node, active, stalled for its lease or longer and holds forwarding until it knows
+    /// whether the peer took over (see [`Event::Stalled`]).
+    Stalled {
+        /// How long the node did not run.
+        paused_ms: u64,
+    },
 }
 
 impl fmt::Display for Notice {
@@ -174,6 +186,11 @@ impl fmt::Display for Notice {
                 f,
                 "split brain: peer priority {peer_priority} is active too; staying active"
             ),
+            Self::Stalled { paused_ms } => write!(
+                f,
+                "stalled for {paused_ms} ms while active: forwarding held until the peer's state \
+                 is known"
+            ),
         }
     }
 }
@@ -189,6 +206,8 @@ struct Peer {
     preemptive: Option<bool>,
     /// The peer's takeover time, from its hellos (absent from older peers).
     takeover_after: Option<Duration>,
+    /// The peer says it stalled and holds forwarding (see [`Event::Stalled`]).
+    resuming: bool,
     last_heard: Option<Timestamp>,
     lost: Option<PeerLossCause>,
     warnings: Vec<Warning>,
@@ -224,6 +243,9 @@ pub struct Core {
     last_left_active: Option<Timestamp>,
     /// This node stays active through the current split brain and has announced it.
     split_brain_won: bool,
+    /// This node, active, stalled this many milliseconds (its lease or longer) and holds
+    /// forwarding until the stall hold ends or the peer shows it took over.
+    resuming: Option<u64>,
     /// The peer was heard again while this node was active: re-announce once the input is
     /// processed.
     announce_due: bool,
@@ -264,6 +286,7 @@ impl Core {
             flaps: 0,
             last_left_active: None,
             split_brain_won: false,
+            resuming: None,
             announce_due: false,
             sync: SyncRole::None,
             history: VecDeque::with_capacity(HISTORY_LEN),
@@ -433,6 +456,7 @@ impl Core {
                 (!hello.takeover_after.is_zero()).then_some(hello.takeover_after);
             if !stale {
                 self.peer.state = hello.state.into();
+                self.peer.resuming = hello.resuming;
             }
         }
         match check {
@@ -468,6 +492,7 @@ impl Core {
         self.peer.node_id = Some(heartbeat.node_id);
         self.peer.priority = Some(heartbeat.priority);
         self.peer.state = heartbeat.state.into();
+        self.peer.resuming = heartbeat.resuming;
         if revived && !self.paired() {
             self.send_hello(true, now);
         }
@@ -602,6 +627,7 @@ impl Core {
         self.peer.pairing = Pairing::NotPaired;
         self.peer.warnings.clear();
         self.peer.takeover_after = None;
+        self.peer.resuming = false;
         self.peer.lost = Some(cause);
         self.table.stop(Timer::PeerDead);
         self.notice(Notice::PeerDown { cause });
@@ -641,24 +667,30 @@ impl Core {
     }
 
     /// An active node that stalled for its lease or longer stopped forwarding meanwhile, and the
-    /// peer may have declared it dead and taken over; yet the core's clock does not count the
+    /// peer may have declared it dead and taken over; but the core's clock does not count the
     /// stall (the shell takes pauses out of it, so a pause of this node is never mistaken for the
-    /// death of the peer), and what it last heard of the peer is from before. Left active, it
-    /// would forward beside the node that took over until they hear each other, and then settle
-    /// that split brain by the election, which the stalled node may win: the sessions created
-    /// meanwhile, all on the other node, would die with its yielding. So it yields first: it goes
-    /// passive, forgets the peer's state, and elects nothing during the stall grace
-    /// (see [`Timers::stall_grace`]), by which time the peer's current state has arrived: active,
-    /// it stays active; passive, the election runs as usual.
+    /// death of the peer), and what it heard of the peer may be from before. Refreshing the lease
+    /// at once, it would forward beside a peer that took over, and then settle that split brain by
+    /// the election, which it may win: the sessions created meanwhile, all on the peer, would end
+    /// with the peer's yielding. So it holds forwarding for the stall hold, and says so in its
+    /// messages: a peer that took over keeps the role, and this node yields as soon as it hears
+    /// the peer active (see [`Core::active_rule`]). A peer that did not take over (both nodes
+    /// stalled together, as on one overloaded host) costs no state change: the hold ends and the
+    /// node forwards again.
     fn on_stalled(&mut self, paused: Duration, now: Timestamp) {
-        if self.state != State::Active || paused < self.lease() {
+        // A node already holding counts the stall as part of the same one.
+        if self.state != State::Active || self.resuming.is_some() || paused < self.lease() {
             return;
         }
-        self.peer.state = PeerState::Unknown;
-        self.table
-            .set(Timer::StallGrace, now + self.timers.stall_grace());
         let paused_ms = paused.as_millis().try_into().unwrap_or(u64::MAX);
-        self.change_state(State::Passive, Reason::Stalled { paused_ms }, now);
+        self.resuming = Some(paused_ms);
+        self.table
+            .set(Timer::StallHold, now + self.timers.stall_hold());
+        self.actions.push_back(Action::HoldForwarding);
+        self.notice(Notice::Stalled { paused_ms });
+        // A peer that took over learns at once that it keeps the role.
+        self.send_hello(false, now);
+        self.send_heartbeat(now);
     }
 
     fn on_timer(&mut self, timer: Timer, now: Timestamp) {
@@ -692,8 +724,13 @@ impl Core {
                     self.change_state(State::Passive, Reason::Preempted { peer_priority }, now);
                 }
             }
-            // Ending the grace only lets the rules elect again (in `reconcile`).
-            Timer::StallGrace => {}
+            Timer::StallHold => {
+                if self.resuming.take().is_some() && self.state == State::Active {
+                    self.actions.push_back(Action::ResumeForwarding);
+                    self.send_hello(false, now);
+                    self.send_heartbeat(now);
+                }
+            }
             Timer::Hello => self.send_hello(false, now),
             Timer::Heartbeat => self.send_heartbeat(now),
         }
@@ -767,10 +804,8 @@ impl Core {
 
     /// Standby. Nobody active and we win, or the peer announced it cannot serve: take over now.
     /// A lost peer is handled by the promotion hold; an active peer by preemption on *its* side.
-    /// Nothing during a stall grace (see [`Core::on_stalled`]).
     fn passive_rule(&self) -> Option<(State, Reason)> {
-        // After a stall, the peer's state heard so far may be from before it.
-        if !self.paired() || self.table.is_armed(Timer::StallGrace) {
+        if !self.paired() {
             return None;
         }
         match self.peer.state {
@@ -789,15 +824,31 @@ impl Core {
         }
     }
 
-    /// Active. The only immediate rule is split brain: the loser of the election yields. Yielding
-    /// is always safe, so a heartbeat is enough evidence (no pairing needed), unless the peer
-    /// mismatches.
+    /// Active. The only immediate rule is split brain: the loser yields. Yielding is always safe,
+    /// so a heartbeat is enough evidence (no pairing needed), unless the peer mismatches. After a
+    /// stall (see [`Core::on_stalled`]) the peer active means it took over meanwhile: this node
+    /// yields, whatever the election says.
     fn active_rule(&self) -> Option<(State, Reason)> {
-        if !self.split_brain() || self.wins()? {
+        if !self.split_brain() {
+            return None;
+        }
+        if let Some(paused_ms) = self.resuming {
+            return Some((State::Passive, Reason::Stalled { paused_ms }));
+        }
+        if self.keeps_role_in_split_brain()? {
             return None;
         }
         let peer_priority = self.peer.priority?;
         Some((State::Passive, Reason::SplitBrain { peer_priority }))
+    }
+
+    /// Who stays in a split brain: the election's winner, unless the peer says it stalled (it
+    /// yields, see [`Core::on_stalled`]).
+    fn keeps_role_in_split_brain(&self) -> Option<bool> {
+        if self.peer.resuming {
+            return Some(true);
+        }
+        self.wins()
     }
 
     fn split_brain(&self) -> bool {
@@ -811,7 +862,9 @@ impl Core {
     /// an active node that hears its peer again (see [`Core::heard`]). One announcement covers
     /// both when they coincide.
     fn check_announce(&mut self) {
-        let won = self.split_brain() && self.wins() == Some(true);
+        let won = self.split_brain()
+            && self.resuming.is_none()
+            && self.keeps_role_in_split_brain() == Some(true);
         let new_split_brain = won && !self.split_brain_won;
         if new_split_brain && let Some(peer_priority) = self.peer.priority {
             self.notice(Notice::SplitBrain { peer_priority });
@@ -926,7 +979,9 @@ impl Core {
             (State::Initial, _) => self.table.stop(Timer::Initial),
             (State::Active, _) => {
                 self.table.stop(Timer::PreemptionHold);
+                self.table.stop(Timer::StallHold);
                 self.split_brain_won = false;
+                self.resuming = None;
             }
             (State::Passive, _) => self.table.stop(Timer::PromotionHold),
             (State::NonFunctional | State::Suspended, _) => {}
@@ -989,6 +1044,7 @@ impl Core {
             ha2_transport: config.ha2_transport,
             takeover_after: self.timers.takeover_after(),
             wants_reply,
+            resuming: self.resuming.is_some(),
         }));
         self.table
             .set(Timer::Hello, now + self.timers.hello_interval);
@@ -1000,6 +1056,7 @@ impl Core {
             node_id: self.config.node_id,
             state: self.state,
             priority: self.config.device_priority,
+            resuming: self.resuming.is_some(),
         }));
         self.table
             .set(Timer::Heartbeat, now + self.timers.heartbeat_interval);

@@ -73,12 +73,13 @@
 //!   alive, even past the initial wait. Two mismatched nodes booting together therefore both stay
 //!   initial: an explicit outage with a reason beats two nodes fighting over the same floating IPs.
 //! - **Stall** (the shell reports [`Event::Stalled`] when its thread did not run, e.g. a frozen
-//!   process or virtual machine): an active node that stalled for its lease
-//!   ([`Core::lease`]) or longer goes passive at once, since the peer may have taken over
-//!   meanwhile and winning the split brain that follows would end the sessions created on the
-//!   peer. It elects nothing for [`Timers::stall_grace`] (two heartbeat intervals), so that what
-//!   it decides on is the peer's state after the stall, not before: a peer that took over stays
-//!   active; a peer that did not is elected against as usual.
+//!   process or virtual machine): an active node that stalled for its lease ([`Core::lease`])
+//!   or longer stopped forwarding meanwhile, and the peer may have taken over. It emits
+//!   [`Action::HoldForwarding`] and says in its messages that it is resuming; hearing the peer
+//!   active, it yields (whatever the election says, and the peer keeps the role: winning that
+//!   split brain would end the sessions created on the peer meanwhile); otherwise, after
+//!   [`Timers::stall_hold`] (two heartbeat intervals, time for the peer's current state to
+//!   arrive), [`Action::ResumeForwarding`], and no state changed.
 //! - **Lease**: an active node's dataplane forwards only while the shell keeps refreshing its
 //!   lease, [`Core::lease`]: two thirds of the shorter of this node's and the peer's takeover
 //!   times (each hello carries its sender's, [`Timers::takeover_after`]), so that a node that

@@ -41,6 +41,9 @@ pub struct Hello {
     /// The sender has no valid pairing with us (it booted, or just heard us again after declaring
     /// us dead) and asks for a hello back at once instead of at our next hello interval.
     pub wants_reply: bool,
+    /// The sender is active but stalled and holds forwarding until it knows whether we took over
+    /// meanwhile (see [`crate::Event::Stalled`]): if we are active, we keep the role.
+    pub resuming: bool,
 }
 
 /// A heartbeat: liveness plus the little needed to act on it without a hello (state, priority and
@@ -55,4 +58,6 @@ pub struct Heartbeat {
     pub state: State,
     /// Sender's device priority.
     pub priority: u8,
+    /// As [`Hello::resuming`].
+    pub resuming: bool,
 }

@@ -196,8 +196,8 @@ pub enum Reason {
     OperatorSuspend,
     /// The operator made the node functional again.
     OperatorFunctional,
-    /// Active -> passive: this node stalled for its dataplane lease or longer, so it stopped
-    /// forwarding and the peer may have taken over (see [`crate::Event::Stalled`]).
+    /// Active -> passive: this node stalled for its dataplane lease or longer, and the peer took
+    /// over meanwhile (see [`crate::Event::Stalled`]).
     Stalled {
         /// How long the node did not run.
         paused_ms: u64,
@@ -236,7 +236,7 @@ impl fmt::Display for Reason {
             Self::OperatorFunctional => f.write_str("made functional by operator"),
             Self::Stalled { paused_ms } => write!(
                 f,
-                "stalled for {paused_ms} ms: stopped forwarding, the peer may have taken over"
+                "stalled for {paused_ms} ms; the peer took over meanwhile"
             ),
             Self::TooManyFlaps { flaps } => {
                 write!(

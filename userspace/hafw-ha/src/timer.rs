@@ -26,8 +26,9 @@ pub enum Timer {
     PromotionHold,
     /// Preemption hold: an active node with a better preemptive peer yields when it fires.
     PreemptionHold,
-    /// Stall grace: a node that left active after a stall elects nothing until it fires.
-    StallGrace,
+    /// Stall hold: an active node that stalled forwards nothing until it fires (or the peer shows
+    /// it took over meanwhile).
+    StallHold,
     /// Next periodic hello.
     Hello,
     /// Next periodic heartbeat.
@@ -43,7 +44,7 @@ impl Timer {
         Self::AdditionalMasterHoldUp,
         Self::PromotionHold,
         Self::PreemptionHold,
-        Self::StallGrace,
+        Self::StallHold,
         Self::Hello,
         Self::Heartbeat,
     ];

@@ -34,7 +34,8 @@
 //! | software version (sw version length octets, UTF-8, at most 64)                               |
 //! ```
 //!
-//! Flags: bit 0 preemptive, bit 1 wants reply. Takeover after: the sender's peer-dead time plus
+//! Flags: bit 0 preemptive, bit 1 wants reply, bit 2 resuming (the sender stalled while active
+//! and holds forwarding: see [`crate::Event::Stalled`]). Takeover after: the sender's peer-dead time plus
 //! promotion hold, at most 2^32 - 1 ms (0 from senders that do not say: they sent it reserved).
 //! The boot id is random per process start: a peer that restarted is recognised even if it comes
 //! back within the dead time.
@@ -42,7 +43,7 @@
 //! # Heartbeat payload (type 2), 32 octets
 //!
 //! ```text
-//! | group id (1) | priority (1) | state (1) | reserved (5)                                        |
+//! | group id (1) | priority (1) | state (1) | flags (1) | reserved (4)                            |
 //! | node id (8)                                                                                  |
 //! | boot id (8)                                                                                  |
 //! | sequence (8)                                                                                 |
@@ -52,7 +53,7 @@
 //! that waited in a neighbour queue while the peer's address was unresolved arrives seconds late
 //! and describes a state its sender has left; the receiver recognises it because its sequence is
 //! below the newest frame it heard (a hello, which TCP delivers fresh, or a heartbeat on another
-//! link) and drops it.
+//! link) and drops it. Flags: bit 2 resuming, as in the hello.
 
 use std::time::Duration;
 
@@ -81,6 +82,8 @@ const HEARTBEAT_LEN: usize = 32;
 
 const FLAG_PREEMPTIVE: u8 = 1 << 0;
 const FLAG_WANTS_REPLY: u8 = 1 << 1;
+/// Hello flags and heartbeat flags: the sender stalled and holds forwarding.
+const FLAG_RESUMING: u8 = 1 << 2;
 
 /// Frame types. Unknown values are kept so the reader can skip and count them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -361,6 +364,7 @@ fn parse_hello(p: &[u8]) -> Result<HelloFrame, WireError> {
             priority: p[1],
             preemptive: p[2] & FLAG_PREEMPTIVE != 0,
             wants_reply: p[2] & FLAG_WANTS_REPLY != 0,
+            resuming: p[2] & FLAG_RESUMING != 0,
             state: parse_state(F, p[3])?,
             protocol_version: u16::from_be_bytes([p[4], p[5]]),
             mode,
@@ -384,6 +388,9 @@ fn emit_hello(h: &HelloFrame, out: &mut Vec<u8>) {
     }
     if hello.wants_reply {
         flags |= FLAG_WANTS_REPLY;
+    }
+    if hello.resuming {
+        flags |= FLAG_RESUMING;
     }
     out.extend_from_slice(&[
         hello.group_id,
@@ -434,6 +441,7 @@ fn parse_heartbeat(p: &[u8]) -> Result<HeartbeatFrame, WireError> {
             priority: p[1],
             state: parse_state(F, p[2])?,
             node_id: u64_at(p, 8),
+            resuming: p[3] & FLAG_RESUMING != 0,
         },
         boot_id: u64_at(p, 16),
         sequence: u64_at(p, 24),
@@ -446,7 +454,7 @@ fn emit_heartbeat(h: &HeartbeatFrame, out: &mut Vec<u8>) {
         hb.group_id,
         hb.priority,
         state_code(hb.state),
-        0,
+        if hb.resuming { FLAG_RESUMING } else { 0 },
         0,
         0,
         0,
@@ -474,6 +482,7 @@ mod tests {
                 ha2_transport: Ha2Transport::Udp,
                 takeover_after: Duration::from_millis(530),
                 wants_reply: true,
+                resuming: true,
             },
             boot_id: 0x1111_2222_3333_4444,
             sequence: 9,
@@ -488,6 +497,7 @@ mod tests {
                 node_id: 42,
                 state: State::Active,
                 priority: 200,
+                resuming: true,
             },
             boot_id: 5,
             sequence: 6,
@@ -497,7 +507,7 @@ mod tests {
     /// The heartbeat fixture, byte for byte: a forgotten or moved field shows here.
     const HEARTBEAT_BYTES: [u8; 40] = [
         b'H', b'1', 1, 2, 0, 32, 0, 0, // header
-        7, 200, 1, 0, 0, 0, 0, 0, // group, priority, state, reserved
+        7, 200, 1, 4, 0, 0, 0, 0, // group, priority, state, flags (resuming), reserved
         0, 0, 0, 0, 0, 0, 0, 42, // node id
         0, 0, 0, 0, 0, 0, 0, 5, // boot id
         0, 0, 0, 0, 0, 0, 0, 6, // sequence

@@ -395,6 +395,8 @@ impl Pair {
                 Action::StartSessionSync => self.note(i, "ha2: start session sync"),
                 Action::RequestBulkSync => self.note(i, "ha2: request bulk sync"),
                 Action::StopSessionSync => self.note(i, "ha2: stop session sync"),
+                Action::HoldForwarding => self.note(i, "hold forwarding"),
+                Action::ResumeForwarding => self.note(i, "resume forwarding"),
                 Action::BecomeActive
                 | Action::BecomePassive
                 | Action::EnterNonFunctional

@@ -427,6 +427,8 @@ struct Shell {
     lease: Duration,
     /// When the lease was last refreshed (see [`Shell::check_stall`]).
     lease_refreshed: Instant,
+    /// After a stall, the core holds forwarding ([`Action::HoldForwarding`]): no refreshes.
+    lease_held: bool,
     active: bool,
     view: Arc<Mutex<View>>,
     shell_view: ShellView,
@@ -479,6 +481,7 @@ impl Shell {
 
             lease,
             lease_refreshed: start,
+            lease_held: false,
             active: false,
             view,
             shell_view: ShellView {
@@ -637,11 +640,12 @@ impl Shell {
     /// Tells the core of a stall as long as the lease, or longer, before anything else of this
     /// wake-up is handled: before a lease refresh would make the dataplane forward again, and
     /// before a heartbeat would tell the peer, which may have taken over meanwhile, that this
-    /// node is still active (see [`Event::Stalled`]). The time since the last refresh measures
-    /// a stall of an active node wherever the thread was stopped, also in the middle of work,
-    /// where the pause accounting does not see it. The core ignores shorter stalls.
+    /// node is still active without saying it is resuming (see [`Event::Stalled`]). The time
+    /// since the last refresh measures a stall of an active node wherever the thread was
+    /// stopped, also in the middle of work, where the pause accounting does not see it. The core
+    /// ignores shorter stalls.
     fn check_stall(&mut self, paused: Duration) {
-        let unrefreshed = if self.active {
+        let unrefreshed = if self.active && !self.lease_held {
             self.lease_refreshed.elapsed()
         } else {
             Duration::ZERO
@@ -865,6 +869,19 @@ impl Shell {
                     self.give_up()
                 }
                 Action::AnnounceAgain => self.announce(),
+                Action::HoldForwarding => {
+                    self.lease_held = true;
+                    // Lapsed already (the stall was at least the lease); made sure of.
+                    if let Err(e) = self.dataplane.update(|c| c.active_lease_expires_ns = 1) {
+                        warn!("HA: holding the dataplane: {e:#}");
+                    }
+                    warn!("HA: forwarding held after a stall until the peer's state is known");
+                }
+                Action::ResumeForwarding => {
+                    self.lease_held = false;
+                    self.refresh_lease();
+                    info!("HA: forwarding again: the peer did not take over during the stall");
+                }
                 Action::StartSessionSync => {
                     self.shell_view.session_sync = "sender";
                     let peer_node_id = self.core.status().peer.node_id.unwrap_or(0);
@@ -899,6 +916,7 @@ impl Shell {
     fn become_active(&mut self) {
         let started = Instant::now();
         self.active = true;
+        self.lease_held = false;
         self.refresh_lease();
         if let Err(e) = self.dataplane.update(|c| c.role = Role::Active as u32) {
             warn!("HA: setting the dataplane active: {e:#}");
@@ -940,6 +958,7 @@ impl Shell {
     fn give_up(&mut self) {
         let was_active = self.active;
         self.active = false;
+        self.lease_held = false;
         // Announcement rounds still to come would send from the virtual MACs and pull the
         // switches' entries back to this node, away from the active one.
         self.terms.end();
@@ -997,9 +1016,9 @@ impl Shell {
     }
 
     fn refresh_lease(&mut self) {
-        // A node that has just given up the role (a stall found at this wake-up) must not
+        // Neither a node that has just given up the role nor one holding after a stall may
         // forward again.
-        if !self.active {
+        if !self.active || self.lease_held {
             return;
         }
         self.lease_refreshed = Instant::now();
