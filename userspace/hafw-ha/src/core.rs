@@ -394,6 +394,7 @@ impl Core {
                 preemptive: self.config.preemptive,
                 monitor_failure: self.monitor_failure.clone(),
                 dataplane_up: self.dataplane_up,
+                forwarding_held: self.resuming.is_some(),
             },
             peer: PeerStatus {
                 state: self.peer.state,

@@ -63,6 +63,9 @@ pub struct LocalStatus {
     pub monitor_failure: Option<String>,
     /// Whether the shell reports the dataplane up.
     pub dataplane_up: bool,
+    /// Active, but holding forwarding after a stall until the peer's state is known (see
+    /// [`crate::Event::Stalled`]).
+    pub forwarding_held: bool,
 }
 
 /// The peer's part of [`Status`].

@@ -333,7 +333,9 @@ fn a_frozen_active_whose_peer_did_not_take_over_forwards_again_after_the_hold() 
     assert_eq!(pair.state(B), State::Passive);
     let thawed_at = pair.now;
     pair.thaw(A);
+    assert!(pair.core(A).status().local.forwarding_held);
     pair.run_for(Duration::from_secs(1));
+    assert!(!pair.core(A).status().local.forwarding_held);
     assert_eq!(pair.states(), [State::Active, State::Passive]);
     assert_eq!(
         [pair.transitions(A).len(), pair.transitions(B).len()],

@@ -271,7 +271,16 @@ pub fn high_availability(data: &serde_json::Value) -> String {
         s(&st["timers"]["hello_interval_ms"]),
         s(&st["timers"]["preemption_hold_ms"]),
     );
-    let _ = writeln!(out, "    Dataplane lease:     {} ms", s(&sh["lease_ms"]));
+    let _ = writeln!(
+        out,
+        "    Dataplane lease:     {} ms{}",
+        s(&sh["lease_ms"]),
+        if l["forwarding_held"] == true {
+            " (held after a stall until the peer's state is known)"
+        } else {
+            ""
+        }
+    );
     let _ = writeln!(
         out,
         "    Passive link state:  {}",
