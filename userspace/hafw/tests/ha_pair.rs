@@ -789,6 +789,39 @@ fn a_frozen_active_node_yields_to_the_node_that_took_over() {
     assert_eq!(alive, [20, 20], "{}", pair.logs());
 }
 
+/// Input: 20 TCP connections through fw1 (active); both controllers are frozen together for
+/// 300 ms (SIGSTOP, as one overloaded host stalls both), then run again, fw2 first. Output: no
+/// state changes on either node (both kept their transition histories), fw1 held forwarding
+/// after the stall and forwards again once fw2 showed it is still passive ("forwarding again" in
+/// its log), and every connection exchanges data.
+#[test]
+fn a_stall_of_both_nodes_changes_no_state_and_forwarding_resumes() {
+    let pair = Pair::start(&unchanged);
+    let conns = open_connections(&pair, 20);
+    let transitions = |i: usize| {
+        pair.show(i).expect("answers")["status"]["transitions"]
+            .as_array()
+            .map_or(0, Vec::len)
+    };
+    let before = [transitions(0), transitions(1)];
+    pair.signal(0, nix::sys::signal::Signal::SIGSTOP);
+    pair.signal(1, nix::sys::signal::Signal::SIGSTOP);
+    std::thread::sleep(Duration::from_millis(300));
+    pair.signal(1, nix::sys::signal::Signal::SIGCONT);
+    pair.signal(0, nix::sys::signal::Signal::SIGCONT);
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(pair.states(), ["active", "passive"], "{}", pair.logs());
+    assert_eq!([transitions(0), transitions(1)], before, "{}", pair.logs());
+    let logs = pair.logs();
+    assert!(logs.contains("forwarding held after a stall"), "{logs}");
+    assert!(logs.contains("forwarding again"), "{logs}");
+    assert_eq!(
+        connections_alive(&conns, Duration::from_secs(1)),
+        20,
+        "{logs}"
+    );
+}
+
 /// Input: fw1 takes over 530 ms after losing its peer (10 ms heartbeats, promotion hold 500 ms:
 /// its own lease would be 353 ms), fw2 after 30 ms (promotion hold 0). Output: once paired,
 /// fw1's lease is 20 ms, two thirds of fw2's takeover time, in its dataplane (the pinned config's
