@@ -294,22 +294,24 @@ fn a_frozen_active_yields_to_the_peer_that_took_over() {
     assert_eq!(pair.core(B).status().session_sync, SyncRole::Sender);
 }
 
+/// How many transitions each node has logged.
+fn transition_counts(pair: &Pair) -> [usize; 2] {
+    [pair.transitions(A).len(), pair.transitions(B).len()]
+}
+
 /// Input: a (100) active, b (110) passive, fast profile; a is frozen for 8 ms, less than its 10 ms
 /// lease. Output: nothing changes and nothing is held: its dataplane never stopped forwarding,
 /// and b, which needs 15 ms of silence, cannot have taken over.
 #[test]
 fn a_freeze_shorter_than_the_lease_changes_nothing() {
     let mut pair = settled(fast(1, 100), fast(2, 110));
-    let transitions = [pair.transitions(A).len(), pair.transitions(B).len()];
+    let transitions = transition_counts(&pair);
     pair.freeze(A);
     pair.run_for(ms(8));
     pair.thaw(A);
     pair.run_for(Duration::from_secs(1));
     assert_eq!(pair.states(), [State::Active, State::Passive]);
-    assert_eq!(
-        [pair.transitions(A).len(), pair.transitions(B).len()],
-        transitions
-    );
+    assert_eq!(transition_counts(&pair), transitions, "no state changes");
     assert!(
         pair.actions_matching(A, |a| *a == Action::HoldForwarding)
             .is_empty()
@@ -327,7 +329,7 @@ fn a_frozen_active_whose_peer_did_not_take_over_forwards_again_after_the_hold() 
         with_timers(fast(1, 100), hold),
         with_timers(fast(2, 110), hold),
     );
-    let transitions = [pair.transitions(A).len(), pair.transitions(B).len()];
+    let transitions = transition_counts(&pair);
     pair.freeze(A);
     pair.run_for(ms(90));
     assert_eq!(pair.state(B), State::Passive);
@@ -337,10 +339,7 @@ fn a_frozen_active_whose_peer_did_not_take_over_forwards_again_after_the_hold() 
     pair.run_for(Duration::from_secs(1));
     assert!(!pair.core(A).status().local.forwarding_held);
     assert_eq!(pair.states(), [State::Active, State::Passive]);
-    assert_eq!(
-        [pair.transitions(A).len(), pair.transitions(B).len()],
-        transitions
-    );
+    assert_eq!(transition_counts(&pair), transitions, "no state changes");
     let held = pair.actions_matching(A, |a| *a == Action::HoldForwarding);
     let resumed = pair.actions_matching(A, |a| *a == Action::ResumeForwarding);
     assert_eq!((held, resumed), (vec![thawed_at], vec![thawed_at + ms(10)]));
@@ -354,7 +353,7 @@ fn a_frozen_active_whose_peer_did_not_take_over_forwards_again_after_the_hold() 
 #[test]
 fn a_stall_of_both_nodes_changes_no_state() {
     let mut pair = settled(fast(1, 100), fast(2, 110));
-    let transitions = [pair.transitions(A).len(), pair.transitions(B).len()];
+    let transitions = transition_counts(&pair);
     pair.freeze(A);
     pair.freeze(B);
     pair.run_for(ms(100));
@@ -362,10 +361,7 @@ fn a_stall_of_both_nodes_changes_no_state() {
     pair.thaw(A);
     pair.run_for(Duration::from_secs(1));
     assert_eq!(pair.states(), [State::Active, State::Passive]);
-    assert_eq!(
-        [pair.transitions(A).len(), pair.transitions(B).len()],
-        transitions
-    );
+    assert_eq!(transition_counts(&pair), transitions, "no state changes");
     assert_eq!(
         pair.actions_matching(A, |a| *a == Action::ResumeForwarding)
             .len(),
