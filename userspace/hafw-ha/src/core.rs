@@ -83,8 +83,11 @@ pub enum Event {
     OperatorFunctional,
     /// This node did not run for `paused` (the shell's thread was stopped: a frozen process or
     /// virtual machine, a host that did not schedule it), measured by the shell when it runs
-    /// again and reported before anything it received meanwhile. What an active node that stalled
-    /// for its lease ([`Core::lease`]) or longer does is in the crate docs.
+    /// again and reported before anything it received meanwhile. Unlike other inputs it fires no
+    /// timer: what waited in the sockets during the stall must be fed first, or a peer-dead
+    /// timer due now would declare the peer dead on a silence that was this node's. What an
+    /// active node that stalled for its lease ([`Core::lease`]) or longer does is in the crate
+    /// docs.
     Stalled {
         /// How long the node did not run.
         paused: Duration,
@@ -324,7 +327,11 @@ impl Core {
                 }
             }
             Event::OperatorFunctional => self.on_operator_functional(now),
-            Event::Stalled { paused } => self.on_stalled(paused, now),
+            Event::Stalled { paused } => {
+                self.on_stalled(paused, now);
+                self.reconcile(now);
+                return;
+            }
         }
         self.reconcile(now);
         // Holds of zero length armed by this input are due right now: fire them before the caller
@@ -627,7 +634,8 @@ impl Core {
         // hello.
         self.peer.pairing = Pairing::NotPaired;
         self.peer.warnings.clear();
-        self.peer.takeover_after = None;
+        // The peer's takeover time stays: a peer this node cannot hear may still hear it, and
+        // take over as quickly as it said.
         self.peer.resuming = false;
         self.peer.lost = Some(cause);
         self.table.stop(Timer::PeerDead);
@@ -678,15 +686,20 @@ impl Core {
     /// the peer active (see [`Core::active_rule`]). A peer that did not take over (both nodes
     /// stalled together, as on one overloaded host) costs no state change: the hold ends and the
     /// node forwards again.
+    /// A second stall during the hold starts the hold again: what the node heard before it may be
+    /// old news again.
     fn on_stalled(&mut self, paused: Duration, now: Timestamp) {
-        // A node already holding counts the stall as part of the same one.
-        if self.state != State::Active || self.resuming.is_some() || paused < self.lease() {
+        if self.state != State::Active || paused < self.lease() {
             return;
         }
         let paused_ms = paused.as_millis().try_into().unwrap_or(u64::MAX);
-        self.resuming = Some(paused_ms);
         self.table
             .set(Timer::StallHold, now + self.timers.stall_hold());
+        if let Some(longest) = &mut self.resuming {
+            *longest = (*longest).max(paused_ms);
+            return;
+        }
+        self.resuming = Some(paused_ms);
         self.actions.push_back(Action::HoldForwarding);
         self.notice(Notice::Stalled { paused_ms });
         // A peer that took over learns at once that it keeps the role.
@@ -825,31 +838,32 @@ impl Core {
         }
     }
 
-    /// Active. The only immediate rule is split brain: the loser yields. Yielding is always safe,
-    /// so a heartbeat is enough evidence (no pairing needed), unless the peer mismatches. After a
-    /// stall (see [`Core::on_stalled`]) the peer active means it took over meanwhile: this node
-    /// yields, whatever the election says.
+    /// Active. The only immediate rule is split brain: the loser yields (see
+    /// [`Core::split_brain_loss`]). Yielding is always safe, so a heartbeat is enough evidence (no
+    /// pairing needed), unless the peer mismatches.
     fn active_rule(&self) -> Option<(State, Reason)> {
         if !self.split_brain() {
             return None;
         }
-        if let Some(paused_ms) = self.resuming {
-            return Some((State::Passive, Reason::Stalled { paused_ms }));
-        }
-        if self.keeps_role_in_split_brain()? {
-            return None;
-        }
-        let peer_priority = self.peer.priority?;
-        Some((State::Passive, Reason::SplitBrain { peer_priority }))
+        Some((State::Passive, self.split_brain_loss()??))
     }
 
-    /// Who stays in a split brain: the election's winner, unless the peer says it stalled (it
-    /// yields, see [`Core::on_stalled`]).
-    fn keeps_role_in_split_brain(&self) -> Option<bool> {
-        if self.peer.resuming {
-            return Some(true);
+    /// Who yields in a split brain: `Some(Some(reason))` this node, `Some(None)` the peer, `None`
+    /// not known yet (the peer's priority unheard). After a stall (see [`Core::on_stalled`]) a
+    /// peer active, and not resuming itself, took over meanwhile: the node that stalled yields,
+    /// whatever the election says. A peer that says it is resuming is active from before its own
+    /// stall, so it took nothing over: this node keeps the role, also while it holds itself
+    /// (the node that took over, stalled in turn, hears the node it replaced come back). When
+    /// neither stalled, the election decides.
+    fn split_brain_loss(&self) -> Option<Option<Reason>> {
+        match (self.resuming, self.peer.resuming) {
+            (Some(paused_ms), false) => Some(Some(Reason::Stalled { paused_ms })),
+            (_, true) => Some(None),
+            (None, false) => {
+                let peer_priority = self.peer.priority?;
+                Some((!self.wins()?).then_some(Reason::SplitBrain { peer_priority }))
+            }
         }
-        self.wins()
     }
 
     fn split_brain(&self) -> bool {
@@ -863,9 +877,7 @@ impl Core {
     /// an active node that hears its peer again (see [`Core::heard`]). One announcement covers
     /// both when they coincide.
     fn check_announce(&mut self) {
-        let won = self.split_brain()
-            && self.resuming.is_none()
-            && self.keeps_role_in_split_brain() == Some(true);
+        let won = self.split_brain() && self.split_brain_loss() == Some(None);
         let new_split_brain = won && !self.split_brain_won;
         if new_split_brain && let Some(peer_priority) = self.peer.priority {
             self.notice(Notice::SplitBrain { peer_priority });

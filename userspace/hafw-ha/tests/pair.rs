@@ -369,6 +369,64 @@ fn a_stall_of_both_nodes_changes_no_state() {
     );
 }
 
+/// Input: a (100) active, b (110) passive, fast profile. a is frozen; 11 ms later b is frozen too,
+/// just after sending a heartbeat, its peer-dead timer for a due 1 ms later, its earliest; a
+/// thaws after 12 ms (holding forwarding, its resuming heartbeats wait for b), b after 21 ms,
+/// its clock resuming at that timer's deadline.
+/// Output: b reads a's waiting heartbeats before the timer fires, so nobody changes state and a
+/// forwards again after its hold. (When the stall report fired due timers first, b declared a
+/// dead on a silence that was its own, took over, and a yielded: a false failover.)
+#[test]
+fn a_passive_node_that_stalled_reads_what_waited_before_its_timers_fire() {
+    let mut pair = settled(fast(1, 100), fast(2, 110));
+    let transitions = transition_counts(&pair);
+    pair.freeze(A);
+    pair.run_for(ms(11));
+    pair.freeze(B);
+    pair.run_for(ms(1));
+    pair.thaw(A);
+    pair.run_for(ms(20));
+    pair.thaw(B);
+    pair.run_for(Duration::from_secs(1));
+    assert_eq!(pair.states(), [State::Active, State::Passive]);
+    assert_eq!(transition_counts(&pair), transitions, "no state changes");
+    assert_eq!(
+        pair.actions_matching(A, |a| *a == Action::ResumeForwarding)
+            .len(),
+        1
+    );
+}
+
+/// Input: a (100) active, b (110) passive, fast profile; a is frozen, b takes over after 12 ms,
+/// then b is frozen too, and both thaw together, both active and holding. Output: a yields to
+/// b, whose waiting heartbeats say it took over (active, not resuming); b keeps the role,
+/// since a says it is resuming (its being active is from before its stall), although a wins the
+/// election; the nodes are never both passive, and b, which holds the sessions created while a
+/// was frozen, forwards again after its hold. (Settling two resuming nodes by the election
+/// made b yield too, both passive until a took the role again.)
+#[test]
+fn the_node_that_took_over_keeps_the_role_when_it_stalled_too() {
+    let mut pair = settled(fast(1, 100), fast(2, 110));
+    pair.freeze(A);
+    pair.run_for(ms(50));
+    assert_eq!(pair.state(B), State::Active);
+    pair.freeze(B);
+    pair.run_for(ms(50));
+    let b_transitions = pair.transitions(B).len();
+    pair.thaw(A);
+    pair.thaw(B);
+    pair.run_for(Duration::from_secs(1));
+    assert_eq!(pair.states(), [State::Passive, State::Active]);
+    assert_eq!(pair.transitions(B).len(), b_transitions, "b never yielded");
+    let yielded = pair.transitions(A).last().expect("a yielded");
+    assert_eq!(yielded.reason, Reason::Stalled { paused_ms: 100 });
+    assert_eq!(
+        pair.actions_matching(B, |a| *a == Action::ResumeForwarding)
+            .len(),
+        1
+    );
+}
+
 /// Input: a takes over 515 ms after losing its peer (fast profile, promotion hold 500 ms: its own
 /// lease would be 343 ms), b after 15 ms (fast: lease 10 ms). Output: from the first hello both
 /// leases are 10 ms, two thirds of the quicker takeover, and both report the difference. So a,

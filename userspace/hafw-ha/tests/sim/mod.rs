@@ -175,16 +175,31 @@ impl Pair {
         self.note(i, "freeze");
     }
 
-    /// Node `i` runs again. As the shell does, it takes the time frozen out of the core's clock
-    /// and reports the stall before anything that waited for it is delivered.
+    /// Node `i` runs again. As the shell does, it takes the pause out of the core's clock and
+    /// reports the stall before anything that waited for it is delivered. The shell's pause
+    /// accounting only takes out the time beyond the latest it should have woken up (its next
+    /// timer, or its next carrier poll, every quarter heartbeat interval within 2 to 100 ms), so
+    /// the core's clock resumes there, and timers due by then are due at the thaw.
     pub fn thaw(&mut self, i: usize) {
-        let Some(since) = self.nodes[i].frozen_since.take() else {
+        let node = &mut self.nodes[i];
+        let Some(since) = node.frozen_since.take() else {
             panic!("node {} is not frozen", NAMES[i]);
         };
-        let paused = self.now - since;
-        self.nodes[i].paused += paused;
-        self.note(i, &format!("thaw after {} ms", paused.as_millis()));
-        self.inject(i, Event::Stalled { paused });
+        let heartbeat = node.config.timers.timers().heartbeat_interval;
+        let carrier_poll =
+            (heartbeat / 4).clamp(Duration::from_millis(2), Duration::from_millis(100));
+        let next_timer = node
+            .core
+            .as_ref()
+            .and_then(Core::poll_timeout)
+            .map(|t| t + node.paused);
+        let wake = next_timer
+            .map_or(since + carrier_poll, |t| t.min(since + carrier_poll))
+            .max(since);
+        node.paused += self.now.saturating_duration_since(wake);
+        let stalled = self.now - since;
+        self.note(i, &format!("thaw after {} ms", stalled.as_millis()));
+        self.inject(i, Event::Stalled { paused: stalled });
     }
 
     pub fn core(&self, i: usize) -> &Core {
@@ -320,7 +335,8 @@ impl Pair {
             if node.frozen_since.is_some() {
                 return None;
             }
-            let at = node.core.as_ref()?.poll_timeout()? + node.paused;
+            // A timer that fell due while the node was frozen fires after what waited for it.
+            let at = (node.core.as_ref()?.poll_timeout()? + node.paused).max(self.now);
             Some((at, 1 + i, Wake::Timeout(i)))
         });
         delivery

@@ -563,7 +563,7 @@ impl Shell {
             // Whatever woke the thread, it should have been awake by the deadline or the next
             // carrier poll; before anything reads the core's clock, time beyond that is a pause.
             let paused = shell.account_for_pause(latest_wake(sleep_from, deadline, carrier_every));
-            shell.check_stall(paused);
+            shell.check_stall(paused, &mut rx);
             match wake {
                 Wake::Input(Some(Input::Shutdown(done))) => {
                     shell.hand_over().await;
@@ -574,8 +574,8 @@ impl Shell {
                 Wake::Input(None) => return Ok(()),
                 Wake::Lease => shell.refresh_lease(),
                 Wake::Deadline => {
-                    // After a pause the peer's heartbeats may be waiting in the sockets: read
-                    // them before any timer can declare the peer dead.
+                    // Heartbeats that arrived with the deadline are read before any timer can
+                    // declare the peer dead (after a pause, `check_stall` read them already).
                     shell.drain_pending(&mut rx);
                     let now = shell.now();
                     shell.core.handle_timeout(now);
@@ -637,25 +637,30 @@ impl Shell {
         late
     }
 
-    /// Tells the core of a stall as long as the lease, or longer, before anything else of this
-    /// wake-up is handled: before a lease refresh would make the dataplane forward again, and
-    /// before a heartbeat would tell the peer, which may have taken over meanwhile, that this
-    /// node is still active without saying it is resuming (see [`Event::Stalled`]). The time
-    /// since the last refresh measures a stall of an active node wherever the thread was
-    /// stopped, also in the middle of work, where the pause accounting does not see it. The core
-    /// ignores shorter stalls.
-    fn check_stall(&mut self, paused: Duration) {
-        let unrefreshed = if self.active && !self.lease_held {
-            self.lease_refreshed.elapsed()
+    /// After a stall, before anything else of this wake-up is handled: tells the core
+    /// ([`Event::Stalled`]: an active node that stalled for its lease holds forwarding, and says
+    /// so in its next messages), then feeds what waited in the sockets meanwhile, and only then
+    /// lets timers fire, so that a peer-dead timer due now never declares the peer dead on a
+    /// silence that was this node's. A stall is a pause the accounting saw (the thread woke up
+    /// late) or a lease that lapsed since its last refresh (the thread was stopped in the middle
+    /// of work, where the accounting does not see it; [`Shell::refresh_lease`] never extends a
+    /// lapsed lease). One narrow window stays open: a stop between queueing a heartbeat and
+    /// sending it at the top of the next turn sends that heartbeat, made before the stall, as
+    /// the first word after it.
+    fn check_stall(&mut self, paused: Duration, rx: &mut mpsc::UnboundedReceiver<Input>) {
+        let unrefreshed = self.lease_refreshed.elapsed();
+        let lapsed = self.active && !self.lease_held && unrefreshed >= self.lease;
+        let stalled = if lapsed {
+            paused.max(unrefreshed)
         } else {
-            Duration::ZERO
+            paused
         };
-        let stalled = paused.max(unrefreshed);
-        if stalled < self.lease {
+        if stalled.is_zero() {
             return;
         }
         let now = self.now();
         self.core.handle(Event::Stalled { paused: stalled }, now);
+        self.drain_pending(rx);
         self.perform_actions();
     }
 
@@ -879,7 +884,7 @@ impl Shell {
                 }
                 Action::ResumeForwarding => {
                     self.lease_held = false;
-                    self.refresh_lease();
+                    self.write_lease();
                     info!("HA: forwarding again: the peer did not take over during the stall");
                 }
                 Action::StartSessionSync => {
@@ -917,7 +922,7 @@ impl Shell {
         let started = Instant::now();
         self.active = true;
         self.lease_held = false;
-        self.refresh_lease();
+        self.write_lease();
         if let Err(e) = self.dataplane.update(|c| c.role = Role::Active as u32) {
             warn!("HA: setting the dataplane active: {e:#}");
         }
@@ -1009,18 +1014,31 @@ impl Shell {
             lease.as_millis(),
             self.lease.as_millis()
         );
+        // Judged by the lease it was refreshed for: one that ran, shortened, is written anew at
+        // once; one that lapsed is the stall check's.
+        let running = self.lease_refreshed.elapsed() < self.lease;
         self.lease = lease;
         self.shell_view.lease_ms = lease.as_millis() as u64;
-        self.refresh_lease();
+        if self.active && !self.lease_held && running {
+            self.write_lease();
+        }
         true
     }
 
+    /// Extends the lease while it runs. Neither a node that has just given up the role nor one
+    /// holding after a stall may forward again, and a lapsed lease is never extended here: the
+    /// thread stalled since the last refresh and the peer may have taken over, which is the
+    /// core's to judge ([`Shell::check_stall`], at the next wake-up).
     fn refresh_lease(&mut self) {
-        // Neither a node that has just given up the role nor one holding after a stall may
-        // forward again.
-        if !self.active || self.lease_held {
+        if !self.active || self.lease_held || self.lease_refreshed.elapsed() >= self.lease {
             return;
         }
+        self.write_lease();
+    }
+
+    /// Sets the lease to end one lease from now: on taking the role, on resuming after a hold,
+    /// and on every refresh.
+    fn write_lease(&mut self) {
         self.lease_refreshed = Instant::now();
         let expires = monotonic_now_ns() + self.lease.as_nanos() as u64;
         if let Err(e) = self
