@@ -431,8 +431,9 @@ fn the_node_that_took_over_keeps_the_role_when_it_stalled_too() {
 /// lease would be 343 ms), b after 15 ms (fast: lease 10 ms). Output: from the first hello both
 /// leases are 10 ms, two thirds of the quicker takeover, and both report the difference. So a,
 /// active, stops forwarding 10 ms after it stops running, before b takes over 15 ms after it;
-/// and after a 12 ms stall, beyond that lease, a holds forwarding. A hello that does not say its
-/// sender's takeover time (an older peer: zero) leaves a node's own.
+/// and after a 12 ms stall, beyond that lease, a holds forwarding. The lease stays when b is
+/// lost. A hello that does not say its sender's takeover time (an older peer: zero) leaves a
+/// node's own.
 #[test]
 fn the_lease_follows_the_quicker_takeover_of_the_pair() {
     let slow = with_timers(fast(1, 100), |t| t.promotion_hold = ms(500));
@@ -464,6 +465,10 @@ fn the_lease_follows_the_quicker_takeover_of_the_pair() {
         pair.actions_matching(A, |a| *a == Action::HoldForwarding),
         vec![pair.now]
     );
+    // A peer a no longer hears may still hear a, and take over as quickly as it said.
+    pair.crash(B);
+    pair.run_for(ms(100));
+    assert_eq!(pair.core(A).lease(), ms(10));
 
     let mut core = Core::new(fast(1, 100), Timestamp::ZERO).unwrap();
     let older = Hello {
