@@ -854,7 +854,8 @@ impl Core {
     /// whatever the election says. A peer that says it is resuming is active from before its own
     /// stall, so it took nothing over: this node keeps the role, also while it holds itself
     /// (the node that took over, stalled in turn, hears the node it replaced come back). When
-    /// neither stalled, the election decides.
+    /// neither stalled, the election decides; so it does when both did, once the first hold
+    /// ends (both may forward for one message delay if the holds end together).
     fn split_brain_loss(&self) -> Option<Option<Reason>> {
         match (self.resuming, self.peer.resuming) {
             (Some(paused_ms), false) => Some(Some(Reason::Stalled { paused_ms })),
@@ -877,7 +878,9 @@ impl Core {
     /// an active node that hears its peer again (see [`Core::heard`]). One announcement covers
     /// both when they coincide.
     fn check_announce(&mut self) {
-        let won = self.split_brain() && self.split_brain_loss() == Some(None);
+        // A node holding announces nothing: it does not forward.
+        let won =
+            self.split_brain() && self.resuming.is_none() && self.split_brain_loss() == Some(None);
         let new_split_brain = won && !self.split_brain_won;
         if new_split_brain && let Some(peer_priority) = self.peer.priority {
             self.notice(Notice::SplitBrain { peer_priority });

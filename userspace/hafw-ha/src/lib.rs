@@ -78,8 +78,8 @@
 //!   [`Action::HoldForwarding`] and says in its messages that it is resuming; hearing the peer
 //!   active and not resuming itself, it yields (whatever the election says, and the peer keeps
 //!   the role: winning that split brain would end the sessions created on the peer meanwhile;
-//!   a peer that says it is resuming was active from before its own stall and yields instead);
-//!   otherwise, after
+//!   a peer that says it is resuming was active from before its own stall, took nothing over,
+//!   and is not yielded to); otherwise, after
 //!   [`Timers::stall_hold`] (two heartbeat intervals, time for the peer's current state to
 //!   arrive), [`Action::ResumeForwarding`], and no state changed.
 //! - **Lease**: an active node's dataplane forwards only while the shell keeps refreshing its

@@ -127,6 +127,8 @@ enum Wake {
     Lease,
     Deadline,
     Carrier,
+    /// The input that woke the thread was fed already (after a stall, with the backlog).
+    Fed,
 }
 
 /// The latest instant a running HA thread that went to sleep at `sleep_from` wakes up: at its
@@ -140,7 +142,8 @@ fn latest_wake(sleep_from: Instant, deadline: Instant, carrier_every: Duration) 
     deadline.min(sleep_from + carrier_every).max(sleep_from)
 }
 
-/// Refreshes four times per lease, so that one late wake-up never lets it lapse.
+/// Refreshes four times per lease: a wake-up late by up to three quarters of a lease does not
+/// let it lapse (a later one is a stall, see `Shell::stall`).
 fn refresh_interval(lease: Duration) -> tokio::time::Interval {
     let mut tick = tokio::time::interval((lease / 4).max(Duration::from_millis(1)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -425,7 +428,7 @@ struct Shell {
     peer: PeerFrames,
 
     lease: Duration,
-    /// When the lease was last refreshed (see [`Shell::check_stall`]).
+    /// When the lease was last refreshed (see [`Shell::stall`]).
     lease_refreshed: Instant,
     /// After a stall, the core holds forwarding ([`Action::HoldForwarding`]): no refreshes.
     lease_held: bool,
@@ -454,6 +457,8 @@ struct Shell {
     carrier: BTreeMap<Link, bool>,
     /// Peer state in the last heartbeat, to log changes only.
     last_peer_state: Option<hafw_ha::State>,
+    /// A shutdown request [`Shell::drain_pending`] came upon, for the loop.
+    shutdown: Option<oneshot::Sender<()>>,
     tx: mpsc::UnboundedSender<Input>,
 }
 
@@ -522,6 +527,7 @@ impl Shell {
                 .map(Duration::from_millis),
             carrier: BTreeMap::new(),
             last_peer_state: None,
+            shutdown: None,
             tx,
         };
         shell.open_links().await?;
@@ -563,7 +569,20 @@ impl Shell {
             // Whatever woke the thread, it should have been awake by the deadline or the next
             // carrier poll; before anything reads the core's clock, time beyond that is a pause.
             let paused = shell.account_for_pause(latest_wake(sleep_from, deadline, carrier_every));
-            shell.check_stall(paused, &mut rx);
+            let mut wake = wake;
+            if let Some(stalled) = shell.stall(paused) {
+                let woken = match wake {
+                    Wake::Input(Some(input)) if !matches!(input, Input::Shutdown(_)) => {
+                        wake = Wake::Fed;
+                        Some(input)
+                    }
+                    other => {
+                        wake = other;
+                        None
+                    }
+                };
+                shell.after_stall(stalled, woken, &mut rx);
+            }
             match wake {
                 Wake::Input(Some(Input::Shutdown(done))) => {
                     shell.hand_over().await;
@@ -575,18 +594,36 @@ impl Shell {
                 Wake::Lease => shell.refresh_lease(),
                 Wake::Deadline => {
                     // Heartbeats that arrived with the deadline are read before any timer can
-                    // declare the peer dead (after a pause, `check_stall` read them already).
+                    // declare the peer dead (after a stall, `after_stall` read them already).
                     shell.drain_pending(&mut rx);
                     let now = shell.now();
                     shell.core.handle_timeout(now);
                 }
                 Wake::Carrier => shell.poll_carrier(),
+                Wake::Fed => {}
+            }
+            if let Some(done) = shell.shutdown.take() {
+                shell.hand_over().await;
+                let _ = done.send(());
+                return Ok(());
             }
         }
     }
 
-    /// Feeds every heartbeat already received (in a socket or in the input queue).
+    /// Feeds everything already received from the peer, oldest first: what the receive tasks
+    /// queued, then what is still in the heartbeat sockets. Operator requests found on the way
+    /// follow, in their order: they do not change what the peer said, and handling one fires
+    /// due timers, which must see the peer's frames first. A shutdown request is kept for the
+    /// loop, which hands the role over.
     fn drain_pending(&mut self, rx: &mut mpsc::UnboundedReceiver<Input>) {
+        let mut requests = Vec::new();
+        while let Ok(input) = rx.try_recv() {
+            match input {
+                Input::Operator(..) => requests.push(input),
+                Input::Shutdown(done) => self.shutdown = Some(done),
+                input => self.on_input(input),
+            }
+        }
         let mut buf = [0u8; 2048];
         for hb in self.heartbeat_sockets.clone() {
             while let Ok((len, from)) = hb.sock.try_recv_from(&mut buf) {
@@ -595,15 +632,8 @@ impl Shell {
                 self.on_input(input);
             }
         }
-        while let Ok(input) = rx.try_recv() {
-            match input {
-                // Control requests wait for the loop; only traffic is drained here.
-                Input::Operator(..) | Input::Shutdown(_) => {
-                    let _ = self.tx.send(input);
-                    break;
-                }
-                input => self.on_input(input),
-            }
+        for request in requests {
+            self.on_input(request);
         }
     }
 
@@ -637,17 +667,13 @@ impl Shell {
         late
     }
 
-    /// After a stall, before anything else of this wake-up is handled: tells the core
-    /// ([`Event::Stalled`]: an active node that stalled for its lease holds forwarding, and says
-    /// so in its next messages), then feeds what waited in the sockets meanwhile, and only then
-    /// lets timers fire, so that a peer-dead timer due now never declares the peer dead on a
-    /// silence that was this node's. A stall is a pause the accounting saw (the thread woke up
-    /// late) or a lease that lapsed since its last refresh (the thread was stopped in the middle
-    /// of work, where the accounting does not see it; [`Shell::refresh_lease`] never extends a
-    /// lapsed lease). One narrow window stays open: a stop between queueing a heartbeat and
-    /// sending it at the top of the next turn sends that heartbeat, made before the stall, as
-    /// the first word after it.
-    fn check_stall(&mut self, paused: Duration, rx: &mut mpsc::UnboundedReceiver<Input>) {
+    /// How long this node stalled, if it did: a pause the accounting saw (the thread woke up
+    /// late), or a lease that lapsed since its last refresh (the thread was stopped in the
+    /// middle of work, where the accounting does not see it; [`Shell::refresh_lease`] never
+    /// extends a lapsed lease). A lapse counts whole, also when the pause alone was shorter than
+    /// the lease: the dataplane stopped forwarding either way, and the hold that follows costs
+    /// two heartbeat intervals.
+    fn stall(&self, paused: Duration) -> Option<Duration> {
         let unrefreshed = self.lease_refreshed.elapsed();
         let lapsed = self.active && !self.lease_held && unrefreshed >= self.lease;
         let stalled = if lapsed {
@@ -655,11 +681,28 @@ impl Shell {
         } else {
             paused
         };
-        if stalled.is_zero() {
-            return;
-        }
+        (!stalled.is_zero()).then_some(stalled)
+    }
+
+    /// After a stall, before anything else of this wake-up: tells the core ([`Event::Stalled`]:
+    /// an active node that stalled for its lease holds forwarding, and says so in its next
+    /// messages), then feeds what waited meanwhile, oldest first (`woken`, the input that woke
+    /// the thread, then [`Shell::drain_pending`]), and only then lets timers fire, so that a
+    /// peer-dead timer due now never declares the peer dead on a silence that was this node's.
+    /// Narrow windows stay open: a stop after a turn queued a heartbeat or a lease write
+    /// (resuming, taking the role) and before the next turn performs it is seen only after
+    /// they are performed.
+    fn after_stall(
+        &mut self,
+        stalled: Duration,
+        woken: Option<Input>,
+        rx: &mut mpsc::UnboundedReceiver<Input>,
+    ) {
         let now = self.now();
         self.core.handle(Event::Stalled { paused: stalled }, now);
+        if let Some(input) = woken {
+            self.on_input(input);
+        }
         self.drain_pending(rx);
         self.perform_actions();
     }
@@ -1028,7 +1071,7 @@ impl Shell {
     /// Extends the lease while it runs. Neither a node that has just given up the role nor one
     /// holding after a stall may forward again, and a lapsed lease is never extended here: the
     /// thread stalled since the last refresh and the peer may have taken over, which is the
-    /// core's to judge ([`Shell::check_stall`], at the next wake-up).
+    /// core's to judge ([`Shell::stall`], at the next wake-up).
     fn refresh_lease(&mut self) {
         if !self.active || self.lease_held || self.lease_refreshed.elapsed() >= self.lease {
             return;

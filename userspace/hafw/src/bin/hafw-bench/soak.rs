@@ -235,6 +235,19 @@ pub fn measure(minutes: f64) -> Result<Vec<Row>> {
         count(&k.logs[0], "Entering MASTER STATE") == 1
     })?;
     std::thread::sleep(Duration::from_secs(2));
+    // A start can stall the HA threads of pairs already running long enough for a takeover
+    // (see the README); preemption then hands the role back after its 10 s hold. The soak
+    // counts from the moment both pairs are back in their roles.
+    for (name, side) in [("hafw 30 ms", &h), ("hafw fast", &f)] {
+        let in_roles = || side.cli_state(0) == "active" && side.cli_state(1) == "passive";
+        if !wait_until(
+            Duration::from_secs(30),
+            Duration::from_millis(200),
+            in_roles,
+        ) {
+            bail!("{name}: not back in its roles 30 s after the starts");
+        }
+    }
     let (h0, f0, k0) = (hafw_changes(&h), hafw_changes(&f), ka_changes(&k));
     let stop = Arc::new(AtomicBool::new(false));
     let cpus = std::thread::available_parallelism()
