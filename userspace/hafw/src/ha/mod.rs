@@ -559,7 +559,7 @@ impl Shell {
                 .poll_timeout()
                 .map(|t| shell.instant_of(t))
                 .unwrap_or_else(|| sleep_from + Duration::from_secs(1));
-            let wake = tokio::select! {
+            let mut wake = tokio::select! {
                 biased;
                 input = rx.recv() => Wake::Input(input),
                 _ = lease_tick.tick(), if shell.active => Wake::Lease,
@@ -569,8 +569,8 @@ impl Shell {
             // Whatever woke the thread, it should have been awake by the deadline or the next
             // carrier poll; before anything reads the core's clock, time beyond that is a pause.
             let paused = shell.account_for_pause(latest_wake(sleep_from, deadline, carrier_every));
-            let mut wake = wake;
             if let Some(stalled) = shell.stall(paused) {
+                // The input that woke the thread is older than the backlog.
                 let woken = match wake {
                     Wake::Input(Some(input)) if !matches!(input, Input::Shutdown(_)) => {
                         wake = Wake::Fed;
@@ -595,7 +595,7 @@ impl Shell {
                 Wake::Deadline => {
                     // Heartbeats that arrived with the deadline are read before any timer can
                     // declare the peer dead (after a stall, `after_stall` read them already).
-                    shell.drain_pending(&mut rx);
+                    shell.drain_pending(None, &mut rx);
                     let now = shell.now();
                     shell.core.handle_timeout(now);
                 }
@@ -610,14 +610,15 @@ impl Shell {
         }
     }
 
-    /// Feeds everything already received from the peer, oldest first: what the receive tasks
-    /// queued, then what is still in the heartbeat sockets. Operator requests found on the way
-    /// follow, in their order: they do not change what the peer said, and handling one fires
-    /// due timers, which must see the peer's frames first. A shutdown request is kept for the
-    /// loop, which hands the role over.
-    fn drain_pending(&mut self, rx: &mut mpsc::UnboundedReceiver<Input>) {
+    /// Feeds everything already received from the peer, oldest first: `earlier` (an input taken
+    /// off the queue before), what the receive tasks queued, then what is still in the heartbeat
+    /// sockets. Operator requests found on the way follow, in their order: they do not change
+    /// what the peer said, and handling one fires due timers, which must see the peer's frames
+    /// first. A shutdown request is kept for the loop, which hands the role over.
+    fn drain_pending(&mut self, earlier: Option<Input>, rx: &mut mpsc::UnboundedReceiver<Input>) {
         let mut requests = Vec::new();
-        while let Ok(input) = rx.try_recv() {
+        let queued = std::iter::from_fn(|| rx.try_recv().ok());
+        for input in earlier.into_iter().chain(queued) {
             match input {
                 Input::Operator(..) => requests.push(input),
                 Input::Shutdown(done) => self.shutdown = Some(done),
@@ -686,8 +687,8 @@ impl Shell {
 
     /// After a stall, before anything else of this wake-up: tells the core ([`Event::Stalled`]:
     /// an active node that stalled for its lease holds forwarding, and says so in its next
-    /// messages), then feeds what waited meanwhile, oldest first (`woken`, the input that woke
-    /// the thread, then [`Shell::drain_pending`]), and only then lets timers fire, so that a
+    /// messages), then feeds what waited meanwhile ([`Shell::drain_pending`], `woken` first: the
+    /// input that woke the thread), and only then lets timers fire, so that a
     /// peer-dead timer due now never declares the peer dead on a silence that was this node's.
     /// Narrow windows stay open: a stop after a turn queued a heartbeat or a lease write
     /// (resuming, taking the role) and before the next turn performs it is seen only after
@@ -700,10 +701,7 @@ impl Shell {
     ) {
         let now = self.now();
         self.core.handle(Event::Stalled { paused: stalled }, now);
-        if let Some(input) = woken {
-            self.on_input(input);
-        }
-        self.drain_pending(rx);
+        self.drain_pending(woken, rx);
         self.perform_actions();
     }
 
