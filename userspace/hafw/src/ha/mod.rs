@@ -457,7 +457,7 @@ struct Shell {
     carrier: BTreeMap<Link, bool>,
     /// Peer state in the last heartbeat, to log changes only.
     last_peer_state: Option<hafw_ha::State>,
-    /// A shutdown request [`Shell::drain_pending`] came upon, for the loop.
+    /// A shutdown request, from the queue or found by [`Shell::drain_pending`], for the loop.
     shutdown: Option<oneshot::Sender<()>>,
     tx: mpsc::UnboundedSender<Input>,
 }
@@ -584,11 +584,7 @@ impl Shell {
                 shell.after_stall(stalled, woken, &mut rx);
             }
             match wake {
-                Wake::Input(Some(Input::Shutdown(done))) => {
-                    shell.hand_over().await;
-                    let _ = done.send(());
-                    return Ok(());
-                }
+                Wake::Input(Some(Input::Shutdown(done))) => shell.shutdown = Some(done),
                 Wake::Input(Some(input)) => shell.on_input(input),
                 Wake::Input(None) => return Ok(()),
                 Wake::Lease => shell.refresh_lease(),
@@ -675,10 +671,9 @@ impl Shell {
     /// the lease: the dataplane stopped forwarding either way, and the hold that follows costs
     /// two heartbeat intervals.
     fn stall(&self, paused: Duration) -> Option<Duration> {
-        let unrefreshed = self.lease_refreshed.elapsed();
-        let lapsed = self.active && !self.lease_held && unrefreshed >= self.lease;
+        let lapsed = self.active && !self.lease_held && !self.lease_runs();
         let stalled = if lapsed {
-            paused.max(unrefreshed)
+            paused.max(self.lease_refreshed.elapsed())
         } else {
             paused
         };
@@ -1057,7 +1052,7 @@ impl Shell {
         );
         // Judged by the lease it was refreshed for: one that ran, shortened, is written anew at
         // once; one that lapsed is the stall check's.
-        let running = self.lease_refreshed.elapsed() < self.lease;
+        let running = self.lease_runs();
         self.lease = lease;
         self.shell_view.lease_ms = lease.as_millis() as u64;
         if self.active && !self.lease_held && running {
@@ -1071,10 +1066,15 @@ impl Shell {
     /// thread stalled since the last refresh and the peer may have taken over, which is the
     /// core's to judge ([`Shell::stall`], at the next wake-up).
     fn refresh_lease(&mut self) {
-        if !self.active || self.lease_held || self.lease_refreshed.elapsed() >= self.lease {
+        if !self.active || self.lease_held || !self.lease_runs() {
             return;
         }
         self.write_lease();
+    }
+
+    /// Whether the lease last written has not ended yet.
+    fn lease_runs(&self) -> bool {
+        self.lease_refreshed.elapsed() < self.lease
     }
 
     /// Sets the lease to end one lease from now: on taking the role, on resuming after a hold,
