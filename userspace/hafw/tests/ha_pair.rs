@@ -3,7 +3,7 @@
 //!
 //! Each test states the guarantee it checks; where a guarantee could hold by accident, the test
 //! also runs the configuration that must break it and shows that it does. The pair runs on the
-//! lab tests' HA timers (200 ms failure detection, see `advanced_timers`), not the built-in
+//! lab tests' HA timers (500 ms failure detection, see `advanced_timers`), not the built-in
 //! `fast` profile, unless a test chooses its own.
 //!
 //! Needs root. Namespaces are unique per run and removed on drop, even when a test fails.
@@ -35,17 +35,20 @@ impl Drop for Pair {
     }
 }
 
-/// The lab tests' HA timers, `extra` added: 10 ms heartbeats, the peer dead after 20 of them
-/// (200 ms), no promotion hold, hellos every second. These tests check behaviour, not detection
-/// speed (the failover and soak benchmarks measure that, on the built-in `fast` profile): on a
-/// kernel that does not preempt, a node starting beside a running one can hold the running
-/// node's HA thread off its CPU for 20-90 ms (README, known gaps), and CI saw the `fast`
-/// profile's 15 ms lost that way at pairing, a false failover that restarted sync or swapped the
-/// roles. A timer that `extra` sets replaces the default here.
+/// The lab tests' HA timers, `extra` added: 10 ms heartbeats, the peer dead after 50 of them
+/// (500 ms), no promotion hold, hellos every second. These tests check behaviour, not detection
+/// speed (the failover and soak benchmarks measure that, on the built-in `fast` profile). On a
+/// kernel that does not preempt, kernel work elsewhere (a node starting beside a running one,
+/// a burst of new flows) can hold an HA thread off its CPU for tens of milliseconds (README,
+/// known gaps): CI lost the `fast` profile's 15 ms that way, and the false failover restarted
+/// sync or swapped the roles. In the lab, stalls of 50-320 ms from large BPF maps created in a
+/// loop beside the pair failed 5 of 6 runs of two such tests on `fast`, 3 of 6 on 200 ms, and
+/// none of 6 on 500 ms.
+/// A timer that `extra` sets replaces the default here.
 fn advanced_timers(text: String, extra: &str) -> String {
     let defaults = [
         "heartbeat_interval_ms = 10\n",
-        "heartbeat_loss_threshold = 20\n",
+        "heartbeat_loss_threshold = 50\n",
         "promotion_hold_ms = 0\n",
         "hello_interval_ms = 1000\n",
     ];
@@ -65,7 +68,7 @@ fn advanced_timers(text: String, extra: &str) -> String {
 /// chose its own (see [`advanced_timers`]).
 fn lab_config(edit: &dyn Fn(usize, String) -> String, i: usize, text: String) -> String {
     let text = edit(i, text);
-    if text.contains("timers = \"fast\"") {
+    if std::env::var_os("LAB_FAST").is_none() && text.contains("timers = \"fast\"") {
         advanced_timers(text, "")
     } else {
         text
@@ -386,7 +389,7 @@ fn the_new_active_forwards_before_its_addresses_are_back() {
 
     let killed = Instant::now();
     pair.signal(0, nix::sys::signal::Signal::SIGKILL);
-    pair.assert_fw2_takes_over(Duration::from_secs(1));
+    pair.assert_fw2_takes_over(Duration::from_secs(2));
     assert!(
         pair.connects_within(Duration::from_secs(1)),
         "no connection through the new active node before its claim:\n{}",
@@ -846,7 +849,7 @@ fn a_frozen_active_node_yields_to_the_node_that_took_over() {
 }
 
 /// Input: 20 TCP connections through fw1 (active); both controllers are frozen together for
-/// 300 ms (SIGSTOP, as one overloaded host stalls both), then run again, fw2 first. Output: no
+/// a second (SIGSTOP, as one overloaded host stalls both; longer than the lease), then run again, fw2 first. Output: no
 /// state changes on either node (both kept their transition histories), fw1 held forwarding
 /// after the stall and forwards again once fw2 showed it is still passive ("forwarding again" in
 /// its log), and every connection exchanges data.
@@ -862,7 +865,7 @@ fn a_stall_of_both_nodes_changes_no_state_and_forwarding_resumes() {
     let before = [transitions(0), transitions(1)];
     pair.signal(0, nix::sys::signal::Signal::SIGSTOP);
     pair.signal(1, nix::sys::signal::Signal::SIGSTOP);
-    std::thread::sleep(Duration::from_millis(300));
+    std::thread::sleep(Duration::from_secs(1));
     pair.signal(1, nix::sys::signal::Signal::SIGCONT);
     pair.signal(0, nix::sys::signal::Signal::SIGCONT);
     std::thread::sleep(Duration::from_secs(1));
@@ -878,12 +881,12 @@ fn a_stall_of_both_nodes_changes_no_state_and_forwarding_resumes() {
     );
 }
 
-/// Input: fw1 takes over 700 ms after losing its peer (200 ms to declare it dead, promotion hold
-/// 500 ms: its own lease would be 466 ms), fw2 after 200 ms (promotion hold 0). Output: once
-/// paired, fw1's lease is 133 ms, two thirds of fw2's takeover time, in its dataplane (the pinned
+/// Input: fw1 takes over 1,000 ms after losing its peer (500 ms to declare it dead, promotion
+/// hold 500 ms: its own lease would be 666 ms), fw2 after 500 ms (promotion hold 0). Output: once
+/// paired, fw1's lease is 333 ms, two thirds of fw2's takeover time, in its dataplane (the pinned
 /// config's lease ends at most that far ahead) and in `show high-availability all`, which also
-/// warns of the difference. With its own 466 ms lease, a stopped fw1 would forward beside fw2 for
-/// 266 ms.
+/// warns of the difference. With its own 666 ms lease, a stopped fw1 would forward beside fw2 for
+/// 166 ms.
 #[test]
 fn the_active_nodes_lease_ends_before_its_quicker_peer_takes_over() {
     let timers = |i: usize, text: String| {
@@ -895,10 +898,10 @@ fn the_active_nodes_lease_ends_before_its_quicker_peer_takes_over() {
     };
     let pair = Pair::start(&timers);
     let show = pair.show(0).expect("fw1 answers");
-    assert_eq!(show["shell"]["lease_ms"], 133, "{show:#}");
+    assert_eq!(show["shell"]["lease_ms"], 333, "{show:#}");
     let warnings = show["status"]["peer"]["warnings"].to_string();
     assert!(
-        warnings.contains("takes over 700 ms after losing its peer, the peer after 200 ms"),
+        warnings.contains("takes over 1000 ms after losing its peer, the peer after 500 ms"),
         "{warnings}"
     );
     for _ in 0..20 {
@@ -906,7 +909,7 @@ fn the_active_nodes_lease_ends_before_its_quicker_peer_takes_over() {
         let ahead = config
             .active_lease_expires_ns
             .saturating_sub(hafw::aging::monotonic_now_ns());
-        assert!(ahead <= 133_333_334, "lease ends {ahead} ns ahead");
+        assert!(ahead <= 333_333_334, "lease ends {ahead} ns ahead");
         std::thread::sleep(Duration::from_millis(7));
     }
 }
@@ -1226,12 +1229,14 @@ fn busy_sessions_keep_current_ages_on_the_passive_and_survive_a_takeover_idle() 
     let idle = Duration::from_nanos(hafw::aging::monotonic_now_ns().saturating_sub(v.last_seen_ns));
     assert!(
         idle < Duration::from_secs(4),
-        "the passive node's copy is {idle:?} idle after 10 s of traffic"
+        "the passive node's copy is {idle:?} idle after 10 s of traffic\n{}",
+        pair.logs()
     );
     let active = request(&pair.instances[0], &Request::ShowStateSync).unwrap();
     assert!(
         active["sent"]["age_refreshes_sent"].as_u64().unwrap_or(0) >= 3,
-        "{active:#}"
+        "{active:#}\n{}",
+        pair.logs()
     );
     pair.signal(0, nix::sys::signal::Signal::SIGKILL);
     pair.assert_fw2_takes_over(Duration::from_secs(2));
@@ -1316,18 +1321,10 @@ fn a_large_bulk_sync_completes_under_ha2_loss() {
 #[test]
 fn sessions_converge_under_ha2_loss_and_survive_a_failover() {
     const FLOWS: u32 = 100_000;
-    // The burst (100,000 new flows in about 2 s through the lab's 2 vCPUs) can hold heartbeats
-    // off for longer than the lab tests' 200 ms on a kernel that does not preempt (README, known
-    // gaps); a split brain in the middle would send part of the burst through the other node. What this test is about is HA2, so its pair tolerates 500 ms of heartbeat silence,
-    // which is also how long its failover at the end (SIGKILL, links cut) takes to be noticed.
-    let tolerant = |_: usize, text: String| {
-        advanced_timers(
-            text,
-            "heartbeat_loss_threshold = 50
-",
-        )
-    };
-    let mut pair = Pair::start(&tolerant);
+    // The burst (100,000 new flows in about 2 s through the lab's 2 vCPUs) holds heartbeats off
+    // for tens of milliseconds on a kernel that does not preempt (README, known gaps); the lab
+    // tests' 500 ms keep a split brain from sending part of the burst through the other node.
+    let mut pair = Pair::start(&unchanged);
     let conns = open_connections(&pair, 50);
     drop_on_ha2(&pair, 0);
     let t = Instant::now();
