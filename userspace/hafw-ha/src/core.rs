@@ -979,12 +979,13 @@ impl Core {
             }
             return;
         }
-        // A flap is leaving active because this node failed. Handing the role to a better peer
-        // (preemption, split brain) or to the operator is not instability of this node: counting it
-        // would suspend the healthy node of a pair whose other node flaps. At the limit the node
-        // suspends itself instead of going non-functional.
-        let limit_reached =
-            old == State::Active && new == State::NonFunctional && self.count_flap(now);
+        // A flap is leaving active because this node failed: it cannot serve, or it stalled so
+        // long that the peer took over. Handing the role to a better peer (preemption, split
+        // brain) or to the operator is not instability of this node: counting it would suspend
+        // the healthy node of a pair whose other node flaps. At the limit the node suspends
+        // itself instead.
+        let failed = new == State::NonFunctional || matches!(reason, Reason::Stalled { .. });
+        let limit_reached = old == State::Active && failed && self.count_flap(now);
         let (new, reason) = if limit_reached {
             (State::Suspended, Reason::TooManyFlaps { flaps: self.flaps })
         } else {

@@ -55,12 +55,14 @@
 //! - **Monitors**: a failure makes a node non-functional after the monitor-fail hold-up, plus the
 //!   additional master hold-up on the active node. Dataplane down is immediate. Recovery -> passive
 //!   (then active by the usual rules: preemption, peer gone, nobody active).
-//! - **Flaps**: leaving active because this node failed (active -> non-functional) within
-//!   [`FLAP_WINDOW`] of the previous such departure counts one flap; when the count reaches
-//!   `max_flaps` (0 = no limit) the node goes `suspended` ("too many flaps") instead of
-//!   non-functional. Handing the role over to a better peer (preemption, split brain) or to the
-//!   operator is not a flap: counting it would suspend the *healthy* node of a pair whose other
-//!   node keeps failing and being preempted back. Operator "functional" clears the count.
+//! - **Flaps**: leaving active because this node failed (active -> non-functional, or -> passive
+//!   after a stall the peer took over in) within [`FLAP_WINDOW`] of the previous such departure
+//!   counts one flap; when the count reaches `max_flaps` (0 = no limit) the node goes `suspended`
+//!   ("too many flaps") instead. A preemptive node on an overloaded host that keeps stalling
+//!   would otherwise take the role back and lose it again every preemption hold. Handing the
+//!   role over to a better peer (preemption, split brain) or to the operator is not a flap:
+//!   counting it would suspend the *healthy* node of a pair whose other node keeps failing and
+//!   being preempted back. Operator "functional" clears the count.
 //! - **Split brain** (both active after a full partition): when they hear each other again, the
 //!   election loser goes passive, the winner stays and emits [`Action::AnnounceAgain`] (GARPs
 //!   again). An active node also re-announces whenever it starts hearing its peer (for the first
@@ -79,7 +81,7 @@
 //!   active and not resuming itself, it yields (whatever the election says, and the peer keeps
 //!   the role: winning that split brain would end the sessions created on the peer meanwhile;
 //!   a peer that says it is resuming was active from before its own stall, took nothing over,
-//!   and is not yielded to); otherwise, after
+//!   and is not yielded to; the yield counts as a flap); otherwise, after
 //!   [`Timers::stall_hold`] (two heartbeat intervals, time for the peer's current state to
 //!   arrive), [`Action::ResumeForwarding`], and no state changed.
 //! - **Lease**: an active node's dataplane forwards only while the shell keeps refreshing its

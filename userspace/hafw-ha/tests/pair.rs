@@ -827,6 +827,51 @@ fn flap_limit_leads_to_suspended() {
     assert_eq!(pair.states(), [State::Active, State::Passive]);
 }
 
+/// Input: preemptive pair, fast profile (preemption hold 10 s); a, the preferred node, is frozen
+/// for 100 ms again and again (an overloaded host), each time after it took the role back by
+/// preemption. Output: each stall hands the role to b and a yields when it runs again; the 4th
+/// such departure within 15 minutes is the 3rd flap: a suspends itself ("too many flaps"), b keeps
+/// the role and counts no flap. Without counting these departures, the pair swapped roles every
+/// preemption hold for as long as a kept stalling.
+#[test]
+fn a_node_that_keeps_stalling_suspends_itself_at_the_flap_limit() {
+    let mut a = fast(1, 100);
+    a.preemptive = true;
+    let mut b = fast(2, 110);
+    b.preemptive = true;
+    let mut pair = settled(a, b);
+    for round in 0..4 {
+        assert_eq!(
+            pair.states(),
+            [State::Active, State::Passive],
+            "round {round}"
+        );
+        pair.freeze(A);
+        pair.run_for(ms(100));
+        pair.thaw(A);
+        pair.run_for(Duration::from_secs(11));
+    }
+    assert_eq!(pair.states(), [State::Suspended, State::Active]);
+    let last = pair.transitions(A).last().expect("transition");
+    assert_eq!(
+        (last.from, last.to, last.reason.clone()),
+        (
+            State::Active,
+            State::Suspended,
+            Reason::TooManyFlaps { flaps: 3 }
+        )
+    );
+    let stalls = pair
+        .transitions(A)
+        .iter()
+        .filter(|t| matches!(t.reason, Reason::Stalled { .. }))
+        .count();
+    assert_eq!(stalls, 3, "the first three stalls made a passive");
+    assert_eq!(pair.core(B).status().flaps, 0);
+    pair.run_for(Duration::from_secs(600));
+    assert_eq!(pair.states(), [State::Suspended, State::Active]);
+}
+
 /// Input: leaving active twice, 16 minutes apart. Output: no flap counted.
 #[test]
 fn departures_further_apart_than_the_window_are_not_flaps() {
