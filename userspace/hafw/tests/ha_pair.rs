@@ -848,6 +848,43 @@ fn a_frozen_active_node_yields_to_the_node_that_took_over() {
     assert_eq!(alive, [20, 20], "{}", pair.logs());
 }
 
+/// Input: a preemptive pair with a 1 s preemption hold; fw1, the preferred node, is frozen
+/// (SIGSTOP) until fw2 has taken over and then runs again (SIGCONT), four times, each after it took
+/// the role back by preemption. Output: fw1 yields after each of the first three stalls; the
+/// fourth departure from active within 15 minutes is its third flap, so it suspends itself ("too
+/// many flaps") and fw2 keeps the role. Before stall yields counted as flaps, fw1 took the role
+/// back every time.
+#[test]
+fn a_node_that_keeps_stalling_suspends_itself_at_the_flap_limit() {
+    let edit = |_: usize, text: String| advanced_timers(text, "preemption_hold_ms = 1000\n");
+    let pair = Pair::start(&edit);
+    for round in 0..4 {
+        assert!(
+            pair.wait_states(["active", "passive"], Duration::from_secs(5)),
+            "round {round}: {:?}\n{}",
+            pair.states(),
+            pair.logs()
+        );
+        pair.signal(0, nix::sys::signal::Signal::SIGSTOP);
+        pair.assert_fw2_takes_over(Duration::from_secs(5));
+        pair.signal(0, nix::sys::signal::Signal::SIGCONT);
+        let left = wait_until(Duration::from_secs(5), Duration::from_millis(10), || {
+            matches!(pair.state(0).as_str(), "passive" | "suspended")
+        });
+        assert!(
+            left,
+            "round {round}: fw1 {}\n{}",
+            pair.state(0),
+            pair.logs()
+        );
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(pair.states(), ["suspended", "active"], "{}", pair.logs());
+    let fw1 = pair.show(0).expect("fw1 answers");
+    let reason = fw1["status"]["local"]["reason"].as_str().unwrap_or("");
+    assert!(reason.starts_with("too many flaps"), "{fw1:#}");
+}
+
 /// Input: 20 TCP connections through fw1 (active); both controllers are frozen together for
 /// a second (SIGSTOP, as one overloaded host stalls both; longer than the lease), then run again, fw2 first. Output: no
 /// state changes on either node (both kept their transition histories), fw1 held forwarding
