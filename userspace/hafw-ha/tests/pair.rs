@@ -30,6 +30,14 @@ fn settled(a: Config, b: Config) -> Pair {
     pair
 }
 
+/// The fast profile on both, both preemptive: a (100) is the better node, b (110) the worse.
+fn preemptive_fast_pair() -> [Config; 2] {
+    [fast(1, 100), fast(2, 110)].map(|mut config| {
+        config.preemptive = true;
+        config
+    })
+}
+
 /// b boots alone and becomes active; a boots at 5 s and becomes passive.
 fn b_first(a: Config, b: Config) -> Pair {
     let mut pair = Pair::unbooted(a, b);
@@ -123,10 +131,7 @@ fn no_preemption_unless_both_peers_enable_it() {
 /// delay later; nobody is ever active at the same time as the other.
 #[test]
 fn preemption_after_exactly_the_hold_time() {
-    let mut a = fast(1, 100);
-    a.preemptive = true;
-    let mut b = fast(2, 110);
-    b.preemptive = true;
+    let [a, b] = preemptive_fast_pair();
     let mut pair = b_first(a, b);
     let delay = pair.wire.delay;
     let a_passive = pair.entered(A, State::Passive).expect("a passive");
@@ -742,10 +747,7 @@ fn monitor_recovery_inside_the_hold_up_changes_nothing() {
 /// recovery, then active again exactly one preemption hold (plus a delay) later.
 #[test]
 fn recovery_with_preemption_takes_the_active_role_back() {
-    let mut a = fast(1, 100);
-    a.preemptive = true;
-    let mut b = fast(2, 110);
-    b.preemptive = true;
+    let [a, b] = preemptive_fast_pair();
     let mut pair = settled(a, b);
     pair.inject(A, Event::MonitorFailed { reason: "x".into() });
     pair.run_for(ms(50));
@@ -787,10 +789,7 @@ fn dataplane_down_is_immediate() {
 /// preemption.
 #[test]
 fn flap_limit_leads_to_suspended() {
-    let mut a = fast(1, 100);
-    a.preemptive = true;
-    let mut b = fast(2, 110);
-    b.preemptive = true;
+    let [a, b] = preemptive_fast_pair();
     let mut pair = settled(a, b);
     for round in 0..4 {
         assert_eq!(pair.state(A), State::Active, "round {round}");
@@ -835,10 +834,7 @@ fn flap_limit_leads_to_suspended() {
 /// preemption hold for as long as a kept stalling.
 #[test]
 fn a_node_that_keeps_stalling_suspends_itself_at_the_flap_limit() {
-    let mut a = fast(1, 100);
-    a.preemptive = true;
-    let mut b = fast(2, 110);
-    b.preemptive = true;
+    let [a, b] = preemptive_fast_pair();
     let mut pair = settled(a, b);
     for round in 0..4 {
         assert_eq!(
