@@ -287,20 +287,40 @@ fn load_xdp(ebpf: &mut Ebpf, name: &str) -> Result<()> {
     load_retrying(|| prog.load()).with_context(|| format!("loading program {name} (verifier)"))
 }
 
-/// Runs `load`, retrying when the verifier was interrupted: it gives up with EAGAIN when a signal
-/// is pending for the loading thread (as libbpf does, a few attempts).
+/// Runs `load` with every signal blocked on the calling thread, retrying when the verifier was
+/// interrupted all the same (it gives up with EAGAIN when a signal is pending for the loading
+/// thread; libbpf retries a few times too).
+///
+/// Why block: a signal sent to the process goes to any thread that does not block it, and the
+/// verifier of a large program runs for milliseconds. A child's SIGCHLD, otherwise discarded,
+/// is queued while the thread that spawned it has signals blocked (spawning the next child
+/// does that for a moment), and then lands on the loading thread: tests that start `ip` beside a
+/// load lost all six attempts that way. Blocked on this thread, such signals go to another one,
+/// or wait until the load returns.
 fn load_retrying(mut load: impl FnMut() -> Result<(), ProgramError>) -> Result<(), ProgramError> {
+    use nix::sys::signal::{SigSet, SigmaskHow, pthread_sigmask};
+    let mut previous = SigSet::empty();
+    let blocked = pthread_sigmask(
+        SigmaskHow::SIG_BLOCK,
+        Some(&SigSet::all()),
+        Some(&mut previous),
+    )
+    .is_ok();
     let mut attempts = 0;
-    loop {
+    let result = loop {
         match load() {
             Err(ProgramError::LoadError { io_error, .. })
                 if io_error.raw_os_error() == Some(libc::EAGAIN) && attempts < 5 =>
             {
                 attempts += 1;
             }
-            other => return other,
+            other => break other,
         }
+    };
+    if blocked {
+        let _ = pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&previous), None);
     }
+    result
 }
 
 impl Dataplane {

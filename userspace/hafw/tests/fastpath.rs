@@ -1196,3 +1196,60 @@ fn every_map_access_of_the_programs_is_resolved_at_load() {
         );
     }
 }
+
+/// Input: a SIGCHLD handler installed (the controller has one: tokio's process support), and a
+/// thread that starts short-lived children without pause while the dataplane loads, five times.
+/// Output: every load succeeds. The verifier gives up with EAGAIN when a signal is pending for
+/// the loading thread, and a child's SIGCHLD goes to any thread that does not block it: before
+/// the load blocked signals on its thread, all six attempts could fail that way.
+#[test]
+fn the_dataplane_loads_while_children_exit() {
+    use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    extern "C" fn on_child(_: libc::c_int) {}
+    let handler = SigAction::new(
+        SigHandler::Handler(on_child),
+        SaFlags::SA_RESTART,
+        SigSet::empty(),
+    );
+    // SAFETY: the handler does nothing, so it is async-signal-safe.
+    let previous = unsafe { sigaction(Signal::SIGCHLD, &handler) }.unwrap();
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let spawner = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut children = 0u32;
+            while !stop.load(Ordering::Relaxed) && children < 100_000 {
+                let _ = std::process::Command::new("true").status();
+                children += 1;
+            }
+            children
+        })
+    };
+    let loads: Vec<_> = (0..5)
+        .map(|_| {
+            hafw::dataplane::Dataplane::load(&hafw::dataplane::LoadOptions {
+                session_table_size: 1024,
+                pin_dir: None,
+            })
+            .map(drop)
+            .map_err(|e| {
+                format!("{e:#}")
+                    .lines()
+                    .take(2)
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+        })
+        .collect();
+    stop.store(true, Ordering::Relaxed);
+    let children = spawner.join().unwrap();
+    // SAFETY: restores the disposition found above.
+    unsafe { sigaction(Signal::SIGCHLD, &previous) }.unwrap();
+    assert!(children > 0);
+    assert!(
+        loads.iter().all(Result::is_ok),
+        "{loads:?} ({children} children)"
+    );
+}
