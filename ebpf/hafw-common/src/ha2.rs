@@ -274,15 +274,29 @@ impl Ha2State {
         (self.contiguous.saturating_add(1)..=self.highest).filter(|&seq| !self.has(seq))
     }
 
-    /// The last bulk sync's end marker arrived after its start marker.
+    /// The last bulk sync's start and end markers both arrived, in either order: the end
+    /// marker held is later in the sequence than the start marker held. (A start marker lost and
+    /// sent again arrives after its end marker.)
     pub const fn bulk_ended(&self) -> bool {
-        self.bulk_started_ns != 0 && self.bulk_ended_ns >= self.bulk_started_ns
+        self.bulk_started_ns != 0
+            && self.bulk_ended_ns != 0
+            && self.bulk_end_sequence > self.bulk_start_sequence
     }
 
     /// The last bulk sync ended, every message up to its end arrived and none since was given
     /// up: this node holds every session the sender had.
     pub const fn bulk_complete(&self) -> bool {
         self.bulk_ended() && self.contiguous >= self.bulk_end_sequence && self.resync_needed == 0
+    }
+
+    /// How long the last complete bulk sync took to arrive, from its start marker to its end
+    /// marker; unknown when the start marker came last (lost and sent again).
+    pub const fn bulk_duration_ns(&self) -> Option<u64> {
+        if self.bulk_complete() {
+            self.bulk_ended_ns.checked_sub(self.bulk_started_ns)
+        } else {
+            None
+        }
     }
 
     /// Once the last bulk sync is complete, where it started: the bulk sync wrote every session

@@ -267,8 +267,15 @@ fn stamp(start: bool, sequence: u32) {
         // SAFETY: array entry, see `accept_sequence`.
         let st = unsafe { &mut *st };
         if start {
-            // A start marker retransmitted after its end marker must not reopen that bulk sync.
             if sequence < st.bulk_end_sequence {
+                // The end marker came first: this start marker was lost and sent again. It is
+                // that bulk sync's if newer than the start held (a sender's first bulk sync holds
+                // none), and it must not reopen it (the end marker will not come again) nor
+                // supersede the bulk sync's messages that arrived before it.
+                if sequence > st.bulk_start_sequence {
+                    st.bulk_start_sequence = sequence;
+                    st.bulk_started_ns = now;
+                }
                 return;
             }
             // The bulk sync carries every session as the sender has it now, read after whatever

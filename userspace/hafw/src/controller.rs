@@ -1299,23 +1299,31 @@ fn state_sync_view(n: &Node) -> Result<serde_json::Value> {
     // The ingest state describes receiving; on a node that no longer receives (it took over) it
     // is what it last received, not its status now.
     let receiving = n.sync.receiving;
-    let status = match (st.bulk_started_ns, st.bulk_ended_ns) {
-        _ if n.sync.sender.is_some() => "sending: bulk sync sent, changes streamed",
-        _ if !receiving => "-",
-        _ if st.resync_needed != 0 => "messages lost, resync requested",
-        (0, _) => "waiting for bulk sync",
-        (_, 0) => "bulk sync in progress",
-        _ if st.bulk_complete() => "state sync complete",
-        _ if st.bulk_ended() => "bulk sync recovering losses",
-        _ => "-",
+    let status = if n.sync.sender.is_some() {
+        "sending: bulk sync sent, changes streamed"
+    } else if !receiving {
+        "-"
+    } else if st.resync_needed != 0 {
+        "messages lost, resync requested"
+    } else if st.bulk_complete() {
+        "state sync complete"
+    } else if st.bulk_ended_ns != 0 {
+        // Its end marker arrived: what is missing is retransmitted (its start marker too).
+        "bulk sync recovering losses"
+    } else if st.bulk_started_ns != 0 {
+        "bulk sync in progress"
+    } else {
+        "waiting for bulk sync"
     };
     let missing = st.missing().count();
     let mut gaps = n.sync.gaps.clone();
     if let Some(r) = &n.sync.requester {
         add_gap_stats(&mut gaps, &r.tracker.stats);
     }
-    let bulk_ms = (receiving && st.bulk_ended())
-        .then(|| (st.bulk_ended_ns - st.bulk_started_ns) as f64 / 1e6);
+    let bulk_ms = st
+        .bulk_duration_ns()
+        .filter(|_| receiving)
+        .map(|ns| ns as f64 / 1e6);
     Ok(serde_json::json!({
         "interface": plan.link.interface,
         "transport": plan.link.transport.as_str(),
