@@ -854,8 +854,11 @@ impl Core {
     /// whatever the election says. A peer that says it is resuming is active from before its own
     /// stall, so it took nothing over: this node keeps the role, also while it holds itself
     /// (the node that took over, stalled in turn, hears the node it replaced come back). When
-    /// neither stalled, the election decides; so it does when both did, once the first hold
-    /// ends (both may forward for one message delay if the holds end together).
+    /// neither stalled, the election decides. When both did, the node whose hold ends first
+    /// keeps the role and the other yields, with the stall as its reason (a flap), whichever of
+    /// them had taken over: a rare case (a takeover, then a stall of the new active node before
+    /// the old one runs again), and both may forward for one message delay if the holds end
+    /// together.
     fn split_brain_loss(&self) -> Option<Option<Reason>> {
         match (self.resuming, self.peer.resuming) {
             (Some(paused_ms), false) => Some(Some(Reason::Stalled { paused_ms })),

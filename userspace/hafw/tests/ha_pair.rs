@@ -44,7 +44,8 @@ impl Drop for Pair {
 /// sync or swapped the roles. In the lab, stalls of 50-320 ms from large BPF maps created in a
 /// loop beside the pair failed 5 of 6 runs of two such tests on `fast`, 3 of 6 on 200 ms, and
 /// none of 6 on 500 ms.
-/// A timer that `extra` sets replaces the default here.
+/// A timer that `extra` sets replaces the default here; the ones not set here have the
+/// `recommended` profile's values (preemption hold 60 s, max flaps 3, ...).
 fn advanced_timers(text: String, extra: &str) -> String {
     let defaults = [
         "heartbeat_interval_ms = 10\n",
@@ -65,10 +66,12 @@ fn advanced_timers(text: String, extra: &str) -> String {
 }
 
 /// The lab config for node `i` as a test edits it, on the lab tests' timers unless the test
-/// chose its own (see [`advanced_timers`]).
+/// chose its own (see [`advanced_timers`]) or `HAFW_LAB_TESTS_ON_FAST` is set (the built-in
+/// `fast` profile then, for a host whose kernel preempts).
 fn lab_config(edit: &dyn Fn(usize, String) -> String, i: usize, text: String) -> String {
     let text = edit(i, text);
-    if std::env::var_os("LAB_FAST").is_none() && text.contains("timers = \"fast\"") {
+    let builtin = std::env::var_os("HAFW_LAB_TESTS_ON_FAST").is_some();
+    if !builtin && text.contains("timers = \"fast\"") {
         advanced_timers(text, "")
     } else {
         text
@@ -886,7 +889,8 @@ fn a_node_that_keeps_stalling_suspends_itself_at_the_flap_limit() {
 }
 
 /// Input: 20 TCP connections through fw1 (active); both controllers are frozen together for
-/// a second (SIGSTOP, as one overloaded host stalls both; longer than the lease), then run again, fw2 first. Output: no
+/// a second (SIGSTOP, as one overloaded host stalls both: longer than the lease, and than the
+/// peer-dead time, which fw2, running again first, must not count against fw1), then run again, fw2 first. Output: no
 /// state changes on either node (both kept their transition histories), fw1 held forwarding
 /// after the stall and forwards again once fw2 showed it is still passive ("forwarding again" in
 /// its log), and every connection exchanges data.
@@ -1287,12 +1291,6 @@ fn busy_sessions_keep_current_ages_on_the_passive_and_survive_a_takeover_idle() 
     let _ = pair.run.procs[0].take();
 }
 
-/// Input: 5% of the active node's HA2 frames dropped (nftables on its HA2 egress) while 100,000
-/// new sessions are created through it, with 50 TCP connections established before. Output:
-/// the passive node asks for what it lost, its table converges to the active node's (the same
-/// keys, nothing more, and the same TCP states), and after a failover every TCP connection
-/// carries data. Control: the drops happened (nft counter) and were repaired by retransmission
-/// (the passive's recovery counters).
 /// Input: fw1's HA2 link with MTU 1400 (a full HA2 message over the lab's ethernet transport
 /// needs 1464). Output: fw1 refuses to sync over it and its log says why; the old code sent
 /// anyway, the kernel refused every full message, and only a counter grew.
@@ -1355,6 +1353,12 @@ fn a_large_bulk_sync_completes_under_ha2_loss() {
     assert_eq!(sent["sent"]["resyncs_sent"], 0, "{sent:#}");
 }
 
+/// Input: 5% of the active node's HA2 frames dropped (nftables on its HA2 egress) while 100,000
+/// new sessions are created through it, with 50 TCP connections established before. Output:
+/// the passive node asks for what it lost, its table converges to the active node's (the same
+/// keys, nothing more, and the same TCP states), and after a failover every TCP connection
+/// carries data. Control: the drops happened (nft counter) and were repaired by retransmission
+/// (the passive's recovery counters).
 #[test]
 fn sessions_converge_under_ha2_loss_and_survive_a_failover() {
     const FLOWS: u32 = 100_000;
