@@ -292,11 +292,11 @@ fn load_xdp(ebpf: &mut Ebpf, name: &str) -> Result<()> {
 /// thread; libbpf retries a few times too).
 ///
 /// Why block: a signal sent to the process goes to any thread that does not block it, and the
-/// verifier of a large program runs for milliseconds. A child's SIGCHLD, otherwise discarded,
-/// is queued while the thread that spawned it has signals blocked (spawning the next child
-/// does that for a moment), and then lands on the loading thread: tests that start `ip` beside a
-/// load lost all six attempts that way. Blocked on this thread, such signals go to another one,
-/// or wait until the load returns.
+/// verifier of a large program runs for milliseconds. A child's SIGCHLD is such a signal when the
+/// process handles it (the controller does, through tokio's process support), and even when it
+/// does not, while the thread that started the child has signals blocked (as it has for a moment
+/// while it starts the next one): tests that start `ip` beside a load lost all six attempts that
+/// way. Blocked on this thread, such signals go to another one, or wait until the load returns.
 fn load_retrying(mut load: impl FnMut() -> Result<(), ProgramError>) -> Result<(), ProgramError> {
     use nix::sys::signal::{SigSet, SigmaskHow, pthread_sigmask};
     let mut previous = SigSet::empty();

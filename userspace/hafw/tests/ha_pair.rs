@@ -37,7 +37,7 @@ impl Drop for Pair {
 
 /// The lab tests' HA timers, `extra` added: 10 ms heartbeats, the peer dead after 50 of them
 /// (500 ms), no promotion hold, hellos every second. These tests check behaviour, not detection
-/// speed (the failover and soak benchmarks measure that, on the built-in `fast` profile). On a
+/// speed (the failover and soak benchmarks measure that). On a
 /// kernel that does not preempt, kernel work elsewhere (a node starting beside a running one,
 /// a burst of new flows) can hold an HA thread off its CPU for tens of milliseconds (README,
 /// known gaps): CI lost the `fast` profile's 15 ms that way, and the false failover restarted
