@@ -703,8 +703,7 @@ impl Core {
         self.actions.push_back(Action::HoldForwarding);
         self.notice(Notice::Stalled { paused_ms });
         // A peer that took over learns at once that it keeps the role.
-        self.send_hello(false, now);
-        self.send_heartbeat(now);
+        self.tell_peer(now);
     }
 
     fn on_timer(&mut self, timer: Timer, now: Timestamp) {
@@ -741,8 +740,7 @@ impl Core {
             Timer::StallHold => {
                 if self.resuming.take().is_some() && self.state == State::Active {
                     self.actions.push_back(Action::ResumeForwarding);
-                    self.send_hello(false, now);
-                    self.send_heartbeat(now);
+                    self.tell_peer(now);
                 }
             }
             Timer::Hello => self.send_hello(false, now),
@@ -1021,8 +1019,7 @@ impl Core {
             State::Initial => None,
         };
         self.actions.extend(entry);
-        self.send_hello(false, now);
-        self.send_heartbeat(now);
+        self.tell_peer(now);
     }
 
     /// Counts a failure departure from active at `now`; returns whether the flap limit is reached.
@@ -1050,6 +1047,13 @@ impl Core {
     }
 
     // ---- Outputs ----
+
+    /// A hello and a heartbeat now, so the peer learns of a change within one message delay
+    /// instead of one interval.
+    fn tell_peer(&mut self, now: Timestamp) {
+        self.send_hello(false, now);
+        self.send_heartbeat(now);
+    }
 
     fn send_hello(&mut self, wants_reply: bool, now: Timestamp) {
         let config = &self.config;

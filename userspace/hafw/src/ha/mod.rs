@@ -671,7 +671,7 @@ impl Shell {
     /// the lease: the dataplane stopped forwarding either way, and the hold that follows costs
     /// two heartbeat intervals.
     fn stall(&self, paused: Duration) -> Option<Duration> {
-        let lapsed = self.active && !self.lease_held && !self.lease_runs();
+        let lapsed = self.keeps_lease() && !self.lease_runs();
         let stalled = if lapsed {
             paused.max(self.lease_refreshed.elapsed())
         } else {
@@ -1055,7 +1055,7 @@ impl Shell {
         let running = self.lease_runs();
         self.lease = lease;
         self.shell_view.lease_ms = lease.as_millis() as u64;
-        if self.active && !self.lease_held && running {
+        if self.keeps_lease() && running {
             self.write_lease();
         }
         true
@@ -1066,10 +1066,14 @@ impl Shell {
     /// thread stalled since the last refresh and the peer may have taken over, which is the
     /// core's to judge ([`Shell::stall`], at the next wake-up).
     fn refresh_lease(&mut self) {
-        if !self.active || self.lease_held || !self.lease_runs() {
-            return;
+        if self.keeps_lease() && self.lease_runs() {
+            self.write_lease();
         }
-        self.write_lease();
+    }
+
+    /// Whether the lease is this node's to keep: it is active and not holding after a stall.
+    fn keeps_lease(&self) -> bool {
+        self.active && !self.lease_held
     }
 
     /// Whether the lease last written has not ended yet.
