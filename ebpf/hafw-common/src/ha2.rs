@@ -150,10 +150,9 @@ pub struct SessionRecord {
 }
 impl_pod!(SessionRecord);
 
-/// Record flag (never stored): the sender just created this session, so the receiver inserts it
-/// without looking for an older copy first. Only a hint: an insert replaces an older copy too
-/// (a retransmission, a rejoin), just at a higher cost than overwriting it in place, which is
-/// how records without the flag are applied.
+/// Record flag (never stored): the sender just created this session. Information only: the
+/// ingest applies every record the same way (an insert into the session table finds an older
+/// copy, from a retransmission or a rejoin, in the same pass, and overwrites it in place).
 pub const RECORD_F_NEW: u8 = 1 << 7;
 
 /// One ARP or IPv6 neighbour entry the active node uses, so the first packets after a failover

@@ -12,9 +12,10 @@ pub mod counters;
 pub mod ha2;
 pub mod policy;
 pub mod session;
+pub mod table;
 
 /// Version of the map layouts in this crate. Part of the pin path (`/sys/fs/bpf/hafw/<instance>/v<N>/`).
-pub const LAYOUT_VERSION: u32 = 9;
+pub const LAYOUT_VERSION: u32 = 10;
 
 /// Implements `aya::Pod` for map keys and values in userspace builds.
 #[macro_export]

@@ -1,12 +1,11 @@
-//! The session tables (maps `SESSIONS_V4` and `SESSIONS_V6`, preallocated hashes) and session
-//! events (ring buffer `SESSION_EVENTS`).
+//! Sessions: keys, values and their states, the keys' words as the session tables store them
+//! (their layout is in [`crate::table`]), and session events (ring buffer `SESSION_EVENTS`).
 //!
 //! # Two tables
 //! A [`SessionKey`] holds either family (40 octets); the IPv4 table is keyed by its 16-octet
-//! [`SessionKeyV4`] instead, as Cilium keeps `ct4` and `ct6` apart: the kernel hashes the whole
-//! key on every lookup (jhash, three mixing rounds for 40 octets, one for 16) and compares it
-//! whole, about 10 ns of an established packet's 150. Everything outside the tables (events, HA2
-//! records, userspace) speaks `SessionKey`.
+//! [`SessionKeyV4`] instead, as Cilium keeps `ct4` and `ct6` apart: a lookup hashes and compares
+//! the whole key, 2 words instead of 5, and an IPv4 bucket of keys is 128 octets instead of 320.
+//! Everything outside the tables (events, HA2 records, userspace) speaks `SessionKey`.
 //!
 //! # Key normalization
 //! Both directions of a flow find the same entry: the key stores the two endpoints ordered, the
@@ -25,8 +24,9 @@ pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
 pub const PROTO_ICMPV6: u8 = 58;
 
-/// Normalized 5-tuple (40 bytes, no implicit padding).
-#[repr(C)]
+/// Normalized 5-tuple (40 bytes, no implicit padding). 8-aligned, so that its memory is its
+/// [`KeyWords`] as the IPv6 session table reads them.
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct SessionKey {
     pub addr_lo: [u32; 4],
@@ -100,12 +100,11 @@ impl SessionKey {
     }
 }
 
-/// A session table key built as 8-octet words in memory order, for the lookups of the programs:
-/// the kernel reads a key with word loads (jhash 4 octets at a time, memcmp 8), and a load that
-/// spans several narrower stores (a key built field by field) cannot be forwarded from them, a
-/// stall of a dozen cycles or more per word. Words stored whole let every such load forward
-/// (4-5 ns of an established packet's 120 here). `N`: 2 for [`SessionKeyV4`], 5 for
-/// [`SessionKey`].
+/// A session table key as 8-octet words in memory order: how the tables store, hash and compare
+/// keys ([`crate::table`]). Built whole for the programs' lookups: a load that spans several
+/// narrower stores (a key built field by field) cannot be forwarded from them, a stall of a dozen
+/// cycles or more per word. `N`: 2 for [`SessionKeyV4`], 5 for [`SessionKey`]. The last word's
+/// top octet is a pad octet of both keys, which the tables use for the slot state.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct KeyWords<const N: usize>(pub [u64; N]);
@@ -118,6 +117,17 @@ impl KeyWords<2> {
         unsafe { &*(self as *const Self).cast::<SessionKeyV4>() }
     }
 }
+
+impl SessionKey {
+    /// This key's memory as its [`KeyWords`] (the same octets as [`SessionKey::words`], without a
+    /// copy).
+    #[inline(always)]
+    pub fn as_words(&self) -> &KeyWords<5> {
+        // SAFETY: same size and alignment (asserted below); integers only, no padding.
+        unsafe { &*(self as *const Self).cast::<KeyWords<5>>() }
+    }
+}
+const _: () = assert!(align_of::<SessionKey>() == align_of::<KeyWords<5>>());
 
 impl KeyWords<5> {
     /// The key, seen through its words.

@@ -325,7 +325,7 @@ fn forward(ctx: &XdpContext, c: &mut Counters, pkt: &Packet, route: Route) -> u3
                 c.pass_vlan += 1;
                 return PASS;
             }
-            if forward::rewrite(ctx, pkt, &eth_addrs).is_err() {
+            if forward::rewrite(ctx, pkt, eth_addrs).is_err() {
                 c.drop_malformed += 1;
                 return DROP;
             }

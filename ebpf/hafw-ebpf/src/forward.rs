@@ -13,17 +13,53 @@ use aya_ebpf::{
 };
 use hafw_common::session::{DIR_REPLY, EthAddrs, FAMILY_IPV4, SessionValue};
 
-use crate::parse::{Packet, ParseError, ptr_at_mut};
+use crate::{
+    maps::FIB_PARAMS,
+    parse::{Packet, ParseError, ptr_at_mut},
+};
 
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
 const IPV6_HEADER_LEN: u16 = 40;
 
+/// [`EthAddrs`] as two words while they travel in a [`Route`]: as six 16-bit fields the optimizer
+/// kept each in a register of its own and spilled each to a stack slot of 8 octets, 48 octets of
+/// the fast path's frame, which it shares with the session table's functions (see `table`).
+#[derive(Clone, Copy)]
+pub struct PackedEth {
+    low: u64,
+    high: u32,
+}
+
+impl PackedEth {
+    #[inline(always)]
+    pub fn pack(eth: &EthAddrs) -> PackedEth {
+        let w = eth.0.map(u64::from);
+        PackedEth {
+            low: w[0] | w[1] << 16 | w[2] << 32 | w[3] << 48,
+            high: (w[4] | w[5] << 16) as u32,
+        }
+    }
+
+    #[inline(always)]
+    pub fn unpack(self) -> EthAddrs {
+        let (l, h) = (self.low, self.high);
+        EthAddrs([
+            l as u16,
+            (l >> 16) as u16,
+            (l >> 32) as u16,
+            (l >> 48) as u16,
+            h as u16,
+            (h >> 16) as u16,
+        ])
+    }
+}
+
 /// The FIB's answer for a packet.
 #[derive(Clone, Copy)]
 pub enum Route {
     /// Forward out of `ifindex` with these MACs.
-    Forward { ifindex: u32, eth_addrs: EthAddrs },
+    Forward { ifindex: u32, eth_addrs: PackedEth },
     /// Routable out of `ifindex`, but the neighbour is not resolved: the kernel must forward.
     NoNeigh { ifindex: u32 },
     /// Transit, but the kernel must handle it: longer than the egress MTU (the kernel fragments
@@ -40,8 +76,17 @@ pub enum Route {
 
 #[inline(always)]
 pub fn lookup(ctx: &XdpContext, pkt: &Packet) -> Route {
-    // SAFETY: bpf_fib_lookup is plain data; zeroed is a valid initial state.
-    let mut p: FibParams = unsafe { core::mem::zeroed() };
+    // In a per-CPU scratch entry, not on the stack: the fast path's frame and the session table
+    // functions' it calls share 512 octets (see `table`).
+    let Some(p) = FIB_PARAMS.get_ptr_mut(0) else {
+        return Route::Kernel { ifindex: 0 };
+    };
+    // SAFETY: this CPU's entry; XDP runs with preemption disabled, so nothing else uses it until
+    // the program returns. bpf_fib_lookup is plain data; zeroed is a valid initial state.
+    let p = unsafe {
+        p.write(core::mem::zeroed());
+        &mut *p
+    };
     p.l4_protocol = pkt.proto;
     p.sport = pkt.sport;
     p.dport = pkt.dport;
@@ -65,13 +110,13 @@ pub fn lookup(ctx: &XdpContext, pkt: &Packet) -> Route {
         p.__bindgen_anon_3.ipv6_src = pkt.src;
         p.__bindgen_anon_4.ipv6_dst = pkt.dst;
     }
-    let mut rc = fib_lookup(ctx, &mut p);
+    let mut rc = fib_lookup(ctx, p);
     let too_big = rc == BPF_FIB_LKUP_RET_FRAG_NEEDED as i64;
     if too_big {
         // The kernel stops at the MTU check before it names the egress interface, which the
         // policy needs: ask again without a length (0 is never over the MTU).
         p.__bindgen_anon_1.tot_len = 0;
-        rc = fib_lookup(ctx, &mut p);
+        rc = fib_lookup(ctx, p);
     }
     if rc < 0 {
         return Route::Kernel { ifindex: 0 };
@@ -82,7 +127,7 @@ pub fn lookup(ctx: &XdpContext, pkt: &Packet) -> Route {
         }
         BPF_FIB_LKUP_RET_SUCCESS => Route::Forward {
             ifindex: p.ifindex,
-            eth_addrs: EthAddrs::new(&p.dmac, &p.smac),
+            eth_addrs: PackedEth::pack(&EthAddrs::new(&p.dmac, &p.smac)),
         },
         BPF_FIB_LKUP_RET_NO_NEIGH => Route::NoNeigh { ifindex: p.ifindex },
         BPF_FIB_LKUP_RET_BLACKHOLE | BPF_FIB_LKUP_RET_UNREACHABLE | BPF_FIB_LKUP_RET_PROHIBIT => {
@@ -97,7 +142,7 @@ pub fn lookup(ctx: &XdpContext, pkt: &Packet) -> Route {
 
 #[inline(always)]
 fn fib_lookup(ctx: &XdpContext, p: &mut FibParams) -> i64 {
-    // SAFETY: params is a stack buffer of the size passed.
+    // SAFETY: params is a buffer of the size passed.
     unsafe { bpf_fib_lookup(ctx.as_ptr(), p, core::mem::size_of::<FibParams>() as i32, 0) }
 }
 
@@ -121,7 +166,7 @@ pub fn cached(
     }
     Some(Route::Forward {
         ifindex: nh.ifindex,
-        eth_addrs: nh.eth_addrs,
+        eth_addrs: PackedEth::pack(&nh.eth_addrs),
     })
 }
 
@@ -155,7 +200,7 @@ pub fn remember(
     unsafe {
         core::ptr::write_volatile(&mut nh.generation, 0);
         nh.ifindex = ifindex;
-        nh.eth_addrs = eth_addrs;
+        nh.eth_addrs = eth_addrs.unpack();
         nh.max_ip_len = max_ip_len;
         core::ptr::write_volatile(&mut nh.generation, generation);
     }
@@ -164,10 +209,10 @@ pub fn remember(
 /// Rewrites the Ethernet addresses and decrements TTL / hop limit. The caller has checked that
 /// the TTL is above 1.
 #[inline(always)]
-pub fn rewrite(ctx: &XdpContext, pkt: &Packet, eth_addrs: &EthAddrs) -> Result<(), ParseError> {
+pub fn rewrite(ctx: &XdpContext, pkt: &Packet, eth_addrs: PackedEth) -> Result<(), ParseError> {
     let eth = ptr_at_mut::<EthAddrs>(ctx, 0)?;
     // SAFETY: bounds checked by ptr_at_mut; the frame starts 2-aligned (see `EthAddrs`).
-    unsafe { *eth = *eth_addrs };
+    unsafe { *eth = eth_addrs.unpack() };
     if pkt.family == FAMILY_IPV4 {
         // TTL is byte 8, the checksum bytes 10-11. Decrementing the TTL lowers the 16-bit word
         // (ttl << 8 | proto) by 0x0100, so the complemented sum rises by 0x0100 with end-around

@@ -11,9 +11,7 @@
 //! the rest of its message applied (see `names_a_table`).
 
 use aya_ebpf::{
-    bindings::{BPF_ANY, BPF_NOEXIST, xdp_action},
-    helpers::generated::bpf_xdp_load_bytes,
-    programs::XdpContext,
+    bindings::xdp_action, helpers::generated::bpf_xdp_load_bytes, programs::XdpContext,
 };
 use hafw_common::{
     ha,
@@ -30,7 +28,7 @@ use crate::{
     counters::{Clock, now_ns},
     maps::{CONFIG, HA2_CONFIG, HA2_COUNTERS, HA2_RECORDS, HA2_STATE, RecordBlock},
     parse::ptr_at,
-    session::{self, EEXIST},
+    session,
 };
 
 const PASS: u32 = xdp_action::XDP_PASS;
@@ -430,25 +428,12 @@ fn write_session(c: &mut Ha2Counters, r: &SessionRecord, now: u64, written_by: (
         sync_sequence: sequence,
         next_hop: Default::default(),
     };
-    // An existing session is overwritten in place, not by a map update, which would copy key and
-    // value into a spare element under the bucket lock and swap it in. A new one
-    // is inserted only if absent, which skips the lookup that would miss; present after all (a
-    // retransmission, a rejoin), it is treated as an existing one.
-    let new = r.flags & RECORD_F_NEW != 0;
-    let mut existing = if new { None } else { session::get(&r.key) };
-    if existing.is_none() {
-        let flags = if new { BPF_NOEXIST } else { BPF_ANY };
-        let inserted = session::insert(&r.key, &value, flags as u64);
-        match inserted {
-            Ok(()) => {
-                c.session_updates += 1;
-                return;
-            }
-            Err(e) if e == -EEXIST => existing = session::get(&r.key),
-            Err(_) => {}
-        }
+    let status = session::insert(&r.key, &value);
+    if status == 0 {
+        c.session_updates += 1;
+        return;
     }
-    let Some(existing) = existing else {
+    let Some(existing) = session::present(&r.key, status) else {
         c.session_write_failed += 1;
         return;
     };

@@ -15,6 +15,7 @@
 //! One file per concern, as Cilium's bpf/lib and Katran's balancer split theirs: [`parse`],
 //! [`session`], [`policy`], [`forward`], [`counters`] (and the clock), [`maps`].
 #![no_std]
+#![feature(asm_experimental_arch)]
 #![no_main]
 
 mod counters;
@@ -26,6 +27,7 @@ mod maps;
 mod parse;
 mod policy;
 mod session;
+mod table;
 
 use aya_ebpf::{
     bindings::xdp_action,
@@ -170,9 +172,9 @@ pub fn hafw_bench_insert(ctx: XdpContext) -> u32 {
         key.port_hi = (run >> 16) as u16;
         (key, &*value)
     };
-    match session::insert(&key, value, u64::from(aya_ebpf::bindings::BPF_NOEXIST)) {
-        Ok(()) => xdp_action::XDP_DROP,
-        Err(_) => xdp_action::XDP_PASS,
+    match session::insert(&key, value) {
+        0 => xdp_action::XDP_DROP,
+        _ => xdp_action::XDP_PASS,
     }
 }
 

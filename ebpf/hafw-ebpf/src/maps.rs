@@ -3,7 +3,10 @@
 //!
 //! All maps are BTF maps (`#[btf_map]`), so `bpftool map dump` prints named fields.
 
-use crate::counters::TickClock;
+use crate::{
+    counters::TickClock,
+    table::{Keys, Values},
+};
 use aya_ebpf::{
     btf_maps::{Array, DevMapHash, HashMap, LpmTrie, PerCpuArray, RingBuf},
     macros::btf_map,
@@ -16,7 +19,8 @@ use hafw_common::{
         IfaceInfo, IfaceKey, MAX_POLICY_PREFIXES, MAX_RULES, MAX_SERVICE_CLASSES, MAX_ZONES,
         POLICY_SLOTS, PORTS, PROTO_CLASSES, PolicyAddrKey, RuleAction, RuleBitmap,
     },
-    session::{SessionEvent, SessionKey, SessionKeyV4, SessionValue},
+    session::{SessionEvent, SessionValue},
+    table::TableShape,
 };
 
 /// Global configuration, one entry (`CONFIG_INDEX`).
@@ -27,24 +31,43 @@ pub static CONFIG: Array<DataplaneConfig, 1> = Array::new();
 #[btf_map]
 pub static COUNTERS: PerCpuArray<Counters, 1> = PerCpuArray::new();
 
-/// The IPv4 session table (see "Two tables" in `hafw_common::session`). A plain preallocated hash,
-/// not an LRU one: a full table refuses new sessions (their packets are dropped and counted as
-/// `drop_session_table_full`, a synced record as `session_write_failed`) and never evicts an
-/// established one, on the passive node a synced one included. Userspace ages sessions out by
-/// their state's timeout. (An insert also costs less than an LRU one, which keeps its lists: a
-/// new HA2 record took 320 ns instead of 370 when the two were measured side by side.) Reach both
-/// tables through `session::{get, insert, remove}`.
-#[btf_map]
-pub static SESSIONS_V4: HashMap<SessionKeyV4, SessionValue, 262_144> = HashMap::new();
+/// `BPF_F_MMAPABLE`: the controller maps the session tables to walk them (see `hafw_common::table`).
+pub const MMAPABLE: usize = 1 << 10;
 
-/// The IPv6 session table, as [`SESSIONS_V4`].
+/// The session tables' geometry and hash seed (one entry, written at load).
 #[btf_map]
-pub static SESSIONS_V6: HashMap<SessionKey, SessionValue, 262_144> = HashMap::new();
+pub static SESSION_TABLE_SHAPE: Array<TableShape, 1> = Array::new();
+
+/// The IPv4 session table's keys (see "Two tables" in `hafw_common::session` and the layout in
+/// `hafw_common::table`): open addressing of our own, not a kernel hash map, so an ingest can read
+/// a message's buckets ahead. A full table refuses new sessions (their packets are dropped and
+/// counted as `drop_session_table_full`, a synced record as `session_write_failed`) and never
+/// evicts an established one, on the passive node a synced one included; it has room for at least
+/// the configured `session_table_size`. Userspace ages sessions out by their state's timeout.
+/// Reach the tables through `session::{get, insert, remove}`.
+#[btf_map]
+pub static SESSION_KEYS_V4: Keys<2> = Array::new();
+
+/// The IPv4 session table's values, one per key slot.
+#[btf_map]
+pub static SESSION_VALUES_V4: Values = Array::new();
+
+/// The IPv6 session table's keys, as [`SESSION_KEYS_V4`].
+#[btf_map]
+pub static SESSION_KEYS_V6: Keys<5> = Array::new();
+
+/// The IPv6 session table's values.
+#[btf_map]
+pub static SESSION_VALUES_V6: Values = Array::new();
 
 /// This CPU's last reading of the session clock and the `jiffies` it was taken at (see
 /// `counters::TickClock`).
 #[btf_map]
 pub static TICK_CLOCK: PerCpuArray<TickClock, 1> = PerCpuArray::new();
+
+/// Per-CPU scratch for `bpf_fib_lookup`'s parameters (see `forward::lookup`).
+#[btf_map]
+pub static FIB_PARAMS: PerCpuArray<aya_ebpf::bindings::bpf_fib_lookup, 1> = PerCpuArray::new();
 
 /// Per-CPU scratch where a new session's value is built (see `session::create`).
 #[btf_map]

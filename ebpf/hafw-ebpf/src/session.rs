@@ -5,7 +5,6 @@
 //! receive queue, so each direction's counters have a single writer in practice. State and flags
 //! are plain stores; a lost race between two state updates resolves on the flow's next packet.
 
-use aya_ebpf::bindings::{BPF_ANY, BPF_NOEXIST};
 use hafw_common::{
     config::{CONFIG_F_SESSION_EVENTS, DataplaneConfig},
     counters::Counters,
@@ -17,9 +16,11 @@ use hafw_common::{
 };
 
 use crate::{
-    maps::{NEW_SESSION, SESSION_EVENTS, SESSIONS_V4, SESSIONS_V6},
+    maps::{NEW_SESSION, SESSION_EVENTS, SESSION_VALUES_V4, SESSION_VALUES_V6},
     parse::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
+    table,
 };
+use hafw_common::table::BUCKET_SLOTS;
 
 /// A session found for a packet.
 pub struct Hit {
@@ -33,39 +34,79 @@ pub struct Hit {
 #[inline(always)]
 pub fn get(key: &SessionKey) -> Option<*mut SessionValue> {
     if key.family == FAMILY_IPV4 {
-        apart(SESSIONS_V4.get_ptr_mut(key.v4_words().v4()))
+        apart(value_v4(table::hafw_session_find_v4(&key.v4_words())))
     } else {
-        SESSIONS_V6.get_ptr_mut(key.words().key())
+        value_v6(table::hafw_session_find_v6(key.as_words()))
     }
 }
 
-/// Keeps a table access in a call of its own. The optimizer would merge the two families' calls
-/// into one whose map is chosen at run time, and the verifier inlines a lookup (or calls the
-/// map's own update) only where a call has one map: the merged call went through the generic
-/// helper and the map's operations table, several ns of every established packet.
+/// The IPv4 value at `index` as a table function returned it (negative: none).
+#[inline(always)]
+fn value_v4(index: i64) -> Option<*mut SessionValue> {
+    if index < 0 {
+        return None;
+    }
+    let bucket = SESSION_VALUES_V4.get_ptr_mut((index as u64 / BUCKET_SLOTS as u64) as u32)?;
+    // SAFETY: a map value, valid for this program run; the slot is below BUCKET_SLOTS.
+    Some(unsafe { &raw mut (*table::checked(bucket)).values[index as usize % BUCKET_SLOTS] })
+}
+
+/// The IPv6 value at `index`, as [`value_v4`].
+#[inline(always)]
+fn value_v6(index: i64) -> Option<*mut SessionValue> {
+    if index < 0 {
+        return None;
+    }
+    let bucket = SESSION_VALUES_V6.get_ptr_mut((index as u64 / BUCKET_SLOTS as u64) as u32)?;
+    // SAFETY: as in `value_v4`.
+    Some(unsafe { &raw mut (*table::checked(bucket)).values[index as usize % BUCKET_SLOTS] })
+}
+
+/// Keeps a table access in a call of its own. The optimizer would merge the two families' value
+/// lookups into one whose map is chosen at run time, and the verifier inlines an array lookup
+/// only where a call has one map.
 #[inline(always)]
 fn apart<T>(result: T) -> T {
     core::hint::black_box(result)
 }
 
-/// `bpf_map_update_elem` of `key` in the table of its family.
+/// Inserts `value` as the session of `key` in the table of its family. Returns a status: 0 when
+/// inserted; when a session holds `key`, nothing is written and [`present`] gives that session;
+/// negative (`-E2BIG`) when the table is full. (A status, not an `Option` of the session: the
+/// optimizer moved the pointer of the `Some` case, undefined in the others, into registers the
+/// verifier then refused to read.)
 #[inline(always)]
-pub fn insert(key: &SessionKey, value: &SessionValue, flags: u64) -> Result<(), i32> {
+pub fn insert(key: &SessionKey, value: &SessionValue) -> i64 {
     if key.family == FAMILY_IPV4 {
-        apart(SESSIONS_V4.insert(key.v4_words().v4(), value, flags))
+        apart(table::hafw_session_insert_v4(&key.v4_words(), value))
     } else {
-        SESSIONS_V6.insert(key.words().key(), value, flags)
+        table::hafw_session_insert_v6(key.as_words(), value)
     }
 }
 
-/// `bpf_map_delete_elem` of `key` in the table of its family.
+/// The session that [`insert`]'s `status` for `key` names, if it names one.
+#[inline(always)]
+pub fn present(key: &SessionKey, status: i64) -> Option<*mut SessionValue> {
+    if status <= 0 {
+        return None;
+    }
+    let index = status & !table::PRESENT;
+    if key.family == FAMILY_IPV4 {
+        apart(value_v4(index))
+    } else {
+        value_v6(index)
+    }
+}
+
+/// Deletes the session of `key` from the table of its family.
 #[inline(always)]
 pub fn remove(key: &SessionKey) -> Result<(), i32> {
-    if key.family == FAMILY_IPV4 {
-        apart(SESSIONS_V4.remove(key.v4_words().v4()))
+    let done = if key.family == FAMILY_IPV4 {
+        apart(table::hafw_session_remove_v4(&key.v4_words()))
     } else {
-        SESSIONS_V6.remove(key.words().key())
-    }
+        table::hafw_session_remove_v6(key.as_words())
+    };
+    if done < 0 { Err(done as i32) } else { Ok(()) }
 }
 
 #[inline(always)]
@@ -220,9 +261,6 @@ pub fn update(
     TcpVerdict::Accept
 }
 
-/// `bpf_map_update_elem` with `BPF_NOEXIST` on a key present: -EEXIST (errno 17).
-pub const EEXIST: i32 = 17;
-
 /// What [`create`] did.
 pub enum Created {
     Yes,
@@ -292,14 +330,17 @@ fn store(
     value: &SessionValue,
     if_absent: bool,
 ) -> Created {
-    let flags = if if_absent { BPF_NOEXIST } else { BPF_ANY };
-    match insert(key, value, flags as u64) {
-        Ok(()) => {}
-        Err(e) if if_absent && e == -EEXIST => return Created::Exists,
-        Err(_) => {
+    let status = insert(key, value);
+    if status != 0 {
+        if status > 0 && if_absent {
+            return Created::Exists;
+        }
+        let Some(held) = present(key, status) else {
             c.drop_session_table_full += 1;
             return Created::Failed;
-        }
+        };
+        // SAFETY: a session's value, valid for this program run.
+        unsafe { core::ptr::copy_nonoverlapping(value, held, 1) };
     }
     c.session_created += 1;
     emit(cfg, c, EVENT_CREATED, key, value);

@@ -379,9 +379,9 @@ async fn age_sessions(node: Shared) {
             // Removed after the walk, while packets (and, on a passive node, synced records) go
             // on: one may have revived an entry since the walk read it, and removing it then would
             // drop a live session. Each is read again and removed only if still due. A packet
-            // between that read and the removal still loses its session (the map has no
-            // compare-and-delete): the race is narrowed from the rest of the walk (a syscall per
-            // entry) to one lookup.
+            // between that read and the removal still loses its session (a removal compares the
+            // slot's key, not its value): the race is narrowed from the rest of the walk to one
+            // lookup.
             expired.retain(|k| {
                 map.get(k)
                     .is_some_and(|v| aging::expired(&timeouts, k, &v, now, active_since))
@@ -437,9 +437,10 @@ async fn age_sessions(node: Shared) {
     }
 }
 
-/// How full the session tables are, watched by the aging walk: a full table refuses new sessions
-/// (new flows are dropped; on a passive node, synced sessions are not stored), so a table (IPv4
-/// or IPv6, each of `capacity`) crossing 90% is logged, as is the return below 80%.
+/// How full the session tables are, watched by the aging walk: a table holds at least its size
+/// and may refuse new sessions beyond it (new flows are dropped; on a passive node, synced
+/// sessions are not stored), so a table (IPv4 or IPv6, each of size `capacity`) crossing 90% is
+/// logged, as is the return below 80%.
 #[derive(Default)]
 struct TableFill {
     sessions: FamilyCounts,
@@ -458,8 +459,8 @@ impl TableFill {
         if !self.high && fullest * 10 >= capacity * 9 {
             self.high = true;
             warn!(
-                "{family} session table {fullest} of {capacity} (90% or more): when full, \
-                 new sessions are refused; raise session_table_size"
+                "{family} session table {fullest} of {capacity} (90% or more): beyond its size, \
+                 new sessions may be refused; raise session_table_size"
             );
         } else if self.high && fullest * 10 < capacity * 8 {
             self.high = false;

@@ -66,11 +66,9 @@ pub fn load_alone(program: &str) -> Result<Ebpf> {
 }
 
 fn load_alone_with(program: &str, loader: &mut EbpfLoader) -> Result<Ebpf> {
-    let mut ebpf = loader
-        .map_max_entries(session_tables::IPV4_MAP, 1024)
-        .map_max_entries(session_tables::IPV6_MAP, 1024)
-        .load(XDP_OBJECT)
-        .context("loading the XDP object")?;
+    session_tables::size_maps(loader, 1024);
+    let mut ebpf = loader.load(XDP_OBJECT).context("loading the XDP object")?;
+    session_tables::write_shape(&mut ebpf, 1024)?;
     load_xdp(&mut ebpf, program)?;
     Ok(ebpf)
 }
@@ -105,11 +103,9 @@ pub fn pin_dir(instance: &str) -> PathBuf {
 }
 
 /// Maps pinned for operators (`bpftool map dump pinned <dir>/<name>`).
-const PINNED_MAPS: [(&str, &str); 6] = [
+const PINNED_MAPS: [(&str, &str); 4] = [
     ("COUNTERS", "counters"),
     ("CONFIG", "config"),
-    (session_tables::IPV4_MAP, session_tables::IPV4_PIN),
-    (session_tables::IPV6_MAP, session_tables::IPV6_PIN),
     ("HA2_COUNTERS", "ha2_counters"),
     ("HA2_STATE", "ha2_state"),
 ];
@@ -327,11 +323,10 @@ impl Dataplane {
     /// Loads the object and its maps; attaches nothing.
     pub fn load(opts: &LoadOptions) -> Result<Dataplane> {
         raise_memlock_limit();
-        let mut ebpf = EbpfLoader::new()
-            .map_max_entries(session_tables::IPV4_MAP, opts.session_table_size)
-            .map_max_entries(session_tables::IPV6_MAP, opts.session_table_size)
-            .load(XDP_OBJECT)
-            .context("loading the XDP object")?;
+        let mut loader = EbpfLoader::new();
+        session_tables::size_maps(&mut loader, opts.session_table_size);
+        let mut ebpf = loader.load(XDP_OBJECT).context("loading the XDP object")?;
+        session_tables::write_shape(&mut ebpf, opts.session_table_size)?;
         if let Some(dir) = &opts.pin_dir {
             pin_maps(&mut ebpf, dir)?;
         }
@@ -816,7 +811,7 @@ impl Dataplane {
 /// Pins the operator-facing maps under `dir`, replacing stale pins of a previous run.
 fn pin_maps(ebpf: &mut Ebpf, dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    for (name, file) in PINNED_MAPS {
+    for (name, file) in PINNED_MAPS.into_iter().chain(session_tables::MAPS) {
         let path = dir.join(file);
         let _ = std::fs::remove_file(&path);
         ebpf.map(name)

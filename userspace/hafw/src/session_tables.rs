@@ -1,31 +1,83 @@
 //! The dataplane's two session tables, IPv4 and IPv6 (see "Two tables" in `hafw_common::session`),
 //! behind one interface keyed by [`SessionKey`] of either family.
+//!
+//! The tables are open addressing of our own in mmapable arrays (layout and slot protocol in
+//! `hafw_common::table`). The controller maps them and works on the shared memory with the same
+//! atomic slot protocol as the programs: a walk of a million sessions reads memory instead of
+//! making a million syscalls.
 
 use std::{
-    os::fd::{AsFd as _, OwnedFd},
+    os::fd::AsFd as _,
     path::Path,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
 };
 
-use anyhow::{Context as _, Result, anyhow};
+use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
-    Ebpf,
-    maps::{HashMap, Map, MapData},
+    Ebpf, EbpfLoader,
+    maps::{Array, Map, MapData},
 };
-use hafw_common::session::{FAMILY_IPV4, SessionKey, SessionKeyV4, SessionValue};
+use hafw_common::{
+    session::{FAMILY_IPV4, KeyWords, SessionKey, SessionValue},
+    table::{
+        BUCKET_SLOTS, KeyBucket, SLOT_CLAIMED, SLOT_LIVE, SLOT_STATE, TableShape, buckets_for,
+        buckets_of, hash, value_index,
+    },
+};
+use memmap2::{MmapOptions, MmapRaw};
 
-/// The tables' map names in the object.
-pub const IPV4_MAP: &str = "SESSIONS_V4";
-pub const IPV6_MAP: &str = "SESSIONS_V6";
-/// Their pins' file names (see `dataplane::pin_dir`).
-pub const IPV4_PIN: &str = "sessions_v4";
-pub const IPV6_PIN: &str = "sessions_v6";
+/// The maps' names in the object, and their pins' file names (see `dataplane::pin_dir`).
+pub const MAPS: [(&str, &str); 5] = [
+    (SHAPE_MAP, "session_table_shape"),
+    (KEYS_V4, "session_keys_v4"),
+    (VALUES_V4, "session_values_v4"),
+    (KEYS_V6, "session_keys_v6"),
+    (VALUES_V6, "session_values_v6"),
+];
+const SHAPE_MAP: &str = "SESSION_TABLE_SHAPE";
+const KEYS_V4: &str = "SESSION_KEYS_V4";
+const VALUES_V4: &str = "SESSION_VALUES_V4";
+const KEYS_V6: &str = "SESSION_KEYS_V6";
+const VALUES_V6: &str = "SESSION_VALUES_V6";
 
+/// Sizes the tables' maps for `capacity` sessions per family (see `hafw_common::table`).
+pub fn size_maps(loader: &mut EbpfLoader<'_>, capacity: u32) {
+    let buckets = buckets_for(capacity);
+    for map in [KEYS_V4, VALUES_V4, KEYS_V6, VALUES_V6] {
+        loader.map_max_entries(map, buckets);
+    }
+}
+
+/// Writes the shape of the tables [`size_maps`] sized for `capacity`, with a fresh random seed,
+/// before any program runs.
+pub fn write_shape(ebpf: &mut Ebpf, capacity: u32) -> Result<()> {
+    let buckets = buckets_for(capacity);
+    let mut seed = [0u8; 8];
+    getrandom::fill(&mut seed)
+        .map_err(|e| anyhow!("no random seed for the session tables: {e}"))?;
+    let shape = TableShape {
+        seed: u64::from_ne_bytes(seed),
+        buckets_v4: buckets,
+        buckets_v6: buckets,
+    };
+    let map = ebpf
+        .map_mut(SHAPE_MAP)
+        .ok_or_else(|| anyhow!("map {SHAPE_MAP} missing from the XDP object"))?;
+    Array::<_, TableShape>::try_from(map)?.set(0, shape, 0)?;
+    Ok(())
+}
+
+/// Both tables, mapped. Clones share the mappings.
+#[derive(Clone)]
 pub struct SessionTables {
-    v4: HashMap<MapData, SessionKeyV4, SessionValue>,
-    v6: HashMap<MapData, SessionKey, SessionValue>,
-    /// Second descriptors of both maps, for [`SessionTables::try_clone`] (aya's map handles do
-    /// not lend theirs).
-    fds: [OwnedFd; 2],
+    v4: Table<2>,
+    v6: Table<5>,
+    /// The maps' descriptors, kept open: programs loaded later from the same object are
+    /// relocated against these descriptor numbers (a closed one could be reused by another map).
+    _maps: Arc<(Array<MapData, TableShape>, [MapData; 4])>,
 }
 
 /// Sessions per family, as a walk of the tables counted them.
@@ -50,94 +102,270 @@ impl FamilyCounts {
 }
 
 impl SessionTables {
-    /// Takes both tables out of the loaded object.
+    /// Maps both tables of the loaded object (after [`write_shape`]).
     pub fn take(ebpf: &mut Ebpf) -> Result<SessionTables> {
-        let mut take = |name: &str| {
-            ebpf.take_map(name)
-                .ok_or_else(|| anyhow!("map {name} missing from the XDP object"))
+        let mut take = |name: &str| -> Result<MapData> {
+            match ebpf.take_map(name) {
+                Some(Map::Array(data)) => Ok(data),
+                Some(_) => Err(anyhow!("map {name} is not an array")),
+                None => Err(anyhow!("map {name} missing from the XDP object")),
+            }
         };
-        SessionTables::new(take(IPV4_MAP)?, take(IPV6_MAP)?)
+        SessionTables::new(
+            take(SHAPE_MAP)?,
+            [take(KEYS_V4)?, take(VALUES_V4)?],
+            [take(KEYS_V6)?, take(VALUES_V6)?],
+        )
     }
 
     /// The tables a running instance pinned in `dir` (its `dataplane::pin_dir`).
     pub fn from_pins(dir: &Path) -> Result<SessionTables> {
-        let open = |file: &str| -> Result<Map> {
-            let path = dir.join(file);
-            let data =
-                MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
-            Ok(Map::from_map_data(data)?)
+        let open = |index: usize| -> Result<MapData> {
+            let path = dir.join(MAPS[index].1);
+            MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))
         };
-        SessionTables::new(open(IPV4_PIN)?, open(IPV6_PIN)?)
+        SessionTables::new(open(0)?, [open(1)?, open(2)?], [open(3)?, open(4)?])
     }
 
     /// Other handles on the same tables, for work that walks them (aging) without holding the
     /// dataplane, and so without stalling session events and HA2 sync meanwhile.
     pub fn try_clone(&self) -> Result<SessionTables> {
-        let reopen =
-            |fd: &OwnedFd| -> Result<Map> { Ok(Map::HashMap(MapData::from_fd(fd.try_clone()?)?)) };
-        SessionTables::new(reopen(&self.fds[0])?, reopen(&self.fds[1])?)
+        Ok(self.clone())
     }
 
-    /// Both tables, each with a second descriptor kept for [`SessionTables::try_clone`].
-    fn new(v4: Map, v6: Map) -> Result<SessionTables> {
-        let fds = [second_fd(&v4)?, second_fd(&v6)?];
+    fn new(shape: MapData, v4: [MapData; 2], v6: [MapData; 2]) -> Result<SessionTables> {
+        let shape_map = Array::<_, TableShape>::try_from(Map::Array(shape))?;
+        let table_shape = shape_map
+            .get(&0, 0)
+            .context("reading SESSION_TABLE_SHAPE")?;
+        let v4_table = Table::map(&v4, table_shape.buckets_v4, table_shape.seed)?;
+        let v6_table = Table::map(&v6, table_shape.buckets_v6, table_shape.seed)?;
+        let [k4, x4] = v4;
+        let [k6, x6] = v6;
         Ok(SessionTables {
-            v4: v4.try_into()?,
-            v6: v6.try_into()?,
-            fds,
+            v4: v4_table,
+            v6: v6_table,
+            _maps: Arc::new((shape_map, [k4, x4, k6, x6])),
         })
     }
 
-    /// Every session of both tables, IPv4 first.
+    /// Every session of both tables, IPv4 first. (A `Result` per item, as a walk of a kernel map
+    /// would give; a walk of memory never fails.)
     pub fn iter(&self) -> impl Iterator<Item = Result<(SessionKey, SessionValue)>> + '_ {
-        let v4 = self.v4.iter().map(|r| {
-            r.map(|(k, v)| (SessionKey::from(k), v))
-                .context("reading SESSIONS_V4")
+        let v4 = self.v4.live().map(|(key, slot)| {
+            let key = SessionKey::from(*KeyWords(key).v4());
+            (key, slot)
         });
-        let v6 = self.v6.iter().map(|r| r.context("reading SESSIONS_V6"));
-        v4.chain(v6)
+        let v6 = self
+            .v6
+            .live()
+            .map(|(key, slot)| (*KeyWords(key).key(), slot));
+        let (t4, t6) = (&self.v4, &self.v6);
+        v4.filter_map(move |(key, slot)| t4.read_value(slot).map(|v| Ok((key, v))))
+            .chain(v6.filter_map(move |(key, slot)| t6.read_value(slot).map(|v| Ok((key, v)))))
     }
 
     /// The key of every session of both tables.
     pub fn keys(&self) -> impl Iterator<Item = Result<SessionKey>> + '_ {
         let v4 = self
             .v4
-            .keys()
-            .map(|r| r.map(SessionKey::from).context("reading SESSIONS_V4"));
-        let v6 = self.v6.keys().map(|r| r.context("reading SESSIONS_V6"));
+            .live()
+            .map(|(key, _)| Ok(SessionKey::from(*KeyWords(key).v4())));
+        let v6 = self.v6.live().map(|(key, _)| Ok(*KeyWords(key).key()));
         v4.chain(v6)
     }
 
     pub fn get(&self, key: &SessionKey) -> Option<SessionValue> {
         if key.family == FAMILY_IPV4 {
-            self.v4.get(&key.v4(), 0).ok()
+            let slot = self.v4.find(&key.v4_words().0)?;
+            self.v4.read_value(slot)
         } else {
-            self.v6.get(key, 0).ok()
+            let slot = self.v6.find(&key.words().0)?;
+            self.v6.read_value(slot)
         }
     }
 
     pub fn insert(&mut self, key: &SessionKey, value: &SessionValue) -> Result<()> {
         if key.family == FAMILY_IPV4 {
-            self.v4.insert(key.v4(), value, 0)?;
+            self.v4.insert(&key.v4_words().0, value)
         } else {
-            self.v6.insert(key, value, 0)?;
+            self.v6.insert(&key.words().0, value)
         }
-        Ok(())
     }
 
     pub fn remove(&mut self, key: &SessionKey) -> Result<()> {
-        if key.family == FAMILY_IPV4 {
-            self.v4.remove(&key.v4())?;
+        let removed = if key.family == FAMILY_IPV4 {
+            self.v4.remove(&key.v4_words().0)
         } else {
-            self.v6.remove(key)?;
+            self.v6.remove(&key.words().0)
+        };
+        if removed {
+            Ok(())
+        } else {
+            bail!("no session {key:?}")
         }
-        Ok(())
     }
 }
 
-fn second_fd(map: &Map) -> Result<OwnedFd> {
-    match map {
-        Map::HashMap(data) => Ok(data.fd().as_fd().try_clone_to_owned()?),
-        _ => Err(anyhow!("a session table is not a hash map")),
+/// One family's mapped table: `N` words per key.
+#[derive(Clone)]
+struct Table<const N: usize> {
+    keys: Arc<MmapRaw>,
+    values: Arc<MmapRaw>,
+    buckets: u32,
+    seed: u64,
+}
+
+/// A slot: bucket and index in it.
+type Slot = (u32, usize);
+
+impl<const N: usize> Table<N> {
+    fn map(maps: &[MapData; 2], buckets: u32, seed: u64) -> Result<Table<N>> {
+        let map = |data: &MapData, len: usize| -> Result<Arc<MmapRaw>> {
+            let info = data.info()?;
+            let expected = len / info.max_entries() as usize;
+            if info.value_size() as usize != expected || len == 0 {
+                bail!(
+                    "a session table map has {} entries of {} octets, not {len} octets in all",
+                    info.max_entries(),
+                    info.value_size()
+                );
+            }
+            let mmap = MmapOptions::new()
+                .len(len)
+                .map_raw(&data.fd().as_fd())
+                .context("mapping a session table")?;
+            Ok(Arc::new(mmap))
+        };
+        let slots = buckets as usize * BUCKET_SLOTS;
+        Ok(Table {
+            keys: map(&maps[0], buckets as usize * size_of::<KeyBucket<N>>())?,
+            values: map(&maps[1], slots * size_of::<SessionValue>())?,
+            buckets,
+            seed,
+        })
+    }
+
+    /// The words of a slot's key (the last one is the state word).
+    fn words(&self, (bucket, index): Slot) -> *mut [u64; N] {
+        let buckets = self.keys.as_mut_ptr().cast::<KeyBucket<N>>();
+        // SAFETY: `bucket` < `self.buckets`, within the mapping (its length was checked).
+        unsafe { &raw mut (*buckets.add(bucket as usize)).slots[index] }
+    }
+
+    fn state(&self, slot: Slot) -> &AtomicU64 {
+        // SAFETY: an 8-aligned word of the mapping, shared with the programs, which access it
+        // atomically too (see `hafw_common::table`).
+        unsafe { AtomicU64::from_ptr((*self.words(slot)).as_mut_ptr().add(N - 1)) }
+    }
+
+    fn value(&self, (bucket, index): Slot) -> *mut SessionValue {
+        let values = self.values.as_mut_ptr().cast::<SessionValue>();
+        // SAFETY: within the mapping, as `words`.
+        unsafe { values.add(value_index(bucket, index) as usize) }
+    }
+
+    /// The value of a live slot; `None` if the slot changed while it was read.
+    fn read_value(&self, slot: Slot) -> Option<SessionValue> {
+        let before = self.state(slot).load(Ordering::Acquire);
+        // SAFETY: within the mapping; volatile, as the programs write it concurrently (a field
+        // may be torn, as a read of a kernel hash map's value can be).
+        let value = unsafe { self.value(slot).read_volatile() };
+        (before & SLOT_STATE == SLOT_LIVE && self.state(slot).load(Ordering::Acquire) == before)
+            .then_some(value)
+    }
+
+    /// Every live slot, with its key's words (state octet cleared).
+    fn live(&self) -> impl Iterator<Item = ([u64; N], Slot)> + '_ {
+        (0..self.buckets)
+            .flat_map(|bucket| (0..BUCKET_SLOTS).map(move |index| (bucket, index)))
+            .filter_map(|slot| {
+                let last = self.state(slot).load(Ordering::Acquire);
+                if last & SLOT_STATE != SLOT_LIVE {
+                    return None;
+                }
+                // SAFETY: within the mapping.
+                let mut words = unsafe { self.words(slot).read_volatile() };
+                words[N - 1] = last & !SLOT_STATE;
+                Some((words, slot))
+            })
+    }
+
+    fn buckets_of(&self, key: &[u64; N]) -> [u32; 2] {
+        let (first, second) = buckets_of(hash(self.seed, key), self.buckets);
+        [first, second]
+    }
+
+    fn find(&self, key: &[u64; N]) -> Option<Slot> {
+        let live = key[N - 1] | SLOT_LIVE;
+        self.buckets_of(key).into_iter().find_map(|bucket| {
+            (0..BUCKET_SLOTS)
+                .map(|index| (bucket, index))
+                .find(|&slot| {
+                    // SAFETY: within the mapping.
+                    let words = unsafe { self.words(slot).read_volatile() };
+                    self.state(slot).load(Ordering::Acquire) == live
+                        && words[..N - 1] == key[..N - 1]
+                })
+        })
+    }
+
+    /// Writes `value` over the session of `key`, or inserts it as the programs do.
+    fn insert(&self, key: &[u64; N], value: &SessionValue) -> Result<()> {
+        if let Some(slot) = self.find(key) {
+            // SAFETY: within the mapping.
+            unsafe { self.value(slot).write_volatile(*value) };
+            return Ok(());
+        }
+        let free = |bucket: u32| {
+            (0..BUCKET_SLOTS)
+                .filter(|&index| self.state((bucket, index)).load(Ordering::Relaxed) == 0)
+                .count()
+        };
+        let [first, second] = self.buckets_of(key);
+        let order = if free(first) >= free(second) {
+            [first, second]
+        } else {
+            [second, first]
+        };
+        for bucket in order {
+            for index in 0..BUCKET_SLOTS {
+                let slot = (bucket, index);
+                let claimed = key[N - 1] | SLOT_CLAIMED;
+                if self
+                    .state(slot)
+                    .compare_exchange(0, claimed, Ordering::AcqRel, Ordering::Relaxed)
+                    .is_err()
+                {
+                    continue;
+                }
+                // SAFETY: the slot is ours since the claim; within the mapping.
+                unsafe {
+                    let words = self.words(slot).cast::<u64>();
+                    for (w, word) in key[..N - 1].iter().enumerate() {
+                        words.add(w).write_volatile(*word);
+                    }
+                    self.value(slot).write_volatile(*value);
+                }
+                self.state(slot)
+                    .store(key[N - 1] | SLOT_LIVE, Ordering::Release);
+                return Ok(());
+            }
+        }
+        bail!("the session table has no room for this session (both of its buckets are full)")
+    }
+
+    /// Empties the slot of `key`; `false` if absent.
+    fn remove(&self, key: &[u64; N]) -> bool {
+        self.find(key).is_some_and(|slot| {
+            self.state(slot)
+                .compare_exchange(
+                    key[N - 1] | SLOT_LIVE,
+                    0,
+                    Ordering::AcqRel,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
+        })
     }
 }

@@ -482,38 +482,48 @@ fn a_synced_session_carries_mid_stream_traffic_in_the_fast_path() {
 }
 
 /// A full table refuses synced sessions it has no room for, and counts them; it evicts none of
-/// the sessions it holds, and those still take updates.
+/// the sessions it holds, and those still take updates. The table holds at least its size (no
+/// refusal below it) and refuses by twice its size (see `hafw_common::table`).
 #[test]
 fn a_full_table_refuses_new_synced_sessions_and_keeps_the_ones_it_holds() {
-    const SIZE: u16 = 64;
+    const SIZE: u16 = 1024;
     let f = fixture_with_table(SIZE.into());
     let mut w = writer();
     let new = |port| SessionRecord {
         flags: RECORD_F_NEW,
         ..record(port)
     };
-    let held: Vec<SessionRecord> = (0..SIZE).map(|i| new(41_000 + i)).collect();
+    let mut held: Vec<SessionRecord> = (0..SIZE).map(|i| new(20_000 + i)).collect();
     for chunk in held.chunks(16) {
         f.run_ha2(&ethernet(&w.message(HA2_SESSION_UPDATE, chunk)));
     }
-    assert_eq!(sessions(&f).len(), usize::from(SIZE), "the table is full");
+    assert_eq!(sessions(&f).len(), usize::from(SIZE), "the size fits");
     assert_eq!(counter(&f, "session_write_failed"), 0);
 
     let update = SessionRecord {
         packets_orig: 99,
-        ..record(41_000)
+        ..record(20_000)
     };
-    let out = f.run_ha2(&ethernet(
-        &w.message(HA2_SESSION_UPDATE, &[new(42_000), update]),
-    ));
-    assert_eq!(out.verdict, Verdict::Drop);
+    let mut refused = None;
+    for port in 30_000..30_000 + SIZE + 1 {
+        let out = f.run_ha2(&ethernet(
+            &w.message(HA2_SESSION_UPDATE, &[new(port), update]),
+        ));
+        assert_eq!(out.verdict, Verdict::Drop);
+        if counter(&f, "session_write_failed") > 0 {
+            refused = Some(port);
+            break;
+        }
+        held.push(new(port));
+    }
+    let refused = refused.expect("full by twice the size");
     assert_eq!(
         counter(&f, "session_write_failed"),
         1,
         "the new one refused"
     );
-    assert!(f.dp.session(&new(42_000).key).is_none());
-    assert_eq!(sessions(&f).len(), usize::from(SIZE));
+    assert!(f.dp.session(&new(refused).key).is_none());
+    assert_eq!(sessions(&f).len(), held.len());
     for r in &held {
         assert!(f.dp.session(&r.key).is_some(), "{:?} kept", r.key);
     }

@@ -975,13 +975,14 @@ fn a_late_passive_gets_the_whole_table_by_bulk_sync() {
     assert_eq!(sync["sequence"]["missing"], 0, "{sync:#}");
 }
 
-/// Input: the passive node's tables hold 1,024 sessions each; the active node has 2,000 and sends
-/// them by bulk sync. Output: the passive node keeps 1,024, counts the rest as refused
+/// Input: the passive node's tables are sized for 1,024 sessions each (they hold at least that,
+/// and refuse by twice that); the active node has 3,000 and sends them by bulk sync. Output: the
+/// passive node keeps at least 1,024 and at most 2,048, counts the rest as refused
 /// (`session_write_failed`), and logs that they would not survive a failover; the table went
 /// once.
 #[test]
 fn a_passive_with_a_full_table_counts_and_logs_the_sessions_it_refuses() {
-    const N: u32 = 2_000;
+    const N: u32 = 3_000;
     const PASSIVE_TABLE: u32 = 1_024;
     let small_passive_table = |i: usize, text: String| {
         if i == 1 {
@@ -1002,10 +1003,19 @@ fn a_passive_with_a_full_table_counts_and_logs_the_sessions_it_refuses() {
     };
     // At least: a retransmission would count its refused records again.
     let counted = wait_until(Duration::from_secs(20), Duration::from_millis(100), || {
-        refused() >= u64::from(N - PASSIVE_TABLE)
+        refused() + session_count(&pair, 1) as u64 >= u64::from(N)
     });
-    assert!(counted, "refused {}\n{}", refused(), pair.logs());
-    assert_eq!(session_count(&pair, 1), PASSIVE_TABLE as usize);
+    let held = session_count(&pair, 1) as u32;
+    assert!(
+        counted,
+        "refused {}, held {held}\n{}",
+        refused(),
+        pair.logs()
+    );
+    assert!(
+        (PASSIVE_TABLE..=2 * PASSIVE_TABLE).contains(&held),
+        "held {held}"
+    );
     // Logged as the passive node's periodic look at HA2 finds them, possibly in parts (one line
     // per 10 s at most).
     let logged_refusals = || -> u64 {
