@@ -16,9 +16,9 @@ use hafw_common::{
 };
 
 use crate::{
-    maps::{NEW_SESSION, SESSION_EVENTS, SESSION_VALUES_V4, SESSION_VALUES_V6},
+    maps::{NEW_SESSION, SESSION_EVENTS},
     parse::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
-    table,
+    table::{self, Table, V4, V6},
 };
 use hafw_common::table::BUCKET_SLOTS;
 
@@ -34,31 +34,20 @@ pub struct Hit {
 #[inline(always)]
 pub fn get(key: &SessionKey) -> Option<*mut SessionValue> {
     if key.family == FAMILY_IPV4 {
-        apart(value_v4(table::hafw_session_find_v4(&key.v4_words())))
+        apart(value::<2, V4>(table::hafw_session_find_v4(&key.v4_words())))
     } else {
-        value_v6(table::hafw_session_find_v6(key.as_words()))
+        value::<5, V6>(table::hafw_session_find_v6(key.as_words()))
     }
 }
 
-/// The IPv4 value at `index` as a table function returned it (negative: none).
+/// The value at `index` of table `T`, as a table function returned it (negative: none).
 #[inline(always)]
-fn value_v4(index: i64) -> Option<*mut SessionValue> {
+fn value<const N: usize, T: Table<N>>(index: i64) -> Option<*mut SessionValue> {
     if index < 0 {
         return None;
     }
-    let bucket = SESSION_VALUES_V4.get_ptr_mut((index as u64 / BUCKET_SLOTS as u64) as u32)?;
+    let bucket = T::values().get_ptr_mut((index as u64 / BUCKET_SLOTS as u64) as u32)?;
     // SAFETY: a map value, valid for this program run; the slot is below BUCKET_SLOTS.
-    Some(unsafe { &raw mut (*table::checked(bucket)).values[index as usize % BUCKET_SLOTS] })
-}
-
-/// The IPv6 value at `index`, as [`value_v4`].
-#[inline(always)]
-fn value_v6(index: i64) -> Option<*mut SessionValue> {
-    if index < 0 {
-        return None;
-    }
-    let bucket = SESSION_VALUES_V6.get_ptr_mut((index as u64 / BUCKET_SLOTS as u64) as u32)?;
-    // SAFETY: as in `value_v4`.
     Some(unsafe { &raw mut (*table::checked(bucket)).values[index as usize % BUCKET_SLOTS] })
 }
 
@@ -92,9 +81,9 @@ pub fn present(key: &SessionKey, status: i64) -> Option<*mut SessionValue> {
     }
     let index = status & !table::PRESENT;
     if key.family == FAMILY_IPV4 {
-        apart(value_v4(index))
+        apart(value::<2, V4>(index))
     } else {
-        value_v6(index)
+        value::<5, V6>(index)
     }
 }
 
