@@ -37,10 +37,18 @@
 //! empty slot's last word is 0 (no key's is: its protocol is never 0); an insert claims a slot by
 //! compare-and-swap from 0 to the key's word with [`SLOT_CLAIMED`], writes the other words and the
 //! value, and publishes it with [`SLOT_LIVE`] by an atomic exchange (ordered after the writes
-//! before it on every architecture). Lookups match only live slots.
-//! A delete swaps the live word back to 0. Two CPUs inserting the same new key at once can each
-//! claim a slot; the lookup then finds one of the two and the other ages out. (The kernel's hash
-//! map has the same window for a program that looks up before it inserts, as the fast path does.)
+//! before it on every architecture). Lookups match only live slots. A delete swaps the live word
+//! back to 0. Two CPUs inserting the same new key at once each find it absent (a claimed slot is
+//! not live yet) and each claim a slot; after publishing, an insert looks again and keeps the
+//! first live copy in lookup order, emptying the others, and since both publish with a fully
+//! ordered exchange, at least one of them sees both (`Ops::keep_one` in `hafw_ebpf::table`).
+//!
+//! Limits: a delete compares the slot's last word (ports, protocol, state), so one racing with
+//! the slot's reuse by a key of the same ports and protocol could empty the new key's slot (a
+//! window of one lookup, a few hundred ns in the programs). Lookups read the state word with a
+//! plain load: on arm64 a lookup racing an insert could see the slot live before its value (x86
+//! keeps loads in order). A value written over in place (a reopened TCP session, a synced update)
+//! can be read half old, half new by another CPU, field by field.
 
 /// Keys per bucket.
 pub const BUCKET_SLOTS: usize = 8;
@@ -101,8 +109,7 @@ pub const fn buckets_for(capacity: u32) -> u32 {
 }
 
 /// A seeded hash of a key's words (a multiply-xorshift mix: a few ns, 64-bit multiplies only,
-/// which the BPF instruction set has). `last` is the key's last word, whose state octet must be
-/// clear.
+/// which the BPF instruction set has). The key's words, the last one's state octet clear.
 #[inline(always)]
 pub fn hash(seed: u64, words: &[u64]) -> u64 {
     const K: u64 = 0x9e37_79b9_7f4a_7c15;

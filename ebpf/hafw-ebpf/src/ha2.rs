@@ -29,6 +29,7 @@ use crate::{
     maps::{CONFIG, HA2_CONFIG, HA2_COUNTERS, HA2_RECORDS, HA2_STATE, RecordBlock},
     parse::ptr_at,
     session,
+    table::Writers,
 };
 
 const PASS: u32 = xdp_action::XDP_PASS;
@@ -225,7 +226,8 @@ fn ingest(ctx: &XdpContext, c: &mut Ha2Counters, offset: usize) -> Result<u32, (
 /// Whether a record's key names a session of one of the tables: `session::{get, insert, remove}`
 /// pick the IPv4 table for [`FAMILY_IPV4`] and the IPv6 one for anything else, and the IPv4 table
 /// keeps only address word 0, so another family would land in the IPv6 table and an IPv4 key with
-/// other words set would alias (write over, or delete) the IPv4 session of its word 0.
+/// other words set would alias (write over, or delete) the IPv4 session of its word 0; a key with
+/// a non-zero pad octet would be stored where no lookup finds it.
 ///
 /// Such a record is skipped and counted (`bad_records`), and the rest of its message applied. Not
 /// the whole message dropped: its sequence number is already taken when the records are read
@@ -237,6 +239,11 @@ fn ingest(ctx: &XdpContext, c: &mut Ha2Counters, offset: usize) -> Result<u32, (
 /// not a transport fault a retransmission repairs, so the message counts as received.
 #[inline(always)]
 fn names_a_table(key: &SessionKey) -> bool {
+    // The pad octets must be zero too: the IPv6 table hashes and stores the key's memory as it
+    // is, and the last pad octet is where a table slot keeps its state.
+    if key._pad != [0; 2] {
+        return false;
+    }
     match key.family {
         FAMILY_IPV4 => {
             let (lo, hi) = (&key.addr_lo, &key.addr_hi);
@@ -428,7 +435,7 @@ fn write_session(c: &mut Ha2Counters, r: &SessionRecord, now: u64, written_by: (
         sync_sequence: sequence,
         next_hop: Default::default(),
     };
-    let status = session::insert(&r.key, &value);
+    let status = session::insert(&r.key, &value, Writers::One);
     if status == 0 {
         c.session_updates += 1;
         return;

@@ -148,7 +148,8 @@ pub fn hafw_bench_lookup(ctx: XdpContext) -> u32 {
 /// How many runs `hafw_bench_insert` has made: zero at load.
 static mut INSERT_RUNS: u32 = 0;
 
-/// One session insert and nothing else, the sync benchmark's calibration of the session table's part of
+/// One session insert, as the HA2 ingest makes it (the table's only writer), and nothing else, the
+/// sync benchmark's calibration of the session table's part of
 /// a new HA2 record: the frame is a session key (40 octets), and every run inserts it with the
 /// run's number as its ports, so each run is a new session (4G before they repeat), with this
 /// CPU's scratch value (`maps::NEW_SESSION`, whatever it holds) as the value.
@@ -172,7 +173,7 @@ pub fn hafw_bench_insert(ctx: XdpContext) -> u32 {
         key.port_hi = (run >> 16) as u16;
         (key, &*value)
     };
-    match session::insert(&key, value) {
+    match session::insert(&key, value, table::Writers::One) {
         0 => xdp_action::XDP_DROP,
         _ => xdp_action::XDP_PASS,
     }

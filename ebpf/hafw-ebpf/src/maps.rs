@@ -39,8 +39,8 @@ pub const MMAPABLE: usize = 1 << 10;
 pub static SESSION_TABLE_SHAPE: Array<TableShape, 1> = Array::new();
 
 /// The IPv4 session table's keys (see "Two tables" in `hafw_common::session` and the layout in
-/// `hafw_common::table`): open addressing of our own, not a kernel hash map, so an ingest can read
-/// a message's buckets ahead. A full table refuses new sessions (their packets are dropped and
+/// `hafw_common::table`): open addressing of our own, not a kernel hash map (why: see there). A
+/// full table refuses new sessions (their packets are dropped and
 /// counted as `drop_session_table_full`, a synced record as `session_write_failed`) and never
 /// evicts an established one, on the passive node a synced one included; it has room for at least
 /// the configured `session_table_size`. Userspace ages sessions out by their state's timeout.

@@ -18,7 +18,7 @@ use hafw_common::{
 use crate::{
     maps::{NEW_SESSION, SESSION_EVENTS},
     parse::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
-    table::{self, Table, V4, V6},
+    table::{self, Table, V4, V6, Writers},
 };
 use hafw_common::table::BUCKET_SLOTS;
 
@@ -63,13 +63,17 @@ fn apart<T>(result: T) -> T {
 /// inserted; when a session holds `key`, nothing is written and [`present`] gives that session;
 /// negative (`-E2BIG`) when the table is full. (A status, not an `Option` of the session: the
 /// optimizer moved the pointer of the `Some` case, undefined in the others, into registers the
-/// verifier then refused to read.)
+/// verifier then refused to read.) `writers`: see [`Writers`].
 #[inline(always)]
-pub fn insert(key: &SessionKey, value: &SessionValue) -> i64 {
+pub fn insert(key: &SessionKey, value: &SessionValue, writers: Writers) -> i64 {
     if key.family == FAMILY_IPV4 {
-        apart(table::hafw_session_insert_v4(&key.v4_words(), value))
+        apart(table::hafw_session_insert_v4(
+            &key.v4_words(),
+            value,
+            writers as u64,
+        ))
     } else {
-        table::hafw_session_insert_v6(key.as_words(), value)
+        table::hafw_session_insert_v6(key.as_words(), value, writers as u64)
     }
 }
 
@@ -319,7 +323,7 @@ fn store(
     value: &SessionValue,
     if_absent: bool,
 ) -> Created {
-    let status = insert(key, value);
+    let status = insert(key, value, Writers::Several);
     if status != 0 {
         if status > 0 && if_absent {
             return Created::Exists;

@@ -333,8 +333,8 @@ async fn age_sessions(node: Shared) {
     loop {
         tick.tick().await;
         let (node, sessions) = (node.clone(), sessions.clone());
-        // Map iteration is a syscall per entry: keep it off the async workers, and off the node
-        // lock (session events and HA2 sync need it meanwhile).
+        // A walk of every session: keep it off the async workers, and off the node lock (session
+        // events and HA2 sync need it meanwhile).
         let res = tokio::task::spawn_blocking(move || -> Result<u64> {
             let (role, active_since, syncing, current_since, timeouts, capacity) = {
                 let n = node.lock().map_err(|_| anyhow!("node lock poisoned"))?;

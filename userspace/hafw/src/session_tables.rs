@@ -11,7 +11,7 @@ use std::{
     path::Path,
     sync::{
         Arc,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicU64, Ordering, fence},
     },
 };
 
@@ -23,8 +23,8 @@ use aya::{
 use hafw_common::{
     session::{FAMILY_IPV4, KeyWords, SessionKey, SessionValue},
     table::{
-        BUCKET_SLOTS, KeyBucket, SLOT_CLAIMED, SLOT_LIVE, SLOT_STATE, TableShape, buckets_for,
-        buckets_of, hash, value_index,
+        BUCKET_SLOTS, KeyBucket, SLOT_CLAIMED, SLOT_LIVE, SLOT_STATE, TableShape, ValueBucket,
+        buckets_for, buckets_of, hash, value_index,
     },
 };
 use memmap2::{MmapOptions, MmapRaw};
@@ -152,17 +152,16 @@ impl SessionTables {
     /// Every session of both tables, IPv4 first. (A `Result` per item, as a walk of a kernel map
     /// would give; a walk of memory never fails.)
     pub fn iter(&self) -> impl Iterator<Item = Result<(SessionKey, SessionValue)>> + '_ {
-        let v4 = self.v4.live().map(|(key, slot)| {
-            let key = SessionKey::from(*KeyWords(key).v4());
-            (key, slot)
-        });
-        let v6 = self
-            .v6
-            .live()
-            .map(|(key, slot)| (*KeyWords(key).key(), slot));
         let (t4, t6) = (&self.v4, &self.v6);
-        v4.filter_map(move |(key, slot)| t4.read_value(slot).map(|v| Ok((key, v))))
-            .chain(v6.filter_map(move |(key, slot)| t6.read_value(slot).map(|v| Ok((key, v)))))
+        let v4 = t4.live().filter_map(move |(key, slot, state)| {
+            let value = t4.read_value(slot, state)?;
+            Some(Ok((SessionKey::from(*KeyWords(key).v4()), value)))
+        });
+        let v6 = t6.live().filter_map(move |(key, slot, state)| {
+            let value = t6.read_value(slot, state)?;
+            Some(Ok((*KeyWords(key).key(), value)))
+        });
+        v4.chain(v6)
     }
 
     /// The key of every session of both tables.
@@ -170,18 +169,18 @@ impl SessionTables {
         let v4 = self
             .v4
             .live()
-            .map(|(key, _)| Ok(SessionKey::from(*KeyWords(key).v4())));
-        let v6 = self.v6.live().map(|(key, _)| Ok(*KeyWords(key).key()));
+            .map(|(key, _, _)| Ok(SessionKey::from(*KeyWords(key).v4())));
+        let v6 = self.v6.live().map(|(key, _, _)| Ok(*KeyWords(key).key()));
         v4.chain(v6)
     }
 
     pub fn get(&self, key: &SessionKey) -> Option<SessionValue> {
         if key.family == FAMILY_IPV4 {
-            let slot = self.v4.find(&key.v4_words().0)?;
-            self.v4.read_value(slot)
+            let (slot, state) = self.v4.find(&key.v4_words().0)?;
+            self.v4.read_value(slot, state)
         } else {
-            let slot = self.v6.find(&key.words().0)?;
-            self.v6.read_value(slot)
+            let (slot, state) = self.v6.find(&key.words().0)?;
+            self.v6.read_value(slot, state)
         }
     }
 
@@ -221,26 +220,24 @@ type Slot = (u32, usize);
 
 impl<const N: usize> Table<N> {
     fn map(maps: &[MapData; 2], buckets: u32, seed: u64) -> Result<Table<N>> {
-        let map = |data: &MapData, len: usize| -> Result<Arc<MmapRaw>> {
+        let map = |data: &MapData, size: usize| -> Result<Arc<MmapRaw>> {
             let info = data.info()?;
-            let expected = len / info.max_entries() as usize;
-            if info.value_size() as usize != expected || len == 0 {
+            if buckets < 2 || info.max_entries() != buckets || info.value_size() as usize != size {
                 bail!(
-                    "a session table map has {} entries of {} octets, not {len} octets in all",
+                    "a session table map has {} entries of {} octets, not {buckets} of {size}",
                     info.max_entries(),
                     info.value_size()
                 );
             }
             let mmap = MmapOptions::new()
-                .len(len)
+                .len(buckets as usize * size)
                 .map_raw(&data.fd().as_fd())
                 .context("mapping a session table")?;
             Ok(Arc::new(mmap))
         };
-        let slots = buckets as usize * BUCKET_SLOTS;
         Ok(Table {
-            keys: map(&maps[0], buckets as usize * size_of::<KeyBucket<N>>())?,
-            values: map(&maps[1], slots * size_of::<SessionValue>())?,
+            keys: map(&maps[0], size_of::<KeyBucket<N>>())?,
+            values: map(&maps[1], size_of::<ValueBucket>())?,
             buckets,
             seed,
         })
@@ -265,29 +262,38 @@ impl<const N: usize> Table<N> {
         unsafe { values.add(value_index(bucket, index) as usize) }
     }
 
-    /// The value of a live slot; `None` if the slot changed while it was read.
-    fn read_value(&self, slot: Slot) -> Option<SessionValue> {
-        let before = self.state(slot).load(Ordering::Acquire);
+    /// The words of a live slot's key and its state word, read as one: the state before and after
+    /// the words (a seqlock's read), `None` if the slot is not live or changed meanwhile (emptied
+    /// and claimed again by another key, the words could be a mix of two keys).
+    fn read_key(&self, slot: Slot) -> Option<(u64, [u64; N])> {
+        let state = self.state(slot).load(Ordering::Acquire);
+        if state & SLOT_STATE != SLOT_LIVE {
+            return None;
+        }
+        // SAFETY: within the mapping; volatile, as the programs write it concurrently.
+        let words = unsafe { self.words(slot).read_volatile() };
+        fence(Ordering::Acquire);
+        (self.state(slot).load(Ordering::Relaxed) == state).then_some((state, words))
+    }
+
+    /// The value of a slot whose state word was `state` when its key was read; `None` if the slot
+    /// changed since.
+    fn read_value(&self, slot: Slot, state: u64) -> Option<SessionValue> {
         // SAFETY: within the mapping; volatile, as the programs write it concurrently (a field
         // may be torn, as a read of a kernel hash map's value can be).
         let value = unsafe { self.value(slot).read_volatile() };
-        (before & SLOT_STATE == SLOT_LIVE && self.state(slot).load(Ordering::Acquire) == before)
-            .then_some(value)
+        fence(Ordering::Acquire);
+        (self.state(slot).load(Ordering::Relaxed) == state).then_some(value)
     }
 
-    /// Every live slot, with its key's words (state octet cleared).
-    fn live(&self) -> impl Iterator<Item = ([u64; N], Slot)> + '_ {
+    /// Every live slot, with its key's words (state octet cleared) and its state word.
+    fn live(&self) -> impl Iterator<Item = ([u64; N], Slot, u64)> + '_ {
         (0..self.buckets)
             .flat_map(|bucket| (0..BUCKET_SLOTS).map(move |index| (bucket, index)))
             .filter_map(|slot| {
-                let last = self.state(slot).load(Ordering::Acquire);
-                if last & SLOT_STATE != SLOT_LIVE {
-                    return None;
-                }
-                // SAFETY: within the mapping.
-                let mut words = unsafe { self.words(slot).read_volatile() };
-                words[N - 1] = last & !SLOT_STATE;
-                Some((words, slot))
+                let (state, mut words) = self.read_key(slot)?;
+                words[N - 1] = state & !SLOT_STATE;
+                Some((words, slot, state))
             })
     }
 
@@ -296,23 +302,21 @@ impl<const N: usize> Table<N> {
         [first, second]
     }
 
-    fn find(&self, key: &[u64; N]) -> Option<Slot> {
+    /// The slot of `key` and its state word.
+    fn find(&self, key: &[u64; N]) -> Option<(Slot, u64)> {
         let live = key[N - 1] | SLOT_LIVE;
         self.buckets_of(key).into_iter().find_map(|bucket| {
-            (0..BUCKET_SLOTS)
-                .map(|index| (bucket, index))
-                .find(|&slot| {
-                    // SAFETY: within the mapping.
-                    let words = unsafe { self.words(slot).read_volatile() };
-                    self.state(slot).load(Ordering::Acquire) == live
-                        && words[..N - 1] == key[..N - 1]
-                })
+            (0..BUCKET_SLOTS).find_map(|index| {
+                let (state, words) = self.read_key((bucket, index))?;
+                (state == live && words[..N - 1] == key[..N - 1])
+                    .then_some(((bucket, index), state))
+            })
         })
     }
 
     /// Writes `value` over the session of `key`, or inserts it as the programs do.
     fn insert(&self, key: &[u64; N], value: &SessionValue) -> Result<()> {
-        if let Some(slot) = self.find(key) {
+        if let Some((slot, _)) = self.find(key) {
             // SAFETY: within the mapping.
             unsafe { self.value(slot).write_volatile(*value) };
             return Ok(());
@@ -347,17 +351,40 @@ impl<const N: usize> Table<N> {
                     }
                     self.value(slot).write_volatile(*value);
                 }
+                // Fully ordered, then one copy kept, as the programs do (see `Ops::keep_one`
+                // in `hafw_ebpf::table`): a program inserting the same key at once claimed
+                // another slot.
                 self.state(slot)
-                    .store(key[N - 1] | SLOT_LIVE, Ordering::Release);
+                    .swap(key[N - 1] | SLOT_LIVE, Ordering::SeqCst);
+                self.keep_one(key);
                 return Ok(());
             }
         }
         bail!("the session table has no room for this session (both of its buckets are full)")
     }
 
+    /// Leaves one live copy of `key`, the first in lookup order.
+    fn keep_one(&self, key: &[u64; N]) {
+        let live = key[N - 1] | SLOT_LIVE;
+        let copies = self.buckets_of(key).into_iter().flat_map(|bucket| {
+            (0..BUCKET_SLOTS)
+                .map(move |index| (bucket, index))
+                .filter(|&slot| {
+                    self.read_key(slot).is_some_and(|(state, words)| {
+                        state == live && words[..N - 1] == key[..N - 1]
+                    })
+                })
+        });
+        for slot in copies.skip(1) {
+            let _ = self
+                .state(slot)
+                .compare_exchange(live, 0, Ordering::AcqRel, Ordering::Relaxed);
+        }
+    }
+
     /// Empties the slot of `key`; `false` if absent.
     fn remove(&self, key: &[u64; N]) -> bool {
-        self.find(key).is_some_and(|slot| {
+        self.find(key).is_some_and(|(slot, _)| {
             self.state(slot)
                 .compare_exchange(
                     key[N - 1] | SLOT_LIVE,

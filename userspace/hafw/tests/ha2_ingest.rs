@@ -284,21 +284,24 @@ fn bad_messages_are_dropped_counted_and_change_nothing() {
 }
 
 /// Input: update and delete messages with one record whose key names no session table: a family
-/// that is neither IPv4 nor IPv6 (the tables pick IPv6 for anything but IPv4), or an IPv4 key with
+/// that is neither IPv4 nor IPv6 (the tables pick IPv6 for anything but IPv4), an IPv4 key with
 /// a non-zero address word 1 to 3 (the IPv4 table keeps word 0 only, so it would alias the held
-/// session `CLIENT:40060 -> SERVER:80`). Output: the record is skipped and counted as
+/// session `CLIENT:40060 -> SERVER:80`), or a key with a non-zero pad octet (the last one is where
+/// a table slot keeps its state). Output: the record is skipped and counted as
 /// `bad_records`, the map is unchanged, and the message's sequence number is consumed (no gap for
 /// the controller to ask for again: a retransmission would carry the same record).
 #[test]
 fn records_whose_key_names_no_table_are_skipped_and_counted() {
     type Case = (&'static str, fn(&mut SessionKey));
-    let cases: [Case; 6] = [
+    let cases: [Case; 8] = [
         ("family 0", |k| k.family = 0),
         ("family 5", |k| k.family = 5),
         ("family 255", |k| k.family = 255),
         ("IPv4, lo word 1", |k| k.addr_lo[1] = 1),
         ("IPv4, lo word 3", |k| k.addr_lo[3] = 0x0100_0000),
         ("IPv4, hi word 2", |k| k.addr_hi[2] = 0xffff_ffff),
+        ("pad octet 0", |k| k._pad[0] = 1),
+        ("pad octet 1", |k| k._pad[1] = 0x80),
     ];
     for (name, spoil) in cases {
         for msg_type in [HA2_SESSION_UPDATE, HA2_SESSION_DELETE] {
