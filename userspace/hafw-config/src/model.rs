@@ -45,6 +45,10 @@ fn default_instance() -> String {
     "hafw".into()
 }
 
+/// The largest `session_table_size`: 2^26 sessions per family, tables of 2^24 buckets (17 GB
+/// for IPv4 alone), whose slot numbers stay far inside the 32 bits the programs give them.
+pub const MAX_SESSION_TABLE_SIZE: u32 = 1 << 26;
+
 fn default_session_table_size() -> u32 {
     262_144
 }
@@ -307,6 +311,18 @@ impl Config {
                 ErrorKind::OutOfRange {
                     field: "session_table_size",
                     message: format!("{} is below the minimum of 1024", self.session_table_size),
+                },
+            ));
+        }
+        if self.session_table_size > MAX_SESSION_TABLE_SIZE {
+            return Err((
+                None,
+                ErrorKind::OutOfRange {
+                    field: "session_table_size",
+                    message: format!(
+                        "{} is above the maximum of {MAX_SESSION_TABLE_SIZE}",
+                        self.session_table_size
+                    ),
                 },
             ));
         }

@@ -74,6 +74,22 @@ fn errors_name_file_line_and_field() {
 }
 
 #[test]
+fn the_session_table_size_is_bounded() {
+    for (size, want) in [
+        (1023, "1023 is below the minimum of 1024"),
+        (67_108_865, "67108865 is above the maximum of 67108864"),
+    ] {
+        let e = Config::parse(&format!("session_table_size = {size}\n{BASE}"), "fw.toml")
+            .expect_err("must fail")
+            .to_string();
+        assert!(e.contains("session_table_size") && e.contains(want), "{e}");
+    }
+    for size in [1024, 67_108_864] {
+        Config::parse(&format!("session_table_size = {size}\n{BASE}"), "fw.toml").unwrap();
+    }
+}
+
+#[test]
 fn the_shipped_example_parses_and_compiles() {
     let c = Config::example();
     let p = compile(&c).unwrap();
