@@ -555,7 +555,7 @@ fn ha2_frames_on_a_data_port_are_dropped_and_counted() {
 /// Input: a sender whose messages 2 to 999 are lost, then arrive late (in reverse). Output: the
 /// window holds the gap far beyond 64 messages: the missing numbers are visible to the
 /// controller while they are missing, each late message is accepted once, and `contiguous`
-/// catches up.
+/// catches up one message after the last one (it consumed 64 numbers per message: 16 messages).
 #[test]
 fn the_window_tracks_gaps_of_a_thousand_messages() {
     let f = fixture();
@@ -571,8 +571,14 @@ fn the_window_tracks_gaps_of_a_thousand_messages() {
     for m in msgs[1..999].iter().rev() {
         assert_eq!(f.run_ha2(m).verdict, Verdict::Drop);
     }
-    // The last fill consumed up to 64 numbers; the next message consumes the rest, 64 a time.
-    for _ in 0..20 {
+    // The last fill consumes 62 numbers one by one, up to a word boundary, then 14 words of 64;
+    // the rest (960 to 1000) with the next message.
+    let st = f.dp.ha2_state().unwrap();
+    assert_eq!((st.contiguous, st.highest), (959, 1000));
+    f.run_ha2(&ethernet(&w.message(HA2_KEEPALIVE, &[])));
+    let st = f.dp.ha2_state().unwrap();
+    assert_eq!((st.contiguous, st.highest), (1001, 1001), "caught up");
+    for _ in 0..19 {
         f.run_ha2(&ethernet(&w.message(HA2_KEEPALIVE, &[])));
     }
     let st = f.dp.ha2_state().unwrap();
