@@ -364,10 +364,10 @@ fn accept_sequence(c: &mut Ha2Counters, epoch: u32, seq: u32) -> Result<(), ()> 
 }
 
 /// Consumes the arrived numbers above `contiguous`, clearing their bits for reuse: one by one up
-/// to the end of a word of the bitmap, then whole words of 64 arrived numbers, up to 32. Bounded loops keep the verifier's walk short. (One by one only, 64 per
-/// message, a gap filled late left a backlog that only the following messages consumed: after
-/// a bulk sync under loss, with keep-alives once a second, `state sync complete` came late
-/// enough to fail a lab test.)
+/// to the end of a word of the bitmap, then whole words of 64 arrived numbers, up to 32. Bounded
+/// loops keep the verifier's walk short. (One by one only, 64 per message, a gap filled late
+/// left a backlog that only the following messages consumed: after a bulk sync under loss, with
+/// keep-alives once a second, `state sync complete` came late enough to fail a lab test.)
 #[inline(always)]
 fn consume_arrived(st: &mut Ha2State) {
     const WORD: u32 = 64;

@@ -13,6 +13,7 @@ use hafw_common::{
         SESSION_F_FIN_ORIG, SESSION_F_FIN_REPLY, SESSION_F_INITIATOR_IS_HI, SessionKey,
         SessionState, SessionValue,
     },
+    table::BUCKET_SLOTS,
 };
 
 use crate::{
@@ -20,7 +21,6 @@ use crate::{
     parse::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
     table::{self, Table, V4, V6, Writers},
 };
-use hafw_common::table::BUCKET_SLOTS;
 
 /// A session found for a packet.
 pub struct Hit {

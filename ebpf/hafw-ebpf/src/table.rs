@@ -168,15 +168,6 @@ fn opaque(mut x: usize) -> usize {
     x
 }
 
-/// The set bits of an 8-bit mask (a SWAR popcount: `count_ones` would call a library routine
-/// the BPF target does not have).
-#[inline(always)]
-fn ones(mask: u64) -> u64 {
-    let x = mask - ((mask >> 1) & 0x55);
-    let x = (x & 0x33) + ((x >> 2) & 0x33);
-    (x + (x >> 4)) & 0x0f
-}
-
 /// The table operations, generic over the family; the programs call them through the global
 /// functions below.
 struct Ops<const N: usize, T: Table<N>>(core::marker::PhantomData<T>);
@@ -199,15 +190,10 @@ impl<const N: usize, T: Table<N>> Ops<N, T> {
         })
     }
 
-    /// The live slot of `key` in `bucket`, plus one; 0 when absent.
+    /// The live slot of `key` in `bucket`.
     #[inline(always)]
-    fn scan(bucket: *mut KeyBucket<N>, key: &[u64; N]) -> u64 {
-        for slot in 0..BUCKET_SLOTS {
-            if Self::scan_slot(bucket, slot, key) {
-                return slot as u64 + 1;
-            }
-        }
-        0
+    fn scan(bucket: *mut KeyBucket<N>, key: &[u64; N]) -> Option<usize> {
+        (0..BUCKET_SLOTS).find(|&slot| Self::scan_slot(bucket, slot, key))
     }
 
     /// Whether `slot` of `bucket` holds `key`, live. A slot of another key costs a load and a
@@ -237,15 +223,10 @@ impl<const N: usize, T: Table<N>> Ops<N, T> {
     /// The bucket and slot of `key`, if it is in the table.
     #[inline(always)]
     fn find(place: &Place<N>, key: &[u64; N]) -> Option<(Bucket<N>, usize)> {
-        let found = Self::scan(place.first.keys, key);
-        if found != 0 {
-            return Some((place.first, found as usize - 1));
+        if let Some(slot) = Self::scan(place.first.keys, key) {
+            return Some((place.first, slot));
         }
-        let found = Self::scan(place.second.keys, key);
-        if found != 0 {
-            return Some((place.second, found as usize - 1));
-        }
-        None
+        Self::scan(place.second.keys, key).map(|slot| (place.second, slot))
     }
 
     /// The value index of `key`.
@@ -265,12 +246,11 @@ impl<const N: usize, T: Table<N>> Ops<N, T> {
         if let Some((bucket, slot)) = Self::find(&place, key) {
             return Ok(Inserted::Present(value_index(bucket.index, slot)));
         }
-        let (emptier, other) =
-            if ones(Self::free(place.first.keys)) >= ones(Self::free(place.second.keys)) {
-                (place.first, place.second)
-            } else {
-                (place.second, place.first)
-            };
+        let (emptier, other) = if Self::free(place.first.keys) >= Self::free(place.second.keys) {
+            (place.first, place.second)
+        } else {
+            (place.second, place.first)
+        };
         let ours = match Self::claim(emptier, key, value) {
             Some(slot) => value_index(emptier.index, slot),
             None => match Self::claim(other, key, value) {
@@ -316,15 +296,15 @@ impl<const N: usize, T: Table<N>> Ops<N, T> {
         kept
     }
 
-    /// The free slots of `bucket`, a bit each (branch-free). A loop the optimizer cannot unroll
-    /// (its bound is opaque to it, not to the verifier): unrolled, it computed all eight slot
+    /// How many slots of `bucket` are free (branch-free). A loop the optimizer cannot unroll (its
+    /// bound is opaque to it, not to the verifier): unrolled, it computed all eight slot
     /// addresses ahead and spilled them, and this function's stack adds to the fast path's.
     #[inline(always)]
     fn free(bucket: *mut KeyBucket<N>) -> u64 {
         let mut free = 0;
         let mut slot = 0;
         while slot < opaque(BUCKET_SLOTS) {
-            free |= StateWord::of(bucket, slot).is_free() << slot;
+            free += StateWord::of(bucket, slot).is_free();
             slot += 1;
         }
         free

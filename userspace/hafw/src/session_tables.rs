@@ -302,16 +302,22 @@ impl<const N: usize> Table<N> {
         [first, second]
     }
 
-    /// The slot of `key` and its state word.
-    fn find(&self, key: &[u64; N]) -> Option<(Slot, u64)> {
+    /// Every live copy of `key` (one but for a moment: see [`Table::keep_one`]) with its state
+    /// word, in lookup order.
+    fn copies<'a>(&'a self, key: &'a [u64; N]) -> impl Iterator<Item = (Slot, u64)> + 'a {
         let live = key[N - 1] | SLOT_LIVE;
-        self.buckets_of(key).into_iter().find_map(|bucket| {
-            (0..BUCKET_SLOTS).find_map(|index| {
+        self.buckets_of(key).into_iter().flat_map(move |bucket| {
+            (0..BUCKET_SLOTS).filter_map(move |index| {
                 let (state, words) = self.read_key((bucket, index))?;
                 (state == live && words[..N - 1] == key[..N - 1])
                     .then_some(((bucket, index), state))
             })
         })
+    }
+
+    /// The slot of `key` and its state word.
+    fn find(&self, key: &[u64; N]) -> Option<(Slot, u64)> {
+        self.copies(key).next()
     }
 
     /// Writes `value` over the session of `key`, or inserts it as the programs do.
@@ -365,20 +371,10 @@ impl<const N: usize> Table<N> {
 
     /// Leaves one live copy of `key`, the first in lookup order.
     fn keep_one(&self, key: &[u64; N]) {
-        let live = key[N - 1] | SLOT_LIVE;
-        let copies = self.buckets_of(key).into_iter().flat_map(|bucket| {
-            (0..BUCKET_SLOTS)
-                .map(move |index| (bucket, index))
-                .filter(|&slot| {
-                    self.read_key(slot).is_some_and(|(state, words)| {
-                        state == live && words[..N - 1] == key[..N - 1]
-                    })
-                })
-        });
-        for slot in copies.skip(1) {
-            let _ = self
-                .state(slot)
-                .compare_exchange(live, 0, Ordering::AcqRel, Ordering::Relaxed);
+        for (slot, state) in self.copies(key).skip(1) {
+            let _ =
+                self.state(slot)
+                    .compare_exchange(state, 0, Ordering::AcqRel, Ordering::Relaxed);
         }
     }
 
