@@ -484,6 +484,72 @@ fn a_synced_session_carries_mid_stream_traffic_in_the_fast_path() {
     assert_eq!(f.run(&reply, f.untrust).verdict, Verdict::Redirect);
 }
 
+/// A synced session whose state lags the old active node's (the handshake's last state changes
+/// were still on their way at the failover) takes the first ACK without SYN, from either side, as
+/// the handshake done, and carries the connection. A session this node created, in the same
+/// state, still drops it (strict TCP), and so does the synced one a segment with SYN.
+#[test]
+fn a_synced_session_still_in_its_handshake_completes_on_an_ack_after_a_takeover() {
+    const FIN: u8 = 0x01;
+    const SYN: u8 = 0x02;
+    const DATA: u8 = ACK | 0x08;
+    const INITIATOR: bool = true;
+    const RESPONDER: bool = false;
+    use SessionState::{Established, FinWait, New, SynRecv};
+    use Verdict::{Drop, Redirect};
+    type Case = (&'static str, SessionState, bool, u8, Verdict, SessionState);
+    #[rustfmt::skip]
+    let cases: [Case; 7] = [
+        ("new, initiator's data", New, INITIATOR, DATA, Redirect, Established),
+        ("new, initiator's pure ACK", New, INITIATOR, ACK, Redirect, Established),
+        ("new, responder's data", New, RESPONDER, DATA, Redirect, Established),
+        ("new, initiator's FIN", New, INITIATOR, ACK | FIN, Redirect, FinWait),
+        ("syn-recv, responder's data", SynRecv, RESPONDER, DATA, Redirect, Established),
+        ("new, a SYN-ACK from the initiator", New, INITIATOR, SYN | ACK, Drop, New),
+        ("syn-recv, a bare FIN", SynRecv, RESPONDER, FIN, Drop, SynRecv),
+    ];
+    let mut f = fixture();
+    let mut w = writer();
+    for (i, (what, state, from_initiator, flags, verdict, after)) in cases.into_iter().enumerate() {
+        let port = 41_000 + i as u16;
+        let synced = SessionRecord {
+            state: state as u8,
+            flags: RECORD_F_NEW,
+            ..record(port)
+        };
+        f.set_role(hafw_common::config::Role::Passive);
+        f.dp.set_ha2(Ha2Config {
+            receiving: 1,
+            peer: PEER,
+            group_id: GROUP,
+            _pad: [0; 7],
+        })
+        .unwrap();
+        f.run_ha2(&ethernet(&w.message(HA2_SESSION_UPDATE, &[synced])));
+        f.dp.set_ha2(Ha2Config::default()).unwrap();
+        f.set_role(hafw_common::config::Role::Active);
+        let (pkt, ingress) = if from_initiator {
+            (tcp(CLIENT, port, SERVER, 80, flags, 64), f.trust)
+        } else {
+            (tcp(SERVER, 80, CLIENT, port, flags, 64), f.untrust)
+        };
+        assert_eq!(f.run(&pkt, ingress).verdict, verdict, "{what}");
+        let v = f.dp.session(&synced.key).expect("the session stays");
+        assert_eq!(SessionState::from_u8(v.state), after, "{what}");
+    }
+    assert_eq!(f.counter("drop_tcp_invalid"), 2);
+
+    // The same lag on a session of this node's own: a SYN seen, then an ACK without the SYN-ACK.
+    f.run(&tcp(CLIENT, 41_100, SERVER, 80, SYN, 64), f.trust);
+    let ack = tcp(CLIENT, 41_100, SERVER, 80, ACK, 64);
+    assert_eq!(f.run(&ack, f.trust).verdict, Drop, "strict TCP");
+    assert_eq!(
+        SessionState::from_u8(f.session_of(&ack).unwrap().state),
+        New
+    );
+    assert_eq!(f.counter("drop_tcp_invalid"), 3);
+}
+
 /// A full table refuses synced sessions it has no room for, and counts them; it evicts none of
 /// the sessions it holds, and those still take updates. The table holds at least its size (no
 /// refusal below it) and refuses by twice its size (see `hafw_common::table`).
