@@ -29,14 +29,23 @@ fn fixture() -> Fixture {
 fn fixture_with_table(size: u32) -> Fixture {
     let mut f = Fixture::with_policy(testkit::POLICY, size);
     f.set_clock(NOW);
-    f.dp.set_ha2(Ha2Config {
-        receiving: 1,
-        peer: PEER,
-        group_id: GROUP,
-        _pad: [0; 7],
-    })
-    .unwrap();
+    receive_from_peer(&mut f, true);
     f
+}
+
+/// Turns the ingest on (records from [`PEER`] accepted) or off.
+fn receive_from_peer(f: &mut Fixture, on: bool) {
+    let config = if on {
+        Ha2Config {
+            receiving: 1,
+            peer: PEER,
+            group_id: GROUP,
+            _pad: [0; 7],
+        }
+    } else {
+        Ha2Config::default()
+    };
+    f.dp.set_ha2(config).unwrap();
 }
 
 /// The established session of `CLIENT:port -> SERVER:80`, as the active node would sync it.
@@ -518,15 +527,9 @@ fn a_synced_session_still_in_its_handshake_completes_on_an_ack_after_a_takeover(
             ..record(port)
         };
         f.set_role(hafw_common::config::Role::Passive);
-        f.dp.set_ha2(Ha2Config {
-            receiving: 1,
-            peer: PEER,
-            group_id: GROUP,
-            _pad: [0; 7],
-        })
-        .unwrap();
+        receive_from_peer(&mut f, true);
         f.run_ha2(&ethernet(&w.message(HA2_SESSION_UPDATE, &[synced])));
-        f.dp.set_ha2(Ha2Config::default()).unwrap();
+        receive_from_peer(&mut f, false);
         f.set_role(hafw_common::config::Role::Active);
         let (pkt, ingress) = if from_initiator {
             (tcp(CLIENT, port, SERVER, 80, flags, 64), f.trust)
