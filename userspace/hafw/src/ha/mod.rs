@@ -913,6 +913,7 @@ impl Shell {
                 Action::HoldForwarding => {
                     self.lease_held = true;
                     // Lapsed already (the stall was at least the lease); made sure of.
+                    self.terms.set_lease(1);
                     if let Err(e) = self.dataplane.update(|c| c.active_lease_expires_ns = 1) {
                         warn!("HA: holding the dataplane: {e:#}");
                     }
@@ -1003,6 +1004,7 @@ impl Shell {
         // Announcement rounds still to come would send from the virtual MACs and pull the
         // switches' entries back to this node, away from the active one.
         self.terms.end();
+        self.terms.set_lease(0);
         if let Err(e) = self.dataplane.update(|c| {
             c.role = Role::Passive as u32;
             c.active_lease_expires_ns = 0;
@@ -1086,6 +1088,7 @@ impl Shell {
     fn write_lease(&mut self) {
         self.lease_refreshed = Instant::now();
         let expires = monotonic_now_ns() + self.lease.as_nanos() as u64;
+        self.terms.set_lease(expires);
         if let Err(e) = self
             .dataplane
             .update(|c| c.active_lease_expires_ns = expires)
@@ -1131,20 +1134,28 @@ fn claim(ports: &[DataPort], bring_up: bool, delay: Option<Duration>, takeover: 
 }
 
 /// The node's terms as active node, counted: [`Terms::end`] (every give-up) ends the current one.
+/// Beside the count, the dataplane lease as last written (CLOCK_MONOTONIC ns; 0 or 1: none).
 #[derive(Clone, Default)]
-struct Terms(Arc<AtomicU64>);
+struct Terms {
+    ended: Arc<AtomicU64>,
+    lease_expires_ns: Arc<AtomicU64>,
+}
 
 impl Terms {
     /// The term now under way.
     fn current(&self) -> ActiveTerm {
         ActiveTerm {
-            term: self.0.load(Ordering::SeqCst),
+            term: self.ended.load(Ordering::SeqCst),
             terms: self.clone(),
         }
     }
 
     fn end(&self) {
-        self.0.fetch_add(1, Ordering::SeqCst);
+        self.ended.fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn set_lease(&self, expires_ns: u64) {
+        self.lease_expires_ns.store(expires_ns, Ordering::SeqCst);
     }
 }
 
@@ -1157,7 +1168,14 @@ struct ActiveTerm {
 impl ActiveTerm {
     /// Whether the node has not given up the active role since the term was taken.
     fn lasts(&self) -> bool {
-        self.terms.0.load(Ordering::SeqCst) == self.term
+        self.terms.ended.load(Ordering::SeqCst) == self.term
+    }
+
+    /// Whether the node's lease runs at `now_ns`: the dataplane forwards, and its egress
+    /// program lets frames from the virtual MACs out. A node that stalled past its lease (and
+    /// holds until it knows whether the peer took over) would only see them dropped.
+    fn forwards_at(&self, now_ns: u64) -> bool {
+        now_ns < self.terms.lease_expires_ns.load(Ordering::SeqCst)
     }
 }
 
@@ -1176,7 +1194,7 @@ fn announce_rounds(
         announced.fetch_add(host::announce(p, s) as u64, Ordering::Relaxed);
     }
     std::thread::spawn(move || {
-        later_rounds(&term, std::thread::sleep, || {
+        later_rounds(&term, std::thread::sleep, monotonic_now_ns, || {
             for (p, s) in &targets {
                 host::announce(p, s);
             }
@@ -1187,8 +1205,15 @@ fn announce_rounds(
 /// The announcement rounds after the first, each at its delay (`sleep` waits), while `term`
 /// lasts: a node that gave up the active role (a split brain healed 50 ms after it took over)
 /// must not send from the virtual MACs, which would move the switches' entries to it, the
-/// passive node.
-fn later_rounds(term: &ActiveTerm, mut sleep: impl FnMut(Duration), mut round: impl FnMut()) {
+/// passive node. A round due while the lease has lapsed (`now_ns`: CLOCK_MONOTONIC) is skipped:
+/// the process was frozen past its lease and the peer may have taken over, which the HA thread
+/// settles when it runs (the rounds go on if the node forwards again).
+fn later_rounds(
+    term: &ActiveTerm,
+    mut sleep: impl FnMut(Duration),
+    now_ns: impl Fn() -> u64,
+    mut round: impl FnMut(),
+) {
     let mut waited = Duration::ZERO;
     for delay in host::ANNOUNCE_DELAYS.into_iter().skip(1) {
         sleep(delay.saturating_sub(waited));
@@ -1196,7 +1221,9 @@ fn later_rounds(term: &ActiveTerm, mut sleep: impl FnMut(Duration), mut round: i
         if !term.lasts() {
             return;
         }
-        round();
+        if term.forwards_at(now_ns()) {
+            round();
+        }
     }
 }
 
@@ -1551,9 +1578,12 @@ mod tests {
     }
 
     /// Runs the later announcement rounds of a term on a simulated clock, the node giving up the
-    /// active role at `give_up` after the first round; returns the times of the rounds sent.
-    fn rounds_sent(give_up: Option<Duration>) -> Vec<Duration> {
+    /// active role at `give_up` after the first round, or its lease lapsing from the first of
+    /// `held` until the second (a stall, the node holding until it knows the peer did not take
+    /// over); returns the times of the rounds sent.
+    fn rounds_sent(give_up: Option<Duration>, held: Option<(Duration, Duration)>) -> Vec<Duration> {
         let terms = Terms::default();
+        terms.set_lease(held.map_or(u64::MAX, |(from, _)| from.as_nanos() as u64));
         let term = terms.current();
         let now = std::cell::Cell::new(Duration::ZERO);
         let mut sent = Vec::new();
@@ -1561,11 +1591,16 @@ mod tests {
             &term,
             |d| {
                 let then = now.get() + d;
-                if give_up.is_some_and(|at| now.get() < at && at <= then) {
+                let crosses = |at: Duration| now.get() < at && at <= then;
+                if give_up.is_some_and(crosses) {
                     terms.end();
+                }
+                if held.is_some_and(|(_, until)| crosses(until)) {
+                    terms.set_lease(u64::MAX);
                 }
                 now.set(then);
             },
+            || now.get().as_nanos() as u64,
             || sent.push(now.get()),
         );
         sent
@@ -1605,12 +1640,16 @@ mod tests {
     #[test]
     fn announcement_rounds_stop_once_the_node_gives_up_the_active_role() {
         // Still active: the rounds at 100 and 500 ms go.
-        assert_eq!(rounds_sent(None), [100 * MS, 500 * MS]);
+        assert_eq!(rounds_sent(None, None), [100 * MS, 500 * MS]);
         // A split brain that heals at once: the node yields 50 ms after taking over and sends
         // nothing more from the virtual MACs.
-        assert_eq!(rounds_sent(Some(50 * MS)), Vec::<Duration>::new());
+        assert_eq!(rounds_sent(Some(50 * MS), None), Vec::<Duration>::new());
         // Yields between the rounds: the one at 100 ms went, the one at 500 ms does not.
-        assert_eq!(rounds_sent(Some(300 * MS)), [100 * MS]);
+        assert_eq!(rounds_sent(Some(300 * MS), None), [100 * MS]);
+        // Frozen from 50 ms past its lease, found at 300 ms that the peer had not taken over:
+        // the round due meanwhile is skipped (its frames would be dropped on the way out), the
+        // next goes.
+        assert_eq!(rounds_sent(None, Some((50 * MS, 300 * MS))), [500 * MS]);
         // A give-up queued behind the claim ends the term before its first round (which
         // `announce_rounds` checks too); the next term lasts.
         let terms = Terms::default();
