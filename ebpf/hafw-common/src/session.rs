@@ -273,6 +273,10 @@ pub const SESSION_F_FIN_ORIG: u8 = 1 << 1;
 pub const SESSION_F_FIN_REPLY: u8 = 1 << 2;
 /// Written by HA2 state sync from the peer (not created by this node's fast path).
 pub const SESSION_F_SYNCED: u8 = 1 << 3;
+/// Written by HA2 state sync, and no packet through this node has been accepted in it since: its
+/// state is the peer's as last synced, which may lag the peer's own by the sync delay. Cleared by
+/// the first packet the fast path accepts in the session (see `hafw_ebpf::session::tcp_track`).
+pub const SESSION_F_UNCONFIRMED: u8 = 1 << 4;
 
 /// A forwarding decision cached in a session for one direction, so an established packet skips
 /// the FIB lookup (the costliest helper of the fast path). Valid while `generation` equals the

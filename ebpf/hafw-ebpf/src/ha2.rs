@@ -21,7 +21,9 @@ use hafw_common::{
         HA2_VERSION, Ha2Counters, Ha2Header, Ha2State, MAX_SESSION_RECORDS, RECORD_F_NEW,
         SEQ_WINDOW, SEQ_WINDOW_WORDS, SessionRecord,
     },
-    session::{FAMILY_IPV4, FAMILY_IPV6, SESSION_F_SYNCED, SessionKey, SessionValue},
+    session::{
+        FAMILY_IPV4, FAMILY_IPV6, SESSION_F_SYNCED, SESSION_F_UNCONFIRMED, SessionKey, SessionValue,
+    },
 };
 
 use crate::{
@@ -432,8 +434,8 @@ fn copy_records(ctx: &XdpContext, offset: usize, count: usize) -> Option<&'stati
 /// Stores one synced session, converting its ages to this node's clock, unless a newer message of
 /// the same sender epoch already wrote it. A retransmitted message fills its gap after the
 /// messages that followed it were applied, and its records are older than theirs: a session's
-/// creation applied after its handshake completed would leave it half-open here, and strict TCP
-/// would drop the connection at the next failover. `written_by`: this message's sender epoch
+/// creation applied after its handshake completed would leave it half-open here, and after the
+/// next failover it would age out as a handshake (`tcp_init`) if idle. `written_by`: this message's sender epoch
 /// (low 16 bits) and sequence number, kept in the session.
 #[inline(always)]
 fn write_session(c: &mut Ha2Counters, r: &SessionRecord, now: u64, written_by: (u16, u32)) {
@@ -447,7 +449,7 @@ fn write_session(c: &mut Ha2Counters, r: &SessionRecord, now: u64, written_by: (
         bytes_reply: r.bytes_reply,
         rule_id: r.rule_id,
         state: r.state,
-        flags: (r.flags & !RECORD_F_NEW) | SESSION_F_SYNCED,
+        flags: (r.flags & !RECORD_F_NEW) | SESSION_F_SYNCED | SESSION_F_UNCONFIRMED,
         ingress_zone: r.ingress_zone,
         egress_zone: r.egress_zone,
         policy_slot: 0,

@@ -10,7 +10,7 @@ use hafw_common::{
     counters::Counters,
     session::{
         EVENT_CLOSED, EVENT_CREATED, EVENT_STATE_CHANGED, FAMILY_IPV4, PROTO_TCP,
-        SESSION_F_FIN_ORIG, SESSION_F_FIN_REPLY, SESSION_F_INITIATOR_IS_HI, SESSION_F_SYNCED,
+        SESSION_F_FIN_ORIG, SESSION_F_FIN_REPLY, SESSION_F_INITIATOR_IS_HI, SESSION_F_UNCONFIRMED,
         SessionKey, SessionState, SessionValue,
     },
     table::BUCKET_SLOTS,
@@ -126,18 +126,20 @@ pub enum TcpVerdict {
 
 /// Strict TCP tracking (handshake, FIN from each side, RST). Returns the new state.
 ///
-/// `synced`: the session was written by HA2 sync, so its state may lag the peer's by the sync
-/// delay. A connection whose handshake completed on the old active node moments before a failover
-/// reaches this node with its session still `New` or `SynRecv` (the state changes were in flight,
-/// or in a message not yet sent); its next segment, an ACK without SYN, proves the handshake
-/// done, and is taken as completing it. A session this node created keeps the strict order.
+/// `unconfirmed`: the session was written by HA2 sync and no packet has been accepted in it here
+/// since ([`SESSION_F_UNCONFIRMED`]), so its state may lag the peer's by the sync delay. A
+/// connection whose handshake completed on the old active node moments before a failover reaches
+/// this node with its session still `New` or `SynRecv` (the state changes were in flight, or in a
+/// message not yet sent); its first segment here, an ACK without SYN, is taken as the handshake
+/// done (sequence numbers are not tracked: an ACK forged into such a session would pass too).
+/// Once a packet is accepted the exemption is spent; a session this node created never has it.
 #[inline(always)]
 pub fn tcp_track(
     state: SessionState,
     flags: u8,
     fin_flags: u8,
     from_initiator: bool,
-    synced: bool,
+    unconfirmed: bool,
 ) -> (TcpVerdict, SessionState, u8) {
     let syn = flags & TCP_SYN != 0;
     let ack = flags & TCP_ACK != 0;
@@ -146,7 +148,7 @@ pub fn tcp_track(
         return (TcpVerdict::Accept, SessionState::Closed, fin_flags);
     }
     let handshake_lagging = matches!(state, SessionState::New | SessionState::SynRecv);
-    if synced && handshake_lagging && ack && !syn {
+    if unconfirmed && handshake_lagging && ack && !syn {
         return track_fin(SessionState::Established, flags, fin_flags, from_initiator);
     }
     match state {
@@ -229,11 +231,14 @@ pub fn update(
     let mut new = old;
     if key.proto == PROTO_TCP {
         let fin_flags = v.flags & (SESSION_F_FIN_ORIG | SESSION_F_FIN_REPLY);
-        let synced = v.flags & SESSION_F_SYNCED != 0;
+        let unconfirmed = v.flags & SESSION_F_UNCONFIRMED != 0;
         let (verdict, next, fins) =
-            tcp_track(old, tcp_flags, fin_flags, hit.from_initiator, synced);
+            tcp_track(old, tcp_flags, fin_flags, hit.from_initiator, unconfirmed);
         if verdict != TcpVerdict::Accept {
             return verdict;
+        }
+        if unconfirmed {
+            v.flags &= !SESSION_F_UNCONFIRMED;
         }
         new = next;
         if fins != fin_flags {

@@ -21,7 +21,7 @@ use hafw_common::{
         HA2_VERSION, Ha2Header, Ha2State, MAX_RETRANSMIT_RANGES, MAX_SESSION_RECORDS,
         NeighbourPlace, NeighbourRecord, RetransmitRange, SEQ_WINDOW, SessionRecord,
     },
-    session::{SESSION_F_SYNCED, SessionKey, SessionValue},
+    session::{SESSION_F_SYNCED, SESSION_F_UNCONFIRMED, SessionKey, SessionValue},
 };
 use hafw_ha::Ha2Transport;
 use serde::Serialize;
@@ -36,7 +36,7 @@ pub fn record(key: &SessionKey, value: &SessionValue, now_ns: u64) -> SessionRec
         age_ms: ms(value.created_ns),
         state: value.state,
         // A session this node learned from its peer goes back as its own.
-        flags: value.flags & !SESSION_F_SYNCED,
+        flags: value.flags & !(SESSION_F_SYNCED | SESSION_F_UNCONFIRMED),
         ingress_zone: value.ingress_zone,
         egress_zone: value.egress_zone,
         packets_orig: value.packets_orig.min(u64::from(u32::MAX)) as u32,
@@ -1169,7 +1169,7 @@ mod tests {
         let v = SessionValue {
             created_ns: 1_000_000_000,
             last_seen_ns: 9_000_000_000,
-            flags: SESSION_F_SYNCED | 1,
+            flags: SESSION_F_SYNCED | SESSION_F_UNCONFIRMED | 1,
             ..Default::default()
         };
         let r = record(&SessionKey::default(), &v, 10_000_000_000);

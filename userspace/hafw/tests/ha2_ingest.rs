@@ -12,7 +12,10 @@ use hafw_common::{
         HA2_SESSION_DELETE, HA2_SESSION_UPDATE, Ha2Config, RECORD_F_NEW, RetransmitRange,
         SEQ_WINDOW, SessionRecord,
     },
-    session::{SESSION_F_SYNCED, SessionKey, SessionState},
+    session::{
+        SESSION_F_INITIATOR_IS_HI, SESSION_F_SYNCED, SESSION_F_UNCONFIRMED, SessionKey,
+        SessionState,
+    },
 };
 
 const GROUP: u8 = 1;
@@ -152,7 +155,11 @@ fn adds_and_updates_replace_the_session_whole_and_the_new_flag_is_not_stored() {
     fresh.flags = RECORD_F_NEW;
     f.run_ha2(&ethernet(&w.message(HA2_SESSION_UPDATE, &[added, fresh])));
     let v = f.dp.session(&added.key).expect("added");
-    assert_eq!(v.flags, SESSION_F_SYNCED, "the hint is not a session flag");
+    assert_eq!(
+        v.flags,
+        SESSION_F_SYNCED | SESSION_F_UNCONFIRMED,
+        "the hint is not a session flag"
+    );
     assert_eq!(v.state, SessionState::SynRecv as u8);
 
     // An update (overwritten in place) and a repeated add (inserted again) both leave exactly
@@ -407,7 +414,7 @@ fn reordered_messages_fill_the_gap_and_duplicates_are_refused() {
 
 /// A retransmission fills its gap after the messages that followed it were applied: its records
 /// are older, and must not undo theirs (a creation applied after the handshake completed would
-/// leave the session half-open, and strict TCP would drop the connection at a failover). The
+/// leave the session half-open, to age out as a handshake after a failover if idle). The
 /// same records from a newer message, or from another sender epoch, are applied.
 #[test]
 fn a_late_retransmission_does_not_overwrite_newer_records() {
@@ -494,9 +501,10 @@ fn a_synced_session_carries_mid_stream_traffic_in_the_fast_path() {
 }
 
 /// A synced session whose state lags the old active node's (the handshake's last state changes
-/// were still on their way at the failover) takes the first ACK without SYN, from either side, as
-/// the handshake done, and carries the connection. A session this node created, in the same
-/// state, still drops it (strict TCP), and so does the synced one a segment with SYN.
+/// were still on their way at the failover) takes the first segment accepted here, an ACK without
+/// SYN from either side, as the handshake done, and carries the connection. That exemption is
+/// spent on the first packet accepted: later ones meet strict TCP, as do segments with SYN and
+/// every session this node created.
 #[test]
 fn a_synced_session_still_in_its_handshake_completes_on_an_ack_after_a_takeover() {
     const FIN: u8 = 0x01;
@@ -504,43 +512,82 @@ fn a_synced_session_still_in_its_handshake_completes_on_an_ack_after_a_takeover(
     const DATA: u8 = ACK | 0x08;
     const INITIATOR: bool = true;
     const RESPONDER: bool = false;
+    const LO_INITIATES: u8 = 0;
+    const HI_INITIATES: u8 = SESSION_F_INITIATOR_IS_HI;
     use SessionState::{Established, FinWait, New, SynRecv};
     use Verdict::{Drop, Redirect};
-    type Case = (&'static str, SessionState, bool, u8, Verdict, SessionState);
+    type Case = (
+        &'static str,
+        SessionState,
+        u8,
+        bool,
+        u8,
+        Verdict,
+        SessionState,
+    );
     #[rustfmt::skip]
-    let cases: [Case; 7] = [
-        ("new, initiator's data", New, INITIATOR, DATA, Redirect, Established),
-        ("new, initiator's pure ACK", New, INITIATOR, ACK, Redirect, Established),
-        ("new, responder's data", New, RESPONDER, DATA, Redirect, Established),
-        ("new, initiator's FIN", New, INITIATOR, ACK | FIN, Redirect, FinWait),
-        ("syn-recv, responder's data", SynRecv, RESPONDER, DATA, Redirect, Established),
-        ("new, a SYN-ACK from the initiator", New, INITIATOR, SYN | ACK, Drop, New),
-        ("syn-recv, a bare FIN", SynRecv, RESPONDER, FIN, Drop, SynRecv),
+    let cases: [Case; 9] = [
+        ("new, initiator's data", New, LO_INITIATES, INITIATOR, DATA, Redirect, Established),
+        ("new, initiator's pure ACK", New, LO_INITIATES, INITIATOR, ACK, Redirect, Established),
+        ("new, responder's data", New, LO_INITIATES, RESPONDER, DATA, Redirect, Established),
+        ("new, initiator's FIN", New, LO_INITIATES, INITIATOR, ACK | FIN, Redirect, FinWait),
+        ("syn-recv, responder's data", SynRecv, LO_INITIATES, RESPONDER, DATA, Redirect, Established),
+        ("new, hi end initiated, its data", New, HI_INITIATES, INITIATOR, DATA, Redirect, Established),
+        ("syn-recv, hi end initiated, reply", SynRecv, HI_INITIATES, RESPONDER, DATA, Redirect, Established),
+        ("new, a SYN-ACK from the initiator", New, LO_INITIATES, INITIATOR, SYN | ACK, Drop, New),
+        ("syn-recv, a bare FIN", SynRecv, LO_INITIATES, RESPONDER, FIN, Drop, SynRecv),
     ];
     let mut f = fixture();
     let mut w = writer();
-    for (i, (what, state, from_initiator, flags, verdict, after)) in cases.into_iter().enumerate() {
-        let port = 41_000 + i as u16;
-        let synced = SessionRecord {
+    let mut synced = |f: &mut Fixture, port: u16, state: SessionState, initiator: u8| {
+        let r = SessionRecord {
             state: state as u8,
-            flags: RECORD_F_NEW,
+            flags: RECORD_F_NEW | initiator,
             ..record(port)
         };
         f.set_role(hafw_common::config::Role::Passive);
-        receive_from_peer(&mut f, true);
-        f.run_ha2(&ethernet(&w.message(HA2_SESSION_UPDATE, &[synced])));
-        receive_from_peer(&mut f, false);
+        receive_from_peer(f, true);
+        f.run_ha2(&ethernet(&w.message(HA2_SESSION_UPDATE, &[r])));
+        receive_from_peer(f, false);
         f.set_role(hafw_common::config::Role::Active);
-        let (pkt, ingress) = if from_initiator {
-            (tcp(CLIENT, port, SERVER, 80, flags, 64), f.trust)
+        r.key
+    };
+    // The packet from the client (the key's lo end) or from the server.
+    let from_client =
+        |f: &Fixture, port, flags| (tcp(CLIENT, port, SERVER, 80, flags, 64), f.trust);
+    let from_server =
+        |f: &Fixture, port, flags| (tcp(SERVER, 80, CLIENT, port, flags, 64), f.untrust);
+    for (i, (what, state, initiator, side, flags, verdict, after)) in cases.into_iter().enumerate()
+    {
+        let port = 41_000 + i as u16;
+        let key = synced(&mut f, port, state, initiator);
+        let client_sends = (side == INITIATOR) == (initiator == LO_INITIATES);
+        let (pkt, ingress) = if client_sends {
+            from_client(&f, port, flags)
         } else {
-            (tcp(SERVER, 80, CLIENT, port, flags, 64), f.untrust)
+            from_server(&f, port, flags)
         };
         assert_eq!(f.run(&pkt, ingress).verdict, verdict, "{what}");
-        let v = f.dp.session(&synced.key).expect("the session stays");
+        let v = f.dp.session(&key).expect("the session stays");
         assert_eq!(SessionState::from_u8(v.state), after, "{what}");
+        let spent = verdict == Redirect;
+        assert_eq!(v.flags & SESSION_F_UNCONFIRMED == 0, spent, "{what}");
+        assert_eq!(v.flags & SESSION_F_SYNCED, SESSION_F_SYNCED, "{what}");
     }
     assert_eq!(f.counter("drop_tcp_invalid"), 2);
+
+    // The handshake really still under way: the initiator sends its SYN again. Accepted, it
+    // spends the exemption, and an ACK before the SYN-ACK meets strict TCP.
+    let key = synced(&mut f, 41_050, New, LO_INITIATES);
+    let (syn, ingress) = from_client(&f, 41_050, SYN);
+    assert_eq!(f.run(&syn, ingress).verdict, Redirect, "SYN retransmitted");
+    let (ack, ingress) = from_client(&f, 41_050, ACK);
+    assert_eq!(f.run(&ack, ingress).verdict, Drop, "spent");
+    assert_eq!(
+        SessionState::from_u8(f.dp.session(&key).unwrap().state),
+        New
+    );
+    assert_eq!(f.counter("drop_tcp_invalid"), 3);
 
     // The same lag on a session of this node's own: a SYN seen, then an ACK without the SYN-ACK.
     f.run(&tcp(CLIENT, 41_100, SERVER, 80, SYN, 64), f.trust);
@@ -550,7 +597,7 @@ fn a_synced_session_still_in_its_handshake_completes_on_an_ack_after_a_takeover(
         SessionState::from_u8(f.session_of(&ack).unwrap().state),
         New
     );
-    assert_eq!(f.counter("drop_tcp_invalid"), 3);
+    assert_eq!(f.counter("drop_tcp_invalid"), 4);
 }
 
 /// A full table refuses synced sessions it has no room for, and counts them; it evicts none of

@@ -1088,12 +1088,13 @@ impl Shell {
     fn write_lease(&mut self) {
         self.lease_refreshed = Instant::now();
         let expires = monotonic_now_ns() + self.lease.as_nanos() as u64;
-        self.terms.set_lease(expires);
-        if let Err(e) = self
+        match self
             .dataplane
             .update(|c| c.active_lease_expires_ns = expires)
         {
-            warn!("HA: refreshing the dataplane lease: {e:#}");
+            // After the dataplane: a round must not go while the egress program still drops.
+            Ok(()) => self.terms.set_lease(expires),
+            Err(e) => warn!("HA: refreshing the dataplane lease: {e:#}"),
         }
     }
 
@@ -1171,9 +1172,9 @@ impl ActiveTerm {
         self.terms.ended.load(Ordering::SeqCst) == self.term
     }
 
-    /// Whether the node's lease runs at `now_ns`: the dataplane forwards, and its egress
-    /// program lets frames from the virtual MACs out. A node that stalled past its lease (and
-    /// holds until it knows whether the peer took over) would only see them dropped.
+    /// Whether the node's lease runs at `now_ns`: the dataplane forwards, and its egress program
+    /// lets what the host sends on the data ports out. A node that stalled past its lease (and
+    /// holds until it knows whether the peer took over) would only see its frames dropped.
     fn forwards_at(&self, now_ns: u64) -> bool {
         now_ns < self.terms.lease_expires_ns.load(Ordering::SeqCst)
     }
@@ -1190,8 +1191,12 @@ fn announce_rounds(
     if !term.lasts() {
         return;
     }
-    for (p, s) in &targets {
-        announced.fetch_add(host::announce(p, s) as u64, Ordering::Relaxed);
+    // Skipped if the lease lapsed before this (a claim on the worker, or an announcement asked
+    // for again, while the process was frozen); the later rounds look for themselves.
+    if term.forwards_at(monotonic_now_ns()) {
+        for (p, s) in &targets {
+            announced.fetch_add(host::announce(p, s) as u64, Ordering::Relaxed);
+        }
     }
     std::thread::spawn(move || {
         later_rounds(&term, std::thread::sleep, monotonic_now_ns, || {
