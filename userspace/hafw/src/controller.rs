@@ -321,7 +321,7 @@ async fn age_sessions(node: Shared) {
     let sessions = match node
         .lock()
         .map_err(|_| anyhow!("node lock poisoned"))
-        .and_then(|n| n.dp.sessions_handle())
+        .map(|n| n.dp.sessions_handle())
     {
         Ok(map) => Arc::new(Mutex::new(map)),
         Err(e) => {
@@ -357,8 +357,7 @@ async fn age_sessions(node: Shared) {
             let mut expired = Vec::new();
             let mut outdated = Vec::new();
             let mut refresh = Vec::new();
-            for entry in map.iter() {
-                let (k, v) = entry?;
+            for (k, v) in map.iter() {
                 // A passive node never ages synced sessions on its own: the active peer syncs
                 // their deletes, and after a takeover they age here from the takeover until they
                 // see a packet here. What the last complete bulk sync did not write, the active
@@ -611,7 +610,7 @@ fn handle(node: &Shared, req: Request) -> Result<serde_json::Value> {
                 .collect();
             let zones = n.compiled.zones.clone();
             let mut sessions: Vec<_> =
-                n.dp.sessions()?
+                n.dp.sessions()
                     .iter()
                     .map(|(k, v)| {
                         view::session_view(
@@ -1023,7 +1022,7 @@ fn serve_request(node: &Shared, request: &sync::PeerRequest) -> Result<()> {
 
 /// Sends the whole table again to the passive peer.
 fn resync(n: &mut Node, why: &str) -> Result<()> {
-    let sessions = n.dp.sessions()?;
+    let sessions = n.dp.sessions();
     let Some(sender) = n.sync.sender.as_mut() else {
         return Ok(());
     };
@@ -1214,7 +1213,7 @@ fn sync_command(
             n.sync.events_lost = n.dp.counters()?.event_ringbuf_full;
             let writer = sync::MessageWriter::new(plan.group_id, plan.node_id as u32);
             let mut sender = sync::Sender::new(link()?, writer);
-            let sessions = n.dp.sessions()?;
+            let sessions = n.dp.sessions();
             sender.bulk(&sessions, aging::monotonic_now_ns());
             info!(
                 "HA2: bulk sync of {} sessions sent to the peer in {:.1} ms; streaming changes",

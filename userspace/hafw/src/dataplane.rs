@@ -66,10 +66,17 @@ pub fn load_alone(program: &str) -> Result<Ebpf> {
 }
 
 fn load_alone_with(program: &str, loader: &mut EbpfLoader) -> Result<Ebpf> {
-    session_tables::size_maps(loader, 1024);
-    let mut ebpf = loader.load(XDP_OBJECT).context("loading the XDP object")?;
-    session_tables::write_shape(&mut ebpf, 1024)?;
+    let mut ebpf = load_object(loader, 1024)?;
     load_xdp(&mut ebpf, program)?;
+    Ok(ebpf)
+}
+
+/// Loads the XDP object (no program yet) with session tables for `session_table_size` sessions
+/// per family, their shape written before any program can run.
+fn load_object(loader: &mut EbpfLoader, session_table_size: u32) -> Result<Ebpf> {
+    session_tables::size_maps(loader, session_table_size);
+    let mut ebpf = loader.load(XDP_OBJECT).context("loading the XDP object")?;
+    session_tables::write_shape(&mut ebpf, session_table_size)?;
     Ok(ebpf)
 }
 
@@ -323,10 +330,7 @@ impl Dataplane {
     /// Loads the object and its maps; attaches nothing.
     pub fn load(opts: &LoadOptions) -> Result<Dataplane> {
         raise_memlock_limit();
-        let mut loader = EbpfLoader::new();
-        session_tables::size_maps(&mut loader, opts.session_table_size);
-        let mut ebpf = loader.load(XDP_OBJECT).context("loading the XDP object")?;
-        session_tables::write_shape(&mut ebpf, opts.session_table_size)?;
+        let mut ebpf = load_object(&mut EbpfLoader::new(), opts.session_table_size)?;
         if let Some(dir) = &opts.pin_dir {
             pin_maps(&mut ebpf, dir)?;
         }
@@ -736,14 +740,15 @@ impl Dataplane {
         Ok(total)
     }
 
-    /// Other handles on the session tables, for work that walks them whole (aging) without
-    /// holding the dataplane (see [`SessionTables::try_clone`]).
-    pub fn sessions_handle(&self) -> Result<SessionTables> {
-        self.sessions.try_clone()
+    /// Other handles on the session tables (the same mappings), for work that walks them whole
+    /// (aging) without holding the dataplane, and so without stalling session events and HA2
+    /// sync meanwhile.
+    pub fn sessions_handle(&self) -> SessionTables {
+        self.sessions.clone()
     }
 
     /// Every session of both tables.
-    pub fn sessions(&self) -> Result<Vec<(SessionKey, SessionValue)>> {
+    pub fn sessions(&self) -> Vec<(SessionKey, SessionValue)> {
         self.sessions.iter().collect()
     }
 

@@ -127,12 +127,6 @@ impl SessionTables {
         SessionTables::new(open(0)?, [open(1)?, open(2)?], [open(3)?, open(4)?])
     }
 
-    /// Other handles on the same tables, for work that walks them (aging) without holding the
-    /// dataplane, and so without stalling session events and HA2 sync meanwhile.
-    pub fn try_clone(&self) -> Result<SessionTables> {
-        Ok(self.clone())
-    }
-
     fn new(shape: MapData, v4: [MapData; 2], v6: [MapData; 2]) -> Result<SessionTables> {
         let shape_map = Array::<_, TableShape>::try_from(Map::Array(shape))?;
         let table_shape = shape_map
@@ -149,28 +143,27 @@ impl SessionTables {
         })
     }
 
-    /// Every session of both tables, IPv4 first. (A `Result` per item, as a walk of a kernel map
-    /// would give; a walk of memory never fails.)
-    pub fn iter(&self) -> impl Iterator<Item = Result<(SessionKey, SessionValue)>> + '_ {
+    /// Every session of both tables, IPv4 first (a walk of memory: it cannot fail).
+    pub fn iter(&self) -> impl Iterator<Item = (SessionKey, SessionValue)> + '_ {
         let (t4, t6) = (&self.v4, &self.v6);
         let v4 = t4.live().filter_map(move |(key, slot, state)| {
             let value = t4.read_value(slot, state)?;
-            Some(Ok((SessionKey::from(*KeyWords(key).v4()), value)))
+            Some((SessionKey::from(*KeyWords(key).v4()), value))
         });
         let v6 = t6.live().filter_map(move |(key, slot, state)| {
             let value = t6.read_value(slot, state)?;
-            Some(Ok((*KeyWords(key).key(), value)))
+            Some((*KeyWords(key).key(), value))
         });
         v4.chain(v6)
     }
 
     /// The key of every session of both tables.
-    pub fn keys(&self) -> impl Iterator<Item = Result<SessionKey>> + '_ {
+    pub fn keys(&self) -> impl Iterator<Item = SessionKey> + '_ {
         let v4 = self
             .v4
             .live()
-            .map(|(key, _, _)| Ok(SessionKey::from(*KeyWords(key).v4())));
-        let v6 = self.v6.live().map(|(key, _, _)| Ok(*KeyWords(key).key()));
+            .map(|(key, _, _)| SessionKey::from(*KeyWords(key).v4()));
+        let v6 = self.v6.live().map(|(key, _, _)| *KeyWords(key).key());
         v4.chain(v6)
     }
 

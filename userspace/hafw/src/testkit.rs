@@ -365,11 +365,11 @@ impl Fixture {
     }
 
     pub fn sessions_len(&self) -> usize {
-        self.dp.sessions().map(|s| s.len()).unwrap_or(0)
+        self.dp.sessions().len()
     }
 
     pub fn sessions(&self) -> Vec<(SessionKey, SessionValue)> {
-        self.dp.sessions().unwrap()
+        self.dp.sessions()
     }
 
     pub fn session_of(&self, pkt: &[u8]) -> Option<SessionValue> {

@@ -109,7 +109,7 @@ fn counter(f: &Fixture, name: &str) -> u64 {
 }
 
 fn sessions(f: &Fixture) -> Vec<(SessionKey, hafw_common::session::SessionValue)> {
-    f.dp.sessions().unwrap()
+    f.dp.sessions()
 }
 
 #[test]

@@ -1306,7 +1306,6 @@ fn tcp_states(
     hafw::testkit::pinned_sessions(&pair.instances[i])
         .unwrap()
         .iter()
-        .filter_map(Result::ok)
         .filter(|(k, _)| k.proto == 6)
         .map(|(k, v)| (k, v.state))
         .collect()
@@ -1320,7 +1319,6 @@ fn session_keys(
     hafw::testkit::pinned_sessions(&pair.instances[i])
         .unwrap()
         .keys()
-        .filter_map(Result::ok)
         .collect()
 }
 
@@ -1352,7 +1350,6 @@ fn busy_sessions_keep_current_ages_on_the_passive_and_survive_a_takeover_idle() 
         hafw::testkit::pinned_sessions(&pair.instances[i])
             .unwrap()
             .iter()
-            .filter_map(Result::ok)
             .find(|(k, _)| k.proto == 17 && (k.port_lo == port || k.port_hi == port))
             .map(|(_, v)| v)
     };
