@@ -435,8 +435,8 @@ fn copy_records(ctx: &XdpContext, offset: usize, count: usize) -> Option<&'stati
 /// the same sender epoch already wrote it. A retransmitted message fills its gap after the
 /// messages that followed it were applied, and its records are older than theirs: a session's
 /// creation applied after its handshake completed would leave it half-open here, and after the
-/// next failover it would age out as a handshake (`tcp_init`) if idle. `written_by`: this message's sender epoch
-/// (low 16 bits) and sequence number, kept in the session.
+/// next failover it would age out as a handshake (`tcp_init`) if idle. `written_by`: this
+/// message's sender epoch (low 16 bits) and sequence number, kept in the session.
 #[inline(always)]
 fn write_session(c: &mut Ha2Counters, r: &SessionRecord, now: u64, written_by: (u16, u32)) {
     let (epoch, sequence) = written_by;

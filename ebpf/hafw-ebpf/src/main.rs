@@ -126,9 +126,9 @@ pub fn hafw_bench_new_flows(ctx: XdpContext) -> u32 {
     fastpath::run(&ctx)
 }
 
-/// One session lookup and nothing else, the benchmark's calibration of the session table's part of an
-/// established packet: the frame is a session key (40 octets), copied to the stack and looked up
-/// in the table of its family.
+/// One session lookup and nothing else, the benchmark's calibration of the session table's part
+/// of an established packet: the frame is a session key (40 octets), copied to the stack and
+/// looked up in the table of its family.
 /// Drops when the session is present, passes when not.
 #[xdp]
 pub fn hafw_bench_lookup(ctx: XdpContext) -> u32 {
@@ -149,10 +149,10 @@ pub fn hafw_bench_lookup(ctx: XdpContext) -> u32 {
 static mut INSERT_RUNS: u32 = 0;
 
 /// One session insert, as the HA2 ingest makes it (the table's only writer), and nothing else, the
-/// sync benchmark's calibration of the session table's part of
-/// a new HA2 record: the frame is a session key (40 octets), and every run inserts it with the
-/// run's number as its ports, so each run is a new session (4G before they repeat), with this
-/// CPU's scratch value (`maps::NEW_SESSION`, whatever it holds) as the value.
+/// sync benchmark's calibration of the session table's part of a new HA2 record: the frame is a
+/// session key (40 octets), and every run inserts it with the run's number as its ports, so each
+/// run is a new session (4G before they repeat), with this CPU's scratch value
+/// (`maps::NEW_SESSION`, whatever it holds) as the value.
 /// Drops when the session was inserted, passes when not (present, or the table is full).
 #[xdp]
 pub fn hafw_bench_insert(ctx: XdpContext) -> u32 {

@@ -40,10 +40,10 @@ pub static SESSION_TABLE_SHAPE: Array<TableShape, 1> = Array::new();
 
 /// The IPv4 session table's keys (see "Two tables" in `hafw_common::session` and the layout in
 /// `hafw_common::table`): open addressing of our own, not a kernel hash map (why: see there). A
-/// full table refuses new sessions (their packets are dropped and
-/// counted as `drop_session_table_full`, a synced record as `session_write_failed`) and never
-/// evicts an established one, on the passive node a synced one included; it has room for at least
-/// the configured `session_table_size`. Userspace ages sessions out by their state's timeout.
+/// full table refuses new sessions (their packets are dropped and counted as
+/// `drop_session_table_full`, a synced record as `session_write_failed`) and never evicts an
+/// established one, on the passive node a synced one included; it has room for at least the
+/// configured `session_table_size`. Userspace ages sessions out by their state's timeout.
 /// Reach the tables through `session::{get, insert, remove}`.
 #[btf_map]
 pub static SESSION_KEYS_V4: Keys<2> = Array::new();

@@ -1,9 +1,10 @@
 //! `sync`: HA2 session sync. Ingest rate of the XDP program (records per second per core, from
 //! the kernel's own timing of BPF_PROG_TEST_RUN on full frames of 18 session records, each frame
 //! a new sequence number so every record is really written; five passes on fresh tables, the
-//! median reported), beside it the session table's insert alone (`hafw_bench_insert`), and the bulk sync of a table of
-//! 100k and 1M sessions through the lab pair (active table filled through its pinned map, then
-//! the passive node starts; the time is the passive's, from bulk start to bulk end). Sync lag:
+//! median reported), beside it the session table's insert alone (`hafw_bench_insert`), and the
+//! bulk sync of a table of 100k and 1M sessions through the lab pair (active table filled through
+//! its pinned map, then the passive node starts; the time is the passive's, from bulk start to
+//! bulk end). Sync lag:
 //! new flows one at a time through the active node, each timed from its first packet until its
 //! session is in the passive node's map. Sessions/s through the pair with sync on and off: new
 //! UDP flows as fast as a packet socket sends them, sessions created per second on the active.
